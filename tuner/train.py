@@ -1,0 +1,222 @@
+"""One training run with fixed hyperparameters, and using its checkpoint: evaluate and order."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from tuner.config import RunConfig, TrainerConfig, data_config
+from tuner.data import Document, SentenceOrderingData, collate, encode_documents
+from tuner.errors import TunerError
+from tuner.model import SentenceOrderer
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "val_kendall_tau"
+METRICS = ("kendall_tau", "pmr", "acc", "loss")
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advice that does not apply to this pipeline (workers, log steps, tips)."""
+    for pattern in (
+        r".*does not have many workers.*",
+        r".*The number of training batches.*is smaller than the logging interval.*",
+        r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+
+
+def build_trainer(
+    config: TrainerConfig,
+    root: Path,
+    callbacks: Sequence[Callback] = (),
+    logger: Logger | bool | None = None,
+    progress: bool | None = None,
+    max_epochs: int | None = None,
+) -> pl.Trainer:
+    """A Lightning trainer writing under ``root``; ``progress=None`` shows a bar only on a terminal."""
+    quiet_lightning()
+    if logger is None:
+        logger = CSVLogger(str(root), name="logs", version="")
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        precision=config.precision,  # type: ignore[arg-type]
+        max_epochs=max_epochs or config.max_epochs,
+        val_check_interval=config.val_check_interval,
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
+        gradient_clip_val=config.gradient_clip_val or None,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        log_every_n_steps=config.log_every_n_steps,
+        callbacks=list(callbacks),
+        logger=logger,
+        default_root_dir=str(root),
+        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+class ValidationHistory(Callback):
+    """Every validation's metrics, in order, with the epoch and global step it ran at."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        self.records.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+
+    def best(self, metric: str = OBJECTIVE) -> dict[str, float]:
+        """The record with the highest ``metric`` (the first one on ties)."""
+        scored = [r for r in self.records if metric in r]
+        if not scored:
+            raise TunerError(f"no validation logged {metric!r}; the model's validation_step must log it")
+        return max(scored, key=lambda r: r[metric])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one run produced: metrics per split, the best checkpoint and the run's folder.
+
+    ``validation`` holds the metrics of the validation with the best tau, the one whose weights
+    ``best_checkpoint`` holds; ``test`` those of that checkpoint on the test split.
+    """
+
+    validation: dict[str, float]
+    test: dict[str, float]
+    best_checkpoint: str
+    run_dir: str
+    epochs: int
+    wall_s: float
+    data_fingerprint: str | None
+
+
+def _metrics(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    return {name: float(values[f"{prefix}_{name}"]) for name in METRICS if f"{prefix}_{name}" in values}
+
+
+def train(run: RunConfig, output_dir: str | Path | None = None, progress: bool | None = None) -> TrainResult:
+    """Train once with the study's settings, keep the best checkpoint by validation tau, test it."""
+    pl.seed_everything(run.trainer.seed, workers=True, verbose=False)
+    root = Path(output_dir or Path(run.trainer.output_dir) / run.name / time.strftime("%Y%m%d-%H%M%S"))
+    root.mkdir(parents=True, exist_ok=True)
+    data = SentenceOrderingData(run.data, run.model.backbone.name)
+    model = SentenceOrderer.from_config(run.model)
+    model.run_settings = {"study": run.name, "trainer": asdict(run.trainer)}
+    checkpoint = ModelCheckpoint(
+        dirpath=str(root / "checkpoints"), filename="best", monitor=OBJECTIVE, mode="max", save_top_k=1
+    )
+    history = ValidationHistory()
+    callbacks: list[Callback] = [checkpoint, history]
+    if run.trainer.early_stopping_patience:
+        callbacks.append(EarlyStopping(OBJECTIVE, mode="max", patience=run.trainer.early_stopping_patience))
+    trainer = build_trainer(run.trainer, root, callbacks, progress=progress)
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    wall = time.perf_counter() - started
+    best = checkpoint.best_model_path
+    if not best:
+        raise TunerError(f"training produced no checkpoint in {root}: no validation ran (check trainer settings)")
+    validation = _metrics(history.best(), "val")
+    test: dict[str, float] = {}
+    if data.datasets.get("test"):
+        best_model = SentenceOrderer.load_from_checkpoint(best, map_location="cpu")
+        tester = build_trainer(run.trainer, root, logger=False, progress=progress)
+        test = _metrics(tester.test(best_model, datamodule=data, verbose=False)[0], "test")
+    return TrainResult(validation, test, best, str(root), trainer.current_epoch, wall, data.fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Using a checkpoint
+
+
+def load_checkpoint(path: str | Path, data_overrides: Mapping[str, Any] | None = None
+                    ) -> tuple[SentenceOrderer, SentenceOrderingData]:
+    """The model and its data module, rebuilt from a checkpoint alone (no pretrained download)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunerError(f"checkpoint {path} does not exist")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+        model = SentenceOrderer.load_from_checkpoint(path, map_location="cpu")
+    except (RuntimeError, KeyError, EOFError, OSError) as err:
+        raise TunerError(f"checkpoint {path} cannot be loaded: {err}") from None
+    hparams = stored.get("datamodule_hyper_parameters") or {}
+    values = dict(hparams.get("data", {}))
+    values.update(data_overrides or {})
+    data = SentenceOrderingData(data_config(values), hparams.get("backbone_name", model.spec.name))
+    model.eval()
+    return model, data
+
+
+def evaluate(
+    checkpoint: str | Path,
+    split: str = "test",
+    files: Sequence[str | Path] = (),
+    data_overrides: Mapping[str, Any] | None = None,
+    trainer: TrainerConfig | None = None,
+) -> dict[str, dict[str, float]]:
+    """Metrics of a checkpoint on a split of its study's data, or on each of ``files``.
+
+    Returns ``{name: {"kendall_tau": ..., "pmr": ..., "acc": ..., "loss": ..., "documents": n}}``.
+    """
+    model, data = load_checkpoint(checkpoint, data_overrides)
+    if trainer is None:
+        # evaluate as the run did (precision decides bf16 rounding), on whatever device is here
+        stored = model.run_settings.get("trainer", {})
+        trainer = TrainerConfig(precision=stored.get("precision", TrainerConfig.precision))
+    tester = build_trainer(trainer, Path(checkpoint).parent, logger=False, progress=False)
+    targets: dict[str, Any] = {}
+    if files:
+        for file in files:
+            targets[str(file)] = data.documents_from_file(file, split="test")
+    else:
+        if split not in ("train", "validation", "test"):
+            raise TunerError(f"unknown split {split!r}; use train, validation or test")
+        data.setup("test")
+        if not data.datasets.get(split):
+            raise TunerError(f"the study's data has no {split} split")
+        targets[split] = data.datasets[split] if split != "train" else data.make_dataset(
+            data.datasets["train"].documents, "validation")
+    results = {}
+    for name, dataset in targets.items():
+        values = tester.test(model, dataloaders=data.loader(dataset), verbose=False)[0]
+        results[name] = {**_metrics(values, "test"), "documents": len(dataset)}
+    return results
+
+
+def order_sentences(checkpoint: str | Path, sentences: Document) -> list[str]:
+    """The sentences in the order the model predicts."""
+    if len(sentences) < 2:
+        return list(sentences)
+    model, data = load_checkpoint(checkpoint)
+    if 2 * len(sentences) + 1 > data.max_length:
+        raise TunerError(f"{len(sentences)} sentences do not fit in the model's {data.max_length} tokens")
+    dataset = data.make_dataset(encode_documents([sentences], data.tokenizer, data.max_length), "predict")
+    item = dataset[0]
+    batch = collate([item], data.pad_id)
+    with torch.no_grad():
+        scores = model.score(batch)[0].float()
+    slots = scores.argsort(stable=True).tolist()
+    return [sentences[item["gold"][slot]] for slot in slots]
+
+
+def result_dict(result: TrainResult) -> dict[str, Any]:
+    return asdict(result)
