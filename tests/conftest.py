@@ -10,6 +10,19 @@ import pytest
 
 SHARED_DATA = Path(os.environ.get("TUNER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
+
+
+def require_shared(*parts: str) -> Path:
+    """A path under ``../shared/data``: skipped with the reason on a user's machine, a failure in CI."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        reason = f"{path} is absent (set TUNER_SHARED_DATA to the folder holding the real data sets)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real data: {reason}")
+        pytest.skip(reason)
+    return path
+
+
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
 FILLER = ("the cat dog bird sat ran saw a big small red blue house tree river walked over under near "
           "quickly slowly green old new").split()

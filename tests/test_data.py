@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, synthetic_documents, write_lines
+from conftest import require_shared, synthetic_documents, write_lines
 from scipy.stats import kendalltau
 
 import tuner.data as data_module
@@ -310,18 +310,34 @@ def test_training_loader_reshuffles_each_epoch_through_lightnings_hook(tmp_path:
     assert [b["gold"].tolist() for b in val] == [b["gold"].tolist() for b in module.val_dataloader()]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "nips_abstracts").is_dir(), reason=f"{SHARED_DATA}/nips_abstracts is absent")
 def test_reads_the_real_nips_files() -> None:
-    folder = SHARED_DATA / "nips_abstracts"
+    folder = require_shared("nips_abstracts")
     config = DataConfig(train=str(folder / "train.lower"), validation=str(folder / "val.lower"),
                         test=str(folder / "test.lower"), separator=" <eos> ", max_sentences=100)
     docs = load_documents(config)
     assert [len(docs[s]) for s in ("train", "validation", "test")] == [2427, 408, 377]
     assert max(len(d) for d in docs["train"]) == 15
-    assert replace(config, max_sentences=10).max_sentences == 10
+    assert sum(len(d) for d in docs["test"]) / 377 == pytest.approx(6.2, abs=0.3)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "rocstories").is_dir(), reason=f"{SHARED_DATA}/rocstories is absent")
 def test_reads_the_real_rocstories_tsv() -> None:
-    docs = read_file(SHARED_DATA / "rocstories" / "test.tsv", DataConfig(path="x"))
+    docs = read_file(require_shared("rocstories", "test.tsv"), DataConfig(path="x"))
     assert len(docs) == 9816 and {len(d) for d in docs} == {5}
+
+
+def test_hub_data_sets_load_through_datasets(tmp_path: Path) -> None:
+    """The hub reader, on a local folder that ``datasets.load_dataset`` reads as it reads a hub repo."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    docs = synthetic_documents(120, seed=3)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"sentences": d}) + "\n" for d in docs))
+    config = DataConfig(hub=str(folder), split=(0.2, 0.2))
+    splits = load_documents(config)
+    assert sum(len(s) for s in splits.values()) == 120  # no validation/test split: carved out of train
+    assert all(splits[name] for name in ("train", "validation", "test"))
+    (folder / "validation.jsonl").write_text("".join(json.dumps({"text": " ".join(s.capitalize() for s in d)}) + "\n" for d in docs[:7]))
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": " ".join(s.capitalize() for s in d)}) + "\n" for d in docs[7:]))
+    splits = load_documents(config)
+    assert len(splits["validation"]) == 7 and len(splits["train"]) + len(splits["test"]) == 113
+    with pytest.raises(DataError, match="has no split 'training'"):
+        load_documents(replace(config, hub_splits=("training", "validation", "test")))

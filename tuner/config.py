@@ -135,7 +135,7 @@ class ModelConfig:
 
     backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(MINILM))
     loss: str = "pairwise"
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup: float = 0.1
     schedule: Literal["linear", "constant"] = "linear"

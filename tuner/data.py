@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -308,7 +309,10 @@ def load_documents(config: DataConfig) -> dict[str, list[Document]]:
         raw = _hub_documents(config)
         labels = {name: f"{config.hub}[{name}]" for name in raw}
         if "validation" not in raw or "test" not in raw:
-            carved = carve_splits(raw.pop("train"), config.seed, config.split)
+            # carve only the missing splits out of train
+            val, test = config.split
+            fractions = (0.0 if "validation" in raw else val, 0.0 if "test" in raw else test)
+            carved = carve_splits(raw.pop("train"), config.seed, fractions)
             raw = {name: raw.get(name, carved[name]) for name in SPLITS}
             labels = {name: labels.get(name, f"{config.hub} (seeded split)") for name in SPLITS}
     else:
@@ -391,8 +395,6 @@ def encode_documents(documents: Sequence[Document], tokenizer: Any, max_length: 
 
 
 def default_cache_dir() -> Path:
-    import os
-
     root = os.environ.get("TUNER_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tuner"
     )

@@ -38,7 +38,7 @@ class SentenceOrderer(pl.LightningModule):
         self,
         backbone: str | dict[str, Any] | BackboneSpec = MINILM,
         loss: str = "pairwise",
-        learning_rate: float = 1e-4,
+        learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup: float = 0.1,
         schedule: str = "linear",

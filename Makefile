@@ -1,0 +1,36 @@
+# Set-up and the two everyday commands. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build that lies on this machine's disk; set TORCH="torch" (or a CUDA wheel) elsewhere.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench-quality bench-throughput clean
+
+$(BIN)/tuner: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard]"
+	touch $(BIN)/tuner
+
+setup: $(BIN)/tuner
+
+demo: setup
+	$(BIN)/tuner train --study demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check tuner tests bench
+	$(BIN)/mypy tuner
+
+bench-quality: setup
+	$(BIN)/python bench/quality_nips.py
+
+bench-throughput: setup
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) runs tuner.db
