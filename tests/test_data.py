@@ -335,8 +335,9 @@ def test_hub_data_sets_load_through_datasets(tmp_path: Path) -> None:
     splits = load_documents(config)
     assert sum(len(s) for s in splits.values()) == 120  # no validation/test split: carved out of train
     assert all(splits[name] for name in ("train", "validation", "test"))
-    (folder / "validation.jsonl").write_text("".join(json.dumps({"text": " ".join(s.capitalize() for s in d)}) + "\n" for d in docs[:7]))
-    (folder / "train.jsonl").write_text("".join(json.dumps({"text": " ".join(s.capitalize() for s in d)}) + "\n" for d in docs[7:]))
+    texts = [json.dumps({"text": " ".join(s.capitalize() for s in d)}) + "\n" for d in docs]
+    (folder / "validation.jsonl").write_text("".join(texts[:7]))
+    (folder / "train.jsonl").write_text("".join(texts[7:]))
     splits = load_documents(config)
     assert len(splits["validation"]) == 7 and len(splits["train"]) + len(splits["test"]) == 113
     with pytest.raises(DataError, match="has no split 'training'"):

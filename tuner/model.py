@@ -151,7 +151,10 @@ class SentenceOrderer(pl.LightningModule):
                 continue
             (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": self.hparams["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=self.learning_rate,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
