@@ -17,7 +17,7 @@ $(BIN)/tuner: pyproject.toml
 setup: $(BIN)/tuner
 
 demo: setup
-	$(BIN)/tuner train --study demo
+	$(BIN)/tuner run --study demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -287,7 +287,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")
-    methods = [m for m in args.methods.split(",") if m]
+    methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method {unknown[0]!r} in --methods; use some of {','.join(METHODS)}")

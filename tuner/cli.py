@@ -49,10 +49,99 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint(args: argparse.Namespace) -> str:
+    """``--checkpoint PATH``, or the best trial's checkpoint of ``--study``."""
+    if args.checkpoint:
+        return str(args.checkpoint)
+    if not args.study:
+        raise TunerError("give --checkpoint PATH or --study NAME")
+    from tuner.runner import best_checkpoint, load_run
+
+    return best_checkpoint(load_run(args.study), args.storage)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tuner.runner import load_run, run_study
+
+    run = load_run(args.study, args.set)
+    summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout)
+    from tuner.runner import trials
+
+    rows = trials(run, args.storage)
+    print(_table(rows))
+    print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "
+          f"{summary.trials_run} run now")
+    if summary.best:
+        print(f"best: trial {summary.best['number']} value={summary.best['value']:.4f} "
+              f"params={json.dumps(summary.best['params'])}")
+    return 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'#':>4} {'state':<9} {'value':>7} {'pmr':>6} {'epochs':>6} {'lr used':>9} {'finder':>9} " \
+             f"{'secs':>6} {'worker':>6}  params"
+    lines = [header]
+    for row in rows:
+        attrs = row["attrs"]
+        finder = (attrs.get("lr_finder") or {}).get("suggestion")
+        value = "" if row["value"] is None else f"{row['value']:.4f}"
+        pmr = attrs.get("val_pmr")
+        params = {k: v for k, v in row["params"].items() if k != "learning_rate"}
+        lines.append(
+            f"{row['number']:>4} {row['state']:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
+            f"{attrs.get('epochs', ''):>6} {_num(attrs.get('lr_used')):>9} {_num(finder):>9} "
+            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get('worker', ''):>6}  {json.dumps(params)}"
+            + (f"  [{attrs['fail_reason']}]" if attrs.get("fail_reason") else "")
+        )
+    return "\n".join(lines)
+
+
+def _num(value: Any, spec: str = ".2e") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from tuner.runner import load_run, trials
+
+    rows = trials(load_run(args.study), args.storage)
+    print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from tuner.runner import best, load_run
+
+    row = best(load_run(args.study), args.storage)
+    if args.json:
+        print(json.dumps(row, indent=2, default=str))
+    else:
+        print(f"trial {row['number']}: value={row['value']:.4f}")
+        print(f"params: {json.dumps(row['params'])}")
+        print(f"checkpoint: {row['attrs'].get('checkpoint')}")
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from tuner.runner import list_studies
+
+    found = list_studies(args.storage)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print("study files:")
+    for path in found["files"]:
+        print(f"  {path}")
+    print(f"studies in {found['storage']}:")
+    for study in found["studies"]:
+        best = "" if study["best_value"] is None else f" best={study['best_value']:.4f}"
+        print(f"  {study['name']}: {study['trials']} trials{best}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tuner.train import evaluate
 
-    results = evaluate(args.checkpoint, split=args.split, files=args.data or (),
+    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (),
                        data_overrides=_overrides(args.set, "data"))
     if args.json:
         print(json.dumps(results, indent=2))
@@ -76,9 +165,36 @@ def cmd_order(args: argparse.Namespace) -> int:
     sentences = [line.strip() for line in text.splitlines() if line.strip()]
     if not sentences:
         raise TunerError("no sentences given: write one sentence per line")
-    for sentence in order_sentences(args.checkpoint, sentences):
+    for sentence in order_sentences(_checkpoint(args), sentences):
         print(sentence)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint written by tuner train or tuner run")
+    source.add_argument("--study", help="use the best trial's checkpoint of this study")
+    parser.add_argument("--storage", help="database URL of --study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(func=cmd_train)
 
+    run = commands.add_parser("run", help="run a study's trials until its budget is spent")
+    run.add_argument("--study", required=True, help="study name (studies/NAME.toml) or path to a .toml file")
+    run.add_argument("--storage", help="database URL (default: $TUNER_STORAGE, the study file, sqlite:///tuner.db)")
+    run.add_argument("--n-trials", type=_positive_int, help="total trials of the study (default: study.n_trials)")
+    run.add_argument("--timeout", type=_positive_float, help="stop after the trial running at this many seconds")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study setting")
+    run.set_defaults(func=cmd_run)
+
+    for name, func, text in (("trials", cmd_trials, "one row per trial"), ("best", cmd_best, "the best trial")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--study", required=True, help="study name or path")
+        sub.add_argument("--storage", help="database URL")
+        sub.add_argument("--json", action="store_true", help="print JSON (see README)")
+        sub.set_defaults(func=func)
+
+    studies = commands.add_parser("studies", help="list study files and the studies in a storage")
+    studies.add_argument("--storage", help="database URL")
+    studies.add_argument("--json", action="store_true", help="print JSON")
+    studies.set_defaults(func=cmd_studies)
+
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or on data files")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by tuner train")
+    _checkpoint_arguments(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "validation", "test"))
     evaluate.add_argument("--data", action="append", metavar="FILE",
                           help="evaluate on this file instead of a split (repeatable)")
@@ -105,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     order = commands.add_parser("order", help="put the sentences of one document in order")
-    order.add_argument("--checkpoint", required=True, help="a checkpoint written by tuner train")
+    _checkpoint_arguments(order)
     order.add_argument("file", nargs="?", help="one sentence per line, in any order (default: stdin)")
     order.set_defaults(func=cmd_order)
     return parser

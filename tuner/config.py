@@ -181,18 +181,128 @@ class TrainerConfig:
                "trainer.early_stopping_patience", "must be positive")
 
 
+SAMPLERS = ("tpe", "random", "gp", "grid")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "none")
+LR_FINDER_MODES = ("off", "suggest", "scale")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """An Optuna sampler: its ``type``, ``seed`` and any constructor ``options``."""
+
+    type: str = "tpe"
+    seed: int | None = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.type in SAMPLERS, "study.sampler.type", f"unknown sampler {self.type!r}; use one of {SAMPLERS}")
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """An Optuna pruner: its ``type`` and constructor ``options``."""
+
+    type: str = "median"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.type in PRUNERS, "study.pruner.type", f"unknown pruner {self.type!r}; use one of {PRUNERS}")
+
+
+@dataclass(frozen=True)
+class LRFinderConfig:
+    """Lightning's learning-rate finder, and how far its suggestion is trusted.
+
+    ``mode``: ``off`` uses the sampled learning rate; ``suggest`` uses the finder's suggestion;
+    ``scale`` runs the finder once per (backbone, batch size), caches it in the study, and samples a
+    log-uniform ``multiplier`` of the suggestion. A finder whose smoothed loss did not drop by at least
+    ``min_drop`` (a fraction of its starting loss) is unreliable: the sampled learning rate is used.
+    """
+
+    mode: str = "scale"
+    num_training: int = 100
+    min_lr: float = 1e-6
+    max_lr: float = 1e-2
+    multiplier: tuple[float, float] = (0.03, 1.0)
+    min_drop: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.mode in LR_FINDER_MODES, "study.lr_finder.mode",
+               f"unknown mode {self.mode!r}; use one of {LR_FINDER_MODES}")
+        _check(self.num_training >= 20, "study.lr_finder.num_training", "must be at least 20 steps")
+        _check(0 < self.min_lr < self.max_lr, "study.lr_finder.min_lr", "must be positive and below max_lr")
+        low, high = self.multiplier
+        _check(0 < low <= high, "study.lr_finder.multiplier", f"needs 0 < low <= high, got {list(self.multiplier)}")
+        _check(0 < self.min_drop < 1, "study.lr_finder.min_drop", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The ``[study]`` section: what to optimise, how to sample and prune, and the budget."""
+
+    name: str | None = None
+    metric: str = "val_kendall_tau"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    n_trials: int = 20
+    timeout: float | None = None
+    storage: str | None = None
+    objective: Literal["best", "last"] = "best"
+    lr_finder: LRFinderConfig = field(default_factory=LRFinderConfig)
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.n_trials > 0, "study.n_trials", "must be positive")
+        _check(self.timeout is None or self.timeout > 0, "study.timeout", "must be positive (seconds)")
+        _check(self.metric.startswith("val_"), "study.metric", "must be a validation metric such as val_kendall_tau")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ``[search]`` section. Absent keys are not searched: the ``[model]``/``[data]`` value is used.
+
+    ``learning_rate``, ``weight_decay`` and ``warmup`` are ``[low, high]`` ranges (the learning rate
+    log-uniform); the others are lists of choices.
+    """
+
+    learning_rate: tuple[float, float] = (1e-5, 3e-4)
+    backbone: tuple[BackboneSpec, ...] = ()
+    batch_size: tuple[int, ...] = ()
+    loss: tuple[str, ...] = ()
+    weight_decay: tuple[float, float] | None = None
+    warmup: tuple[float, float] | None = None
+    max_epochs: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        low, high = self.learning_rate
+        _check(0 < low <= high, "search.learning_rate", f"needs 0 < low <= high, got {list(self.learning_rate)}")
+        for key in ("weight_decay", "warmup"):
+            span = getattr(self, key)
+            if span is not None:
+                _check(0 <= span[0] <= span[1], f"search.{key}", f"needs 0 <= low <= high, got {list(span)}")
+        _check(all(b > 0 for b in self.batch_size), "search.batch_size", "choices must be positive")
+        _check(all(e > 0 for e in self.max_epochs), "search.max_epochs", "choices must be positive")
+        _check(all(loss in LOSSES for loss in self.loss), "search.loss", f"choices must be among {LOSSES}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One study file: a name plus data, model and trainer settings."""
+    """One study file: a name plus data, model and trainer settings, and the study and its search space."""
 
     name: str
     data: DataConfig = field(default_factory=lambda: DataConfig(builtin="python-docs"))
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    search: SearchSpace = field(default_factory=SearchSpace)
     source: str | None = None
 
 
-_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "trainer": TrainerConfig}
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "trainer": TrainerConfig, "study": StudyConfig, "search": SearchSpace,
+}
+_CHOICE_KEYS = ("backbone", "batch_size", "loss", "max_epochs")
 _PATH_KEYS = ("train", "validation", "test", "path", "cache_dir")
 
 
@@ -255,14 +365,46 @@ def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -
                     table[key] = _resolve_path(table[key], base)
         if section == "model" and "backbone" in table:
             table["backbone"] = _backbone(table["backbone"], f"{where}: model.backbone")
+        if section == "study":
+            try:
+                table = _study_table(table)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+        if section == "search":
+            for key in _CHOICE_KEYS:
+                if key in table and isinstance(table[key], list) and not table[key]:
+                    raise ConfigError(f"{where}: search.{key}: the list of choices is empty")
+            if isinstance(table.get("backbone"), list):
+                table["backbone"] = tuple(
+                    _backbone(b, f"{where}: search.backbone[{i}]") for i, b in enumerate(table["backbone"])
+                )
         try:
             built[section] = _build(cls, table, section)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
-    study_name = raw.get("name", name)
+    study_name = raw.get("name", built["study"].name or name)
     if not isinstance(study_name, str) or not study_name:
         raise ConfigError(f"{where}: name must be a non-empty string")
     return RunConfig(name=study_name, source=str(source) if source else None, **built)
+
+
+def _study_table(table: dict[str, Any]) -> dict[str, Any]:
+    """Turn the nested sampler / pruner / lr_finder tables into their dataclasses."""
+    for key, cls, fixed in (("sampler", SamplerConfig, ("type", "seed")), ("pruner", PrunerConfig, ("type",))):
+        value = table.get(key)
+        if isinstance(value, str):
+            value = {"type": value}
+        if isinstance(value, Mapping):
+            fields = {k: value[k] for k in fixed if k in value}
+            options = {k: v for k, v in value.items() if k not in fixed}
+            table[key] = _build(cls, {**fields, "options": options}, f"study.{key}")
+        elif value is not None:
+            raise ConfigError(f"study.{key}: must be a name or a table {{type = ..., option = ...}}")
+    if isinstance(table.get("lr_finder"), str):
+        table["lr_finder"] = {"mode": table["lr_finder"]}
+    if isinstance(table.get("lr_finder"), Mapping):
+        table["lr_finder"] = _build(LRFinderConfig, dict(table["lr_finder"]), "study.lr_finder")
+    return table
 
 
 def data_config(values: Mapping[str, Any]) -> DataConfig:
@@ -329,6 +471,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a field's type; TOML arrays become tuples."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
         errors = []
         for option in args:
             if option is type(None):
@@ -364,4 +508,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is BackboneSpec:
         return _backbone(value, key)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            raise ConfigError(f"{key}: must be a table")
+        return value
+    if typing.get_origin(hint) is Mapping or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: must be a table")
+        return dict(value)
     return value

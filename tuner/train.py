@@ -35,15 +35,15 @@ def quiet_lightning() -> None:
         r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def build_trainer(
     config: TrainerConfig,
     root: Path,
     callbacks: Sequence[Callback] = (),
-    logger: Logger | bool | None = None,
+    logger: Logger | Sequence[Logger] | bool | None = None,
     progress: bool | None = None,
     max_epochs: int | None = None,
 ) -> pl.Trainer:
@@ -63,7 +63,7 @@ def build_trainer(
         accumulate_grad_batches=config.accumulate_grad_batches,
         log_every_n_steps=config.log_every_n_steps,
         callbacks=list(callbacks),
-        logger=logger,
+        logger=list(logger) if isinstance(logger, Sequence) else logger,
         default_root_dir=str(root),
         enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
         enable_model_summary=False,

@@ -1,0 +1,207 @@
+"""Studies end to end on a temporary SQLite file, with the tiny backbone."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from conftest import synthetic_documents, write_lines
+from test_cli import tuner
+
+from tuner import losses
+from tuner.config import LRFinderConfig, load_study
+from tuner.errors import ConfigError, TunerError
+from tuner.objective import judge_finder
+from tuner.runner import load_run, open_study, run_study, trials
+
+
+@pytest.fixture()
+def study_dir(tmp_path: Path, tiny_bert: str) -> Path:
+    """A folder with studies/tiny.toml over learnable synthetic documents."""
+    write_lines(tmp_path / "train.lower", synthetic_documents(96, seed=10))
+    write_lines(tmp_path / "val.lower", synthetic_documents(32, seed=11))
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "tiny.toml").write_text(f"""
+[data]
+train = "../train.lower"
+validation = "../val.lower"
+separator = " <eos> "
+max_length = 96
+batch_size = 8
+
+[model]
+backbone = "{tiny_bert}"
+warmup = 0.0
+
+[trainer]
+max_epochs = 2
+precision = "32-true"
+accelerator = "cpu"
+val_check_interval = 0.5
+output_dir = "{tmp_path / 'runs'}"
+
+[study]
+n_trials = 5
+storage = "sqlite:///{tmp_path / 'study.db'}"
+sampler = {{ type = "random", seed = 3 }}
+pruner = {{ type = "successive_halving", min_resource = 1, reduction_factor = 4 }}
+lr_finder = "off"
+
+[search]
+learning_rate = [1e-5, 3e-3]
+batch_size = [8, 16]
+""")
+    return tmp_path
+
+
+def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny")
+    summary = run_study(run, progress=False)
+    assert summary.finished == 5 and summary.trials_run == 5
+    study = open_study(run)
+    states = [t.state for t in study.trials]
+    assert len(states) == 5 and optuna.trial.TrialState.PRUNED in states
+    baseline = study.trials[0]
+    assert baseline.user_attrs["baseline"] and baseline.params == {"learning_rate": 3e-5, "batch_size": 8}
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        assert {"val_kendall_tau", "val_pmr", "val_acc", "val_loss", "epochs", "lr_used", "lr_finder", "wall_s",
+                "host", "pid", "worker", "seed", "data_fingerprint", "checkpoint"} <= set(attrs)
+        assert Path(attrs["checkpoint"]).is_file()
+        assert trial.value == max(r["val_kendall_tau"] for r in attrs["history"])
+        # two validations per epoch, each reported at its own step (no collisions at step = epoch)
+        assert sorted(trial.intermediate_values) == list(range(len(attrs["history"])))
+        assert len(attrs["history"]) == 2 * attrs["epochs"]
+        assert (Path(attrs["trial_dir"]) / "logs" / "metrics.csv").is_file()
+    # a second run resumes to the budget and no further
+    assert run_study(run, progress=False).trials_run == 0
+    assert run_study(run, n_trials=6, progress=False).trials_run == 1
+    assert len(open_study(run).trials) == 6
+
+
+def test_trials_and_best_json_match_the_storage(study_dir: Path) -> None:
+    out = tuner("run", "--study", "tiny", "--n-trials", "3", cwd=study_dir)
+    assert out.returncode == 0, out.stderr
+    assert "best: trial" in out.stdout
+    rows = json.loads(tuner("trials", "--study", "tiny", "--json", cwd=study_dir).stdout)
+    best = json.loads(tuner("best", "--study", "tiny", "--json", cwd=study_dir).stdout)
+    with sqlite3.connect(study_dir / "study.db") as db:
+        stored = dict(db.execute("select number, state from trials").fetchall())
+        values = dict(db.execute(
+            "select t.number, v.value from trials t join trial_values v on v.trial_id = t.trial_id").fetchall())
+    assert {r["number"]: r["state"] for r in rows} == stored
+    for row in rows:
+        assert set(row) >= {"number", "state", "value", "params", "attrs"}
+        assert set(row["params"]) >= {"learning_rate", "backbone", "batch_size"}
+        if row["state"] == "COMPLETE":
+            assert row["value"] == pytest.approx(values[row["number"]])
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    assert best["number"] == max(complete, key=lambda r: r["value"])["number"]
+    order = tuner("order", "--study", "tiny", stdin="second a .\nfirst b .\n", cwd=study_dir)
+    assert order.returncode == 0, order.stderr
+    assert sorted(order.stdout.splitlines()) == ["first b .", "second a ."]
+
+
+def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def nan_loss(scores: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return scores.sum() * math.nan
+
+    def broken(scores: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the loss exploded on purpose")
+
+    monkeypatch.setitem(losses.LOSSES, "mse", nan_loss)
+    monkeypatch.setitem(losses.LOSSES, "listmle", broken)
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ['study.sampler={type="grid", learning_rate=[2e-3]}', "study.baseline=false",
+                            'search.loss=["pairwise", "mse", "listmle"]', "search.batch_size=[8]",
+                            "study.n_trials=3"])
+    run_study(run, progress=False)
+    by_loss = {t.params["loss"]: t for t in open_study(run).trials}
+    assert by_loss["pairwise"].state == optuna.trial.TrialState.COMPLETE
+    assert by_loss["mse"].state == optuna.trial.TrialState.FAIL
+    assert by_loss["mse"].user_attrs["fail_reason"].startswith("training loss is nan")
+    assert by_loss["listmle"].state == optuna.trial.TrialState.FAIL
+    assert by_loss["listmle"].user_attrs["fail_reason"] == "RuntimeError: the loss exploded on purpose"
+
+
+@pytest.mark.parametrize("mode", ["suggest", "scale"])
+def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", [f'study.lr_finder={{mode="{mode}", num_training=20}}', "study.n_trials=3",
+                            "search.batch_size=[8]", 'study.pruner="none"'])
+    run_study(run, progress=False)
+    study = open_study(run)
+    finders = [t.user_attrs["lr_finder"] for t in study.trials]
+    assert finders[0]["used"] == "baseline"
+    for info, trial in zip(finders[1:], study.trials[1:], strict=True):
+        assert info["mode"] == mode and "reliable" in info and "suggestion" in info
+        expected = trial.params["learning_rate"] if not info["reliable"] else info["suggestion"] * info.get(
+            "multiplier", 1.0)
+        assert trial.user_attrs["lr_used"] == pytest.approx(expected)
+    cached = [k for k in study.user_attrs if k.startswith("lr_finder:")]
+    assert len(cached) == (1 if mode == "scale" else 0)
+    if cached:
+        curve: dict[str, Any] = study.user_attrs[cached[0]]
+        assert len(curve["lr"]) == len(curve["loss"]) > 0
+
+
+def test_judge_finder_rejects_a_flat_curve() -> None:
+    config = LRFinderConfig()
+    lrs = [1e-6 * 10 ** (i / 20) for i in range(80)]
+    flat = [0.69 + 0.001 * math.sin(i) for i in range(80)]
+    assert judge_finder(lrs, flat, 8.6e-3, config)[0] is False
+    dropping = [0.69 - 0.3 * min(i, 50) / 50 + (0.5 if i > 70 else 0) for i in range(80)]
+    assert judge_finder(lrs, dropping, 1e-4, config) == (True, "loss dropped 37.2%")
+    assert judge_finder(lrs, dropping, None, config)[0] is False
+
+
+def test_reopening_with_another_metric_is_refused(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    open_study(load_run("tiny"))
+    with pytest.raises(TunerError, match="optimises val_kendall_tau, not val_pmr"):
+        open_study(load_run("tiny", ['study.metric="val_pmr"']))
+    with pytest.raises(TunerError, match="is to maximize, not minimize"):
+        open_study(load_run("tiny", ['study.direction="minimize"']))
+    with pytest.raises(TunerError, match="no study 'other'"):
+        trials(load_run("tiny", ['study.name="other"']))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('study.sampler="annealing"', "unknown sampler 'annealing'"),
+        ('study.pruner="early"', "unknown pruner 'early'"),
+        ('study.pruner={type="median", warmup=3}', "study.pruner: median does not take these options"),
+        ("search.batch_size=[]", "search.batch_size: the list of choices is empty"),
+        ("search.learning_rate=[1e-3, 1e-5]", "search.learning_rate: needs 0 < low <= high"),
+        ('study.lr_finder="maybe"', "unknown mode 'maybe'"),
+        ("study.n_trials=0", "study.n_trials: must be positive"),
+        ("study.colour=1", "unknown key 'colour'"),
+    ],
+)
+def test_bad_study_sections_name_file_and_key(study_dir: Path, monkeypatch: pytest.MonkeyPatch, override: str,
+                                              message: str) -> None:
+    monkeypatch.chdir(study_dir)
+    with pytest.raises(ConfigError) as err:
+        load_run("tiny", [override])
+    assert message in str(err.value) and "tiny.toml" in str(err.value)
+
+
+def test_bad_cli_flags_and_storage(study_dir: Path) -> None:
+    out = tuner("run", "--study", "tiny", "--n-trials", "zero", cwd=study_dir)
+    assert out.returncode == 2 and "expected a whole number, got 'zero'" in out.stderr
+    out = tuner("run", "--study", "tiny", "--storage", "postgresql://u:hunter2@127.0.0.1:1/x", cwd=study_dir)
+    assert out.returncode == 2 and "cannot open storage postgresql://u:***@127.0.0.1:1/x" in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout
+
+
+def test_shipped_studies_have_valid_search_sections() -> None:
+    for path in (Path(__file__).resolve().parents[1] / "studies").glob("*.toml"):
+        assert load_study(path).study.n_trials > 0

@@ -1,0 +1,255 @@
+"""One Optuna trial: sample settings, find a learning rate, train with pruning, record everything."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from optuna_integration import PyTorchLightningPruningCallback
+
+from tuner import search
+from tuner.config import LRFinderConfig, RunConfig
+from tuner.data import SentenceOrderingData
+from tuner.model import SentenceOrderer
+from tuner.train import ValidationHistory, build_trainer
+
+log = logging.getLogger(__name__)
+
+FINDER_ATTR = "lr_finder:"  # study user attribute prefix of cached finder results (scale mode)
+
+
+class TrialFailed(Exception):
+    """A trial that cannot give a value, with the reason recorded on the trial."""
+
+
+class ReportingPruningCallback(PyTorchLightningPruningCallback):
+    """Optuna's Lightning pruning callback, reporting every validation at its own step.
+
+    The stock callback reports with ``step = epoch`` (Optuna issue #2932), so several validations per
+    epoch overwrite each other, and it only warns when the metric is missing. Here each validation
+    is reported at the next step number (0, 1, 2, ...), and a missing metric is an error.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        super().__init__(trial, monitor)
+        self.reports = 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        logged = trainer.callback_metrics.get(self.monitor)
+        if logged is None:
+            raise TrialFailed(f"metric {self.monitor!r} was not logged; logged: {sorted(trainer.callback_metrics)}")
+        value = float(logged)
+        if math.isnan(value):
+            raise TrialFailed(f"{self.monitor} is NaN at epoch {trainer.current_epoch}")
+        step, self.reports = self.reports, self.reports + 1
+        self._trial.report(value, step=step)
+        if self._trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after validation {step} (epoch {trainer.current_epoch})")
+
+
+class NaNGuard(Callback):
+    """Stop a trial as soon as the training loss is NaN or infinite."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise TrialFailed(f"training loss is {float(loss)} at step {trainer.global_step}")
+
+
+def judge_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None,
+                 config: LRFinderConfig) -> tuple[bool, str]:
+    """Whether a finder curve can be trusted, and why not.
+
+    Lightning's smoothed loss starts low (bias correction of the exponential average), so the start
+    is read after the first tenth of the curve. The curve must then drop by ``min_drop`` of that loss
+    before it diverges, and the suggestion must not sit at the top end of the range.
+    """
+    finite = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True) if math.isfinite(loss)]
+    if suggestion is None or len(finite) < 10:
+        return False, "no suggestion (too few finite points)"
+    skip = max(1, len(finite) // 10)
+    start = sum(loss for _, loss in finite[skip: 2 * skip]) / len(finite[skip: 2 * skip])
+    lowest = min(loss for _, loss in finite[skip:])
+    drop = (start - lowest) / abs(start) if start else 0.0
+    if drop < config.min_drop:
+        return False, f"loss did not drop: {start:.4f} to at best {lowest:.4f} ({drop:.1%} < {config.min_drop:.0%})"
+    if suggestion >= finite[-1][0] * 0.5:
+        return False, f"suggestion {suggestion:.3g} at the top of the range"
+    return True, f"loss dropped {drop:.1%}"
+
+
+def run_finder(run: RunConfig, model: SentenceOrderer, data: SentenceOrderingData, root: Path) -> dict[str, Any]:
+    """Lightning's LR finder on a throwaway copy of the trial's model, in the trial's own folder.
+
+    The finder writes a temporary ``.lr_find_*.ckpt`` into ``default_root_dir`` (Lightning issue
+    #9574), so each trial runs it under its own directory; and it swaps the trainer's callbacks, so
+    this trainer has none of the real fit's callbacks.
+    """
+    from lightning.pytorch.tuner import Tuner
+
+    config = run.study.lr_finder
+    finder_root = root / "lr_finder"
+    finder_root.mkdir(parents=True, exist_ok=True)
+    # enough epochs for num_training steps: the finder stops at the trainer's last epoch otherwise
+    per_epoch = max(1, len(data.train_dataloader()))
+    trainer = build_trainer(run.trainer, finder_root, logger=False, progress=False,
+                            max_epochs=math.ceil(config.num_training / per_epoch) + 1)
+    started = time.perf_counter()
+    finder = Tuner(trainer).lr_find(
+        model, datamodule=data, min_lr=config.min_lr, max_lr=config.max_lr, num_training=config.num_training,
+        early_stop_threshold=None, update_attr=False,
+    )
+    lrs = [float(x) for x in finder.results["lr"]] if finder else []
+    losses = [float(x) for x in finder.results["loss"]] if finder else []
+    suggestion = finder.suggestion() if finder else None
+    reliable, reason = judge_finder(lrs, losses, suggestion, config)
+    return {"suggestion": suggestion, "reliable": reliable, "reason": reason, "lr": lrs, "loss": losses,
+            "seconds": time.perf_counter() - started, "num_training": config.num_training}
+
+
+class Objective:
+    """``trial -> best validation tau``, for ``study.optimize``.
+
+    Args:
+        run: the study file's settings (with ``[study]`` and ``[search]``).
+        output_dir: where each trial's folder is made (``trial-0007/``).
+        worker: a label for this worker, recorded on every trial.
+        progress: show Lightning's progress bar inside each trial.
+    """
+
+    def __init__(self, run: RunConfig, output_dir: Path, worker: str = "0", progress: bool = False) -> None:
+        self.run = run
+        self.output_dir = output_dir
+        self.worker = worker
+        self.progress = progress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        root = self.output_dir / f"trial-{trial.number:04d}"
+        root.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("trial_dir", str(root))
+        try:
+            return self._train(trial, root, started)
+        except optuna.TrialPruned:
+            trial.set_user_attr("wall_s", time.perf_counter() - started)
+            raise
+        except TrialFailed as err:
+            self._fail(trial, str(err), started)
+            raise
+        except torch.cuda.OutOfMemoryError as err:
+            self._fail(trial, f"out of memory (infeasible): {str(err).splitlines()[0]}", started)
+            raise
+        except Exception as err:
+            message = str(err).splitlines()[0] if str(err) else ""
+            reason = f"{type(err).__name__}: {message}"
+            if "out of memory" in message.lower():
+                reason = f"out of memory (infeasible): {message}"
+            self._fail(trial, reason, started)
+            raise
+
+    def _fail(self, trial: optuna.Trial, reason: str, started: float) -> None:
+        log.warning("trial %d failed: %s", trial.number, reason)
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("wall_s", time.perf_counter() - started)
+
+    def _train(self, trial: optuna.Trial, root: Path, started: float) -> float:
+        run = search.sample(trial, self.run)
+        seed = run.trainer.seed + trial.number
+        pl.seed_everything(seed, workers=True, verbose=False)
+        trial.set_user_attr("seed", seed)
+        data = SentenceOrderingData(run.data, run.model.backbone.name)
+        data.setup("fit")
+        trial.set_user_attr("data_fingerprint", data.fingerprint)
+        model = SentenceOrderer.from_config(run.model)
+        trial.set_user_attr("setup_s", time.perf_counter() - started)
+        learning_rate, finder = self._learning_rate(trial, run, model, data, root)
+        model.learning_rate = learning_rate
+        model.hparams["learning_rate"] = learning_rate
+        trial.set_user_attr("lr_used", learning_rate)
+        trial.set_user_attr("lr_finder", finder)
+        model.run_settings = {"study": run.name, "trial": trial.number, "trainer": asdict(run.trainer)}
+
+        history = ValidationHistory()
+        checkpoint = ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="best",
+                                     monitor=run.study.metric, mode=run.study.direction[:3], save_top_k=1)
+        pruning = ReportingPruningCallback(trial, run.study.metric)
+        trainer = build_trainer(run.trainer, root, [checkpoint, history, pruning, NaNGuard()],
+                                logger=_loggers(root), progress=self.progress)
+        fit_started = time.perf_counter()
+        try:
+            trainer.fit(model, datamodule=data)
+        finally:
+            trial.set_user_attr("fit_s", time.perf_counter() - fit_started)
+            trial.set_user_attr("epochs", trainer.current_epoch)
+            trial.set_user_attr("history", history.records)
+            trial.set_user_attr("checkpoint", checkpoint.best_model_path or None)
+            trial.set_user_attr("wall_s", time.perf_counter() - started)
+        if not history.records:
+            raise TrialFailed("no validation ran; check trainer.limit_val_batches and val_check_interval")
+        chosen = history.best(run.study.metric) if run.study.objective == "best" else history.records[-1]
+        for key, value in chosen.items():
+            if key.startswith("val_"):
+                trial.set_user_attr(key, value)
+        value = float(chosen[run.study.metric])
+        if math.isnan(value):
+            raise TrialFailed(f"{run.study.metric} is NaN")
+        return value
+
+    def _learning_rate(self, trial: optuna.Trial, run: RunConfig, model: SentenceOrderer,
+                       data: SentenceOrderingData, root: Path) -> tuple[float, dict[str, Any]]:
+        """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
+        sampled = run.model.learning_rate
+        mode = run.study.lr_finder.mode
+        if mode == "off" or trial.user_attrs.get("baseline"):
+            # the baseline trial keeps the original design's learning rate, whatever the mode
+            return sampled, {"mode": mode, "used": "sampled" if mode == "off" else "baseline"}
+        key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
+        cached = trial.study.user_attrs.get(key) if mode == "scale" else None
+        ran_here = cached is None
+        if cached is None:
+            cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root)
+            if mode == "scale":
+                trial.study.set_user_attr(key, cached)
+        trial.set_user_attr("finder_s", cached["seconds"] if ran_here else 0.0)
+        info = {"mode": mode, "key": key, "cached": not ran_here,
+                **{k: cached[k] for k in ("suggestion", "reliable", "reason", "seconds")}}
+        if not cached["reliable"]:
+            log.warning("LR finder unreliable for %s (%s); using the sampled learning rate %.3g",
+                        key, cached["reason"], sampled)
+            return sampled, {**info, "used": "sampled (finder unreliable)"}
+        if mode == "suggest":
+            return float(cached["suggestion"]), {**info, "used": "suggestion"}
+        multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
+        return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
+                                                            "multiplier": multiplier}
+
+
+def _loggers(root: Path) -> list[Logger]:
+    """CSV logs always; TensorBoard too when it is installed (one TensorBoard can open the whole study)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers: list[Logger] = [CSVLogger(str(root), name="logs", version="")]
+    try:
+        loggers.append(TensorBoardLogger(str(root), name="tensorboard", version=""))
+    except ModuleNotFoundError:
+        log.debug("tensorboard is not installed: CSV logs only")
+    return loggers
+
