@@ -36,13 +36,18 @@ def test_scores_one_value_per_sentence_for_each_backbone_family(
     assert all(p.grad is not None for p in model.head.parameters())
 
 
-def test_scores_read_the_marker_positions(tmp_path: Path, tiny_bert: str) -> None:
-    model = SentenceOrderer(backbone=tiny_bert).eval()
+def test_scores_read_the_marker_or_the_mean_of_each_sentence(tiny_bert: str) -> None:
     ids = torch.tensor([[101, 2000, 2001, 101, 2002, 102]])
-    hidden = model.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-    scores = model(ids, torch.ones_like(ids), torch.tensor([[0, 3]]))
-    expected = model.head(hidden[:, [0, 3]]).squeeze(-1)
-    torch.testing.assert_close(scores, expected)
+    markers, slots = torch.tensor([[0, 3]]), torch.tensor([[0, 0, 0, 1, 1, -1]])
+    for pooling in ("marker", "mean"):
+        model = SentenceOrderer(backbone=tiny_bert, pooling=pooling).eval()
+        hidden = model.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        if pooling == "marker":
+            features = hidden[:, [0, 3]]
+        else:
+            features = torch.stack([hidden[:, 0:3].mean(1), hidden[:, 3:5].mean(1)], dim=1)
+        scores = model(ids, torch.ones_like(ids), markers, slots)
+        torch.testing.assert_close(scores, model.head(features).squeeze(-1))
 
 
 def test_unknown_backbone_says_how_to_name_one(tmp_path: Path) -> None:
@@ -91,7 +96,7 @@ def test_bf16_mixed_trains_on_cpu_and_warmup_then_linear_decay(tmp_path: Path, t
     trainer = pl.Trainer(max_epochs=2, precision="bf16-mixed", accelerator="cpu", logger=False,
                          enable_progress_bar=False, callbacks=[Record()], default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=data)
-    assert torch.isfinite(torch.tensor(trainer.callback_metrics["val_loss"]))
+    assert torch.isfinite(trainer.callback_metrics["val_loss"])
     assert "val_kendall_tau" in trainer.callback_metrics and "val_pmr" in trainer.callback_metrics
     peak = rates.index(max(rates))
     assert 0 < peak < len(rates) - 1

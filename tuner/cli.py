@@ -34,13 +34,15 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from tuner.config import find_study, load_study
-    from tuner.train import result_dict, train
+    from tuner.train import train
 
     run = load_study(find_study(args.study), args.set)
     result = train(run, output_dir=args.output)
     if args.json:
-        print(json.dumps(result_dict(result), indent=2))
+        print(json.dumps(asdict(result), indent=2))
         return 0
     _print_metrics("validation", result.validation)
     if result.test:
@@ -61,12 +63,10 @@ def _checkpoint(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tuner.runner import load_run, run_study
+    from tuner.runner import load_run, run_study, trials
 
     run = load_run(args.study, args.set)
     summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout)
-    from tuner.runner import trials
-
     rows = trials(run, args.storage)
     print(_table(rows))
     print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "

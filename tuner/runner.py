@@ -114,7 +114,7 @@ def run_study(
             ran += 1
     url = resolve_url(storage, run.study.storage)
     return RunSummary(run.name, mask(url), ran, len(study.get_trials(deepcopy=False, states=FINISHED)), budget,
-                      best_trial(study))
+                      best_trial(study, run))
 
 
 @contextmanager
@@ -167,11 +167,11 @@ def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any
     }
 
 
-def best_trial(study: optuna.Study) -> dict[str, Any] | None:
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not completed:
+def best_trial(study: optuna.Study, run: RunConfig | None = None) -> dict[str, Any] | None:
+    """The best complete trial as a JSON row, or ``None`` before any trial completed."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
-    return trial_row(study.best_trial)
+    return trial_row(study.best_trial, run)
 
 
 def trials(run: RunConfig, storage: str | None = None) -> list[dict[str, Any]]:
@@ -180,13 +180,9 @@ def trials(run: RunConfig, storage: str | None = None) -> list[dict[str, Any]]:
 
 
 def best(run: RunConfig, storage: str | None = None) -> dict[str, Any]:
-    study = open_study(run, storage, create=False)
-    row = best_trial(study)
+    row = best_trial(open_study(run, storage, create=False), run)
     if row is None:
         raise TunerError(f"study {run.name!r} has no complete trial yet")
-    params = row["params"]
-    params.setdefault("backbone", run.model.backbone.label)
-    params.setdefault("batch_size", run.data.batch_size)
     return row
 
 

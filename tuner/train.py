@@ -217,6 +217,3 @@ def order_sentences(checkpoint: str | Path, sentences: Document) -> list[str]:
     slots = scores.argsort(stable=True).tolist()
     return [sentences[item["gold"][slot]] for slot in slots]
 
-
-def result_dict(result: TrainResult) -> dict[str, Any]:
-    return asdict(result)
