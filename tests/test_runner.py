@@ -73,7 +73,8 @@ def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatc
     for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         attrs = trial.user_attrs
         assert {"val_kendall_tau", "val_pmr", "val_acc", "val_loss", "epochs", "lr_used", "lr_finder", "wall_s",
-                "host", "pid", "worker", "seed", "data_fingerprint", "checkpoint"} <= set(attrs)
+                "host", "pid", "worker", "seed", "data_fingerprint", "checkpoint", "versions"} <= set(attrs)
+        assert attrs["versions"]["optuna"] == optuna.__version__
         assert Path(attrs["checkpoint"]).is_file()
         assert trial.value == max(r["val_kendall_tau"] for r in attrs["history"])
         # two validations per epoch, each reported at its own step (no collisions at step = epoch)
@@ -104,6 +105,10 @@ def test_trials_and_best_json_match_the_storage(study_dir: Path) -> None:
             assert row["value"] == pytest.approx(values[row["number"]])
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     assert best["number"] == max(complete, key=lambda r: r["value"])["number"]
+    listed = json.loads(tuner("studies", "--storage", f"sqlite:///{study_dir / 'study.db'}", "--json",
+                              cwd=study_dir).stdout)
+    assert listed["studies"] == [{"name": "tiny", "trials": 3, "best_value": pytest.approx(best["value"])}]
+    assert listed["files"] == [str(study_dir / "studies" / "tiny.toml")]
     order = tuner("order", "--study", "tiny", stdin="second a .\nfirst b .\n", cwd=study_dir)
     assert order.returncode == 0, order.stderr
     assert sorted(order.stdout.splitlines()) == ["first b .", "second a ."]
@@ -150,6 +155,21 @@ def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.Mon
     if cached:
         curve: dict[str, Any] = study.user_attrs[cached[0]]
         assert len(curve["lr"]) == len(curve["loss"]) > 0
+
+
+def test_timeout_stops_after_the_current_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    summary = run_study(load_run("tiny"), timeout=0.01, progress=False)
+    assert summary.trials_run == 1 and summary.finished == 1
+
+
+def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ['study.metric="val_tau"', "study.n_trials=1"])
+    run_study(run, progress=False)
+    trial = open_study(run).trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")
 
 
 def test_judge_finder_rejects_a_flat_curve() -> None:

@@ -146,6 +146,7 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("trial_dir", str(root))
+        trial.set_user_attr("versions", _versions())
         try:
             return self._train(trial, root, started)
         except optuna.TrialPruned:
@@ -240,6 +241,18 @@ class Objective:
         multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
                                                             "multiplier": multiplier}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("tuner", "torch", "lightning", "optuna", "optuna-integration", "transformers", "datasets"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def _loggers(root: Path) -> list[Logger]:
