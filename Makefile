@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quality bench-throughput clean
+.PHONY: setup demo test lint bench-quality bench-throughput bench-overhead bench-study clean
 
 $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench-quality: setup
 
 bench-throughput: setup
 	$(BIN)/python bench/throughput.py
+
+bench-overhead: setup
+	$(BIN)/python bench/overhead.py
+
+bench-study: setup
+	$(BIN)/python bench/study_nips.py
 
 clean:
 	rm -rf $(VENV) runs tuner.db
