@@ -159,7 +159,7 @@ def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.Mon
 
 def test_timeout_stops_after_the_current_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    summary = run_study(load_run("tiny"), timeout=0.01, progress=False)
+    summary = run_study(load_run("tiny"), timeout=1.0, progress=False)  # a trial takes longer
     assert summary.trials_run == 1 and summary.finished == 1
 
 
@@ -170,6 +170,18 @@ def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.M
     trial = open_study(run).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")
+
+
+def test_a_new_storage_never_overwrites_an_earlier_studys_trials(study_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    first = load_run("tiny", ["study.n_trials=1"])
+    run_study(first, progress=False)
+    second = load_run("tiny", ["study.n_trials=1", f'study.storage="sqlite:///{study_dir / "other.db"}"'])
+    run_study(second, progress=False)
+    old, new = open_study(first).trials[0].user_attrs, open_study(second).trials[0].user_attrs
+    assert old["trial_dir"] != new["trial_dir"] and new["trial_dir"].endswith("trial-0000-2")
+    assert Path(old["checkpoint"]).is_file() and Path(new["checkpoint"]).is_file()
 
 
 def test_judge_finder_rejects_a_flat_curve() -> None:

@@ -140,8 +140,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        root = self.output_dir / f"trial-{trial.number:04d}"
-        root.mkdir(parents=True, exist_ok=True)
+        root = _fresh_dir(self.output_dir / f"trial-{trial.number:04d}")
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("worker", self.worker)
@@ -241,6 +240,16 @@ class Objective:
         multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
                                                             "multiplier": multiplier}
+
+
+def _fresh_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... when an earlier study of the same name left files there."""
+    candidate, n = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
 
 
 def _versions() -> dict[str, str]:

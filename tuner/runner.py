@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,40 +102,40 @@ def run_study(
     interactive = sys.stderr.isatty() if progress is None else progress
     objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), worker, interactive)
     started, ran = time.monotonic(), 0
-    with _progress(budget, counted(study), interactive) as bar:
-        while counted(study) < budget:
-            if timeout is not None and time.monotonic() - started >= timeout:
-                log.info("timeout of %.0f s reached; stopping after %d trials", timeout, ran)
-                break
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                           callbacks=[lambda _study, trial: bar(trial)])
-            ran += 1
+    progress_lines = _Progress(budget, counted(study), interactive)
+    while counted(study) < budget:
+        if timeout is not None and time.monotonic() - started >= timeout:
+            log.info("timeout of %.0f s reached; stopping after %d trials", timeout, ran)
+            break
+        progress_lines.start()
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[lambda _study, trial: progress_lines.finished(trial)])
+        ran += 1
     url = resolve_url(storage, run.study.storage)
     return RunSummary(run.name, mask(url), ran, len(study.get_trials(deepcopy=False, states=FINISHED)), budget,
                       best_trial(study, run))
 
 
-@contextmanager
-def _progress(total: int, done: int, interactive: bool) -> Iterator[Any]:
-    """A trial-level progress bar on a terminal; plain log lines otherwise."""
-    if interactive:
-        from tqdm.auto import tqdm
+class _Progress:
+    """Trial-level progress: a bar line as each trial starts (on a terminal), a plain line as it ends.
 
-        bar = tqdm(total=total, initial=done, desc="trials", unit="trial", position=0, dynamic_ncols=True)
+    Lightning draws its own live progress for epochs under the bar line; a second live bar for trials
+    would fight it for the terminal, so the trial bar is redrawn as a line when each trial starts.
+    """
 
-        def update(trial: FrozenTrial) -> None:
-            bar.update(1)
-            bar.set_postfix_str(_line(trial))
+    def __init__(self, total: int, done: int, interactive: bool) -> None:
+        self.total, self.done, self.interactive = total, done, interactive
 
-        try:
-            yield update
-        finally:
-            bar.close()
-    else:
-        def line(trial: FrozenTrial) -> None:
-            print(f"trial {trial.number}: {_line(trial)}", flush=True)
+    def start(self) -> None:
+        if self.interactive:
+            width = 30
+            filled = width * min(self.done, self.total) // max(self.total, 1)
+            print(f"trials [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}: "
+                  f"starting trial {self.done + 1}", file=sys.stderr, flush=True)
 
-        yield line
+    def finished(self, trial: FrozenTrial) -> None:
+        self.done += 1
+        print(f"trial {trial.number}: {_line(trial)}", flush=True)
 
 
 def _line(trial: FrozenTrial) -> str:
