@@ -237,3 +237,20 @@ def test_bad_cli_flags_and_storage(study_dir: Path) -> None:
 def test_shipped_studies_have_valid_search_sections() -> None:
     for path in (Path(__file__).resolve().parents[1] / "studies").glob("*.toml"):
         assert load_study(path).study.n_trials > 0
+
+
+@pytest.mark.parametrize("sampler", ['"tpe"', '"random"', '"gp"', '{type="grid", learning_rate=[1e-4, 1e-3]}'])
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving", "hyperband", "patient", "none"])
+def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     sampler: str, pruner: str) -> None:
+    from tuner import search
+
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", [f"study.sampler={sampler}", f'study.pruner="{pruner}"'])
+    study = optuna.create_study(sampler=search.build_sampler(run.study.sampler, run),
+                                pruner=search.build_pruner(run.study.pruner), direction="maximize")
+    trial = study.ask()
+    sampled = search.sample(trial, run)
+    assert 1e-5 <= sampled.model.learning_rate <= 3e-3 and sampled.data.batch_size in (8, 16)
+    if sampler == '"tpe"':
+        assert study.sampler._multivariate and study.sampler._constant_liar
