@@ -180,7 +180,7 @@ class Objective:
         trial.set_user_attr("data_fingerprint", data.fingerprint)
         model = SentenceOrderer.from_config(run.model)
         trial.set_user_attr("setup_s", time.perf_counter() - started)
-        learning_rate, finder = self._learning_rate(trial, run, model, data, root)
+        learning_rate, finder = self._learning_rate(trial, run, data, root)
         model.learning_rate = learning_rate
         model.hparams["learning_rate"] = learning_rate
         trial.set_user_attr("lr_used", learning_rate)
@@ -213,8 +213,8 @@ class Objective:
             raise TrialFailed(f"{run.study.metric} is NaN")
         return value
 
-    def _learning_rate(self, trial: optuna.Trial, run: RunConfig, model: SentenceOrderer,
-                       data: SentenceOrderingData, root: Path) -> tuple[float, dict[str, Any]]:
+    def _learning_rate(self, trial: optuna.Trial, run: RunConfig, data: SentenceOrderingData,
+                       root: Path) -> tuple[float, dict[str, Any]]:
         """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
         sampled = run.model.learning_rate
         mode = run.study.lr_finder.mode
