@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,23 +64,56 @@ def _checkpoint(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tuner.runner import load_run, run_study, trials
+    import signal
+
+    from tuner.config import find_study
+    from tuner.runner import load_run, run_study, run_workers, trials
 
     run = load_run(args.study, args.set)
-    summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout)
-    rows = trials(run, args.storage)
-    print(_table(rows))
+    if args.workers > 1:
+        summary = run_workers(run, find_study(args.study), args.workers, args.set, storage=args.storage,
+                              n_trials=args.n_trials, timeout=args.timeout)
+    else:
+        threads = os.environ.get("TUNER_NUM_THREADS")
+        if threads:  # set by `--workers` for its worker processes: an even share of the CPU
+            import torch
+
+            torch.set_num_threads(int(threads))
+        summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
+                            worker=args.worker_id)
+    if not args.worker_id:
+        print(_table(trials(run, args.storage)))
     print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "
           f"{summary.trials_run} run now")
-    if summary.best:
+    if summary.best and not args.worker_id:
         print(f"best: trial {summary.best['number']} value={summary.best['value']:.4f} "
               f"params={json.dumps(summary.best['params'])}")
+    if summary.failed_workers:
+        print(f"tuner: error: workers exited abnormally: {', '.join(summary.failed_workers)}", file=sys.stderr)
+        return 1
+    if summary.interrupted:
+        print(f"tuner: stopped by {summary.interrupted}; the interrupted trial is failed and queued for retry",
+              file=sys.stderr)
+        return 128 + int(signal.Signals[summary.interrupted])
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from tuner.runner import load_run, reap_study
+
+    reaped = reap_study(load_run(args.study), args.storage, args.older_than)
+    if args.json:
+        print(json.dumps(reaped, indent=2))
+        return 0
+    for item in reaped:
+        print(f"trial {item['number']}: {item['reason']}")
+    print(f"{len(reaped)} stale trial{'s' if len(reaped) != 1 else ''} failed")
     return 0
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     header = f"{'#':>4} {'state':<9} {'value':>7} {'pmr':>6} {'epochs':>6} {'lr used':>9} {'finder':>9} " \
-             f"{'secs':>6} {'worker':>6}  params"
+             f"{'secs':>6} {'worker':>10}  params"
     lines = [header]
     for row in rows:
         attrs = row["attrs"]
@@ -90,8 +124,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{row['number']:>4} {row['state']:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
             f"{attrs.get('epochs', ''):>6} {_num(attrs.get('lr_used')):>9} {_num(finder):>9} "
-            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get('worker', ''):>6}  {json.dumps(params)}"
-            + (f"  [{attrs['fail_reason']}]" if attrs.get("fail_reason") else "")
+            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get('worker', ''):>10}  {json.dumps(params)}"
+            + (f"  [{attrs['fail_reason']}]" if row["state"] == "FAIL" and attrs.get("fail_reason") else "")
         )
     return "\n".join(lines)
 
@@ -216,7 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=_positive_int, help="total trials of the study (default: study.n_trials)")
     run.add_argument("--timeout", type=_positive_float, help="stop after the trial running at this many seconds")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study setting")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="start this many local worker processes on the study (default: 1, this process)")
+    run.add_argument("--worker-id", help=argparse.SUPPRESS)  # set by --workers for each worker process
     run.set_defaults(func=cmd_run)
+
+    reap = commands.add_parser("reap", help="fail a study's stale RUNNING trials (dead workers) and retry them")
+    reap.add_argument("--study", required=True, help="study name or path")
+    reap.add_argument("--storage", help="database URL")
+    reap.add_argument("--older-than", type=_positive_float, metavar="SECONDS",
+                      help="also reap trials running for longer than this (storages without heartbeats)")
+    reap.add_argument("--json", action="store_true", help="print what was reaped as JSON")
+    reap.set_defaults(func=cmd_reap)
 
     for name, func, text in (("trials", cmd_trials, "one row per trial"), ("best", cmd_best, "the best trial")):
         sub = commands.add_parser(name, help=text)

@@ -251,9 +251,17 @@ class StudyConfig:
     objective: Literal["best", "last"] = "best"
     lr_finder: LRFinderConfig = field(default_factory=LRFinderConfig)
     baseline: bool = True
+    heartbeat_interval: int | None = 30
+    grace_period: int | None = 120
+    max_retries: int = 2
 
     def __post_init__(self) -> None:
         _check(self.n_trials > 0, "study.n_trials", "must be positive")
+        _check(self.heartbeat_interval is None or self.heartbeat_interval >= 0, "study.heartbeat_interval",
+               "must be a number of seconds (0 turns heartbeats off)")
+        _check(not self.heartbeat_interval or self.grace_period is None or self.grace_period > self.heartbeat_interval,
+               "study.grace_period", "must be longer than study.heartbeat_interval")
+        _check(self.max_retries >= 0, "study.max_retries", "must be 0 or more")
         _check(self.timeout is None or self.timeout > 0, "study.timeout", "must be positive (seconds)")
         _check(self.metric.startswith("val_"), "study.metric", "must be a validation metric such as val_kendall_tau")
 

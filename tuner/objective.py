@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -24,6 +22,7 @@ from tuner.config import LRFinderConfig, RunConfig
 from tuner.data import SentenceOrderingData
 from tuner.model import SentenceOrderer
 from tuner.train import ValidationHistory, build_trainer
+from tuner.worker import Interrupted, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,13 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
         super().__init__(trial, monitor)
         self.reports = 0
 
+    # the report count is checkpointed, so a resumed trial goes on reporting where it stopped
+    def state_dict(self) -> dict[str, Any]:
+        return {"reports": self.reports}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reports = int(state_dict["reports"])
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -59,6 +65,32 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
         self._trial.report(value, step=step)
         if self._trial.should_prune():
             raise optuna.TrialPruned(f"pruned after validation {step} (epoch {trainer.current_epoch})")
+
+
+class StopOnSignal(Callback):
+    """End training at the next batch once SIGTERM or SIGINT arrived, saving a checkpoint first.
+
+    Training runs with signals deferred (see :class:`tuner.worker.StopSignals`), so the model is
+    never stopped half way through an optimizer step; the checkpoint lets the trial's retry resume.
+    It also records the step training started at (above 0 when resuming).
+    """
+
+    def __init__(self, signals: StopSignals, last: Path, trial: optuna.Trial) -> None:
+        self.signals, self.last, self.trial = signals, last, trial
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trial.set_user_attr("start_step", trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.signals.signum is not None:
+            trainer.save_checkpoint(str(self.last))
+            self.signals.check()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.signals.check()  # the last checkpoint, from the last validation, stands
 
 
 class NaNGuard(Callback):
@@ -128,27 +160,26 @@ class Objective:
     Args:
         run: the study file's settings (with ``[study]`` and ``[search]``).
         output_dir: where each trial's folder is made (``trial-0007/``).
-        worker: a label for this worker, recorded on every trial.
         progress: show Lightning's progress bar inside each trial.
+        signals: the worker's signal handling; training stops cleanly at the next batch on a signal.
     """
 
-    def __init__(self, run: RunConfig, output_dir: Path, worker: str = "0", progress: bool = False) -> None:
+    def __init__(self, run: RunConfig, output_dir: Path, progress: bool = False,
+                 signals: StopSignals | None = None) -> None:
         self.run = run
         self.output_dir = output_dir
-        self.worker = worker
         self.progress = progress
+        self.signals = signals or StopSignals()
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
+        resume = _resume_point(trial)
         root = _fresh_dir(self.output_dir / f"trial-{trial.number:04d}")
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("trial_dir", str(root))
         trial.set_user_attr("versions", _versions())
         try:
-            return self._train(trial, root, started)
-        except optuna.TrialPruned:
+            return self._train(trial, root, started, resume)
+        except (optuna.TrialPruned, Interrupted):
             trial.set_user_attr("wall_s", time.perf_counter() - started)
             raise
         except TrialFailed as err:
@@ -170,7 +201,7 @@ class Objective:
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("wall_s", time.perf_counter() - started)
 
-    def _train(self, trial: optuna.Trial, root: Path, started: float) -> float:
+    def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:
         run = search.sample(trial, self.run)
         seed = run.trainer.seed + trial.number
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -180,7 +211,11 @@ class Objective:
         trial.set_user_attr("data_fingerprint", data.fingerprint)
         model = SentenceOrderer.from_config(run.model)
         trial.set_user_attr("setup_s", time.perf_counter() - started)
-        learning_rate, finder = self._learning_rate(trial, run, data, root)
+        if resume is not None and "lr_used" in trial.user_attrs:
+            # a retry resuming its predecessor's checkpoint trains on with the same learning rate
+            learning_rate, finder = float(trial.user_attrs["lr_used"]), trial.user_attrs.get("lr_finder", {})
+        else:
+            learning_rate, finder = self._learning_rate(trial, run, data, root)
         model.learning_rate = learning_rate
         model.hparams["learning_rate"] = learning_rate
         trial.set_user_attr("lr_used", learning_rate)
@@ -188,14 +223,20 @@ class Objective:
         model.run_settings = {"study": run.name, "trial": trial.number, "trainer": asdict(run.trainer)}
 
         history = ValidationHistory()
-        checkpoint = ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="best",
+        # `last.ckpt` (every validation, and on a signal) is what a retry of this trial resumes from
+        checkpoint = ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="best", save_last=True,
                                      monitor=run.study.metric, mode=run.study.direction[:3], save_top_k=1)
         pruning = ReportingPruningCallback(trial, run.study.metric)
-        trainer = build_trainer(run.trainer, root, [checkpoint, history, pruning, NaNGuard()],
+        stop = StopOnSignal(self.signals, root / "checkpoints" / "last.ckpt", trial)
+        trainer = build_trainer(run.trainer, root, [checkpoint, history, pruning, NaNGuard(), stop],
                                 logger=_loggers(root), progress=self.progress)
+        if resume is not None:
+            trial.set_user_attr("resumed_from", str(resume))
         fit_started = time.perf_counter()
         try:
-            trainer.fit(model, datamodule=data)
+            with self.signals.deferred():
+                trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
+            self.signals.check()
         finally:
             trial.set_user_attr("fit_s", time.perf_counter() - fit_started)
             trial.set_user_attr("epochs", trainer.current_epoch)
@@ -240,6 +281,25 @@ class Objective:
         multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
                                                             "multiplier": multiplier}
+
+
+def _resume_point(trial: optuna.Trial) -> Path | None:
+    """The checkpoint a retry resumes from: the newest ``last.ckpt`` among the trials it replaces.
+
+    A retry starts with a copy of the failed trial's attributes, so ``trial_dir`` still names the
+    failed trial's folder here, and ``resume_dirs`` the folders of earlier attempts.
+    """
+    attrs = trial.user_attrs
+    if "retry_of" not in attrs:
+        return None
+    folders = [attrs["trial_dir"]] if attrs.get("trial_dir") else []
+    folders += [f for f in attrs.get("resume_dirs", []) if f not in folders]
+    trial.set_user_attr("resume_dirs", folders)
+    for folder in folders:
+        last = Path(folder) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last
+    return None
 
 
 def _fresh_dir(path: Path) -> Path:

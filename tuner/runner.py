@@ -1,16 +1,22 @@
-"""The optimize loop: open the study in its storage, run trials until the budget is spent, summarise.
+"""Studies and their workers: open a study in its storage, run workers on it, summarise it.
 
-The budget ``n_trials`` counts finished trials (complete, pruned, failed) and running ones, across
-every worker: a worker never starts a trial once the study holds ``n_trials`` of them, so a study run
-again resumes up to the budget and stops there.
+The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
+failed trials that were retried (see :mod:`tuner.worker`): a study run again resumes up to the
+budget and stops there. ``run_study`` is one worker in this process; ``run_workers`` starts several
+local worker processes and shows their combined progress.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
+import socket
+import subprocess
 import sys
-import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,11 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import search
 from tuner.config import RunConfig, find_study, load_study
 from tuner.errors import ConfigError, TunerError
-from tuner.storage import mask, open_storage, resolve_url
+from tuner.storage import SlotLock, check_sqlite_for_workers, mask, open_storage, resolve_url
+from tuner.worker import StopSignals, reap, used_slots, work
 
 log = logging.getLogger(__name__)
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -45,7 +50,11 @@ def open_study(run: RunConfig, storage: str | None = None, create: bool = True) 
     direction is refused rather than mixed."""
     url = resolve_url(storage, run.study.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    backend = open_storage(url)
+    interval = run.study.heartbeat_interval or None
+    # creating the schema concurrently on a fresh database races (Optuna issue #4621): one at a time
+    with SlotLock(url, "schema")(retry=False):
+        backend = open_storage(url, heartbeat_interval=interval,
+                               grace_period=run.study.grace_period if interval else None)
     sampler = search.build_sampler(run.study.sampler, run)
     pruner = search.build_pruner(run.study.pruner)
     names = {s.study_name for s in optuna.study.get_all_study_summaries(backend)}
@@ -66,7 +75,13 @@ def open_study(run: RunConfig, storage: str | None = None, create: bool = True) 
 
 
 def counted(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
+    """The trials that use the budget (see :func:`tuner.worker.used_slots`)."""
+    return used_slots(study.get_trials(deepcopy=False))
+
+
+def finished(trials: list[FrozenTrial]) -> int:
+    """Trials that ended and count towards the budget: a failed trial that was retried does not."""
+    return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
 @dataclass
@@ -77,6 +92,12 @@ class RunSummary:
     finished: int
     n_trials: int
     best: dict[str, Any] | None
+    interrupted: str | None = None  # the signal that stopped the worker
+    failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
+
+
+def default_worker() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def run_study(
@@ -85,35 +106,136 @@ def run_study(
     n_trials: int | None = None,
     timeout: float | None = None,
     output_dir: str | Path | None = None,
-    worker: str = "0",
+    worker: str | None = None,
     progress: bool | None = None,
 ) -> RunSummary:
-    """Run trials of ``run``'s study until ``n_trials`` (the study's total) or ``timeout`` seconds.
-
-    The timeout stops the worker after its current trial.
-    """
+    """Run this process as one worker of ``run``'s study until it holds ``n_trials`` (the study's
+    total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives."""
     from tuner.objective import Objective  # torch is imported here, not for `tuner trials`
 
     budget = n_trials or run.study.n_trials
     timeout = timeout if timeout is not None else run.study.timeout
-    study = open_study(run, storage)
-    if run.study.baseline and not study.trials:
-        study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
-    interactive = sys.stderr.isatty() if progress is None else progress
-    objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), worker, interactive)
-    started, ran = time.monotonic(), 0
-    progress_lines = _Progress(budget, counted(study), interactive)
-    while counted(study) < budget:
-        if timeout is not None and time.monotonic() - started >= timeout:
-            log.info("timeout of %.0f s reached; stopping after %d trials", timeout, ran)
-            break
-        progress_lines.start()
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                       callbacks=[lambda _study, trial: progress_lines.finished(trial)])
-        ran += 1
     url = resolve_url(storage, run.study.storage)
-    return RunSummary(run.name, mask(url), ran, len(study.get_trials(deepcopy=False, states=FINISHED)), budget,
-                      best_trial(study, run))
+    study = open_study(run, storage)
+    lock = SlotLock(url, run.name)
+    with lock():
+        if run.study.baseline and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
+    interactive = sys.stderr.isatty() if progress is None else progress
+    lines = _Progress(budget, counted(study), interactive)
+    with StopSignals() as signals:
+        objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), interactive, signals)
+        result = work(study, objective, budget, lock=lock, signals=signals, max_retries=run.study.max_retries,
+                      timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
+                      on_end=lines.finished)
+    return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
+                      best_trial(study, run), interrupted=result.interrupted)
+
+
+_TRIAL_LINE = re.compile(r"^trial \d+: ")
+
+
+def run_workers(
+    run: RunConfig,
+    study_file: str | Path,
+    workers: int,
+    overrides: list[str] | tuple[str, ...] = (),
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+) -> RunSummary:
+    """Start ``workers`` local worker processes (``tuner run``) on the study and wait for them.
+
+    Each worker gets an even share of the CPU threads and, where GPUs are visible, one of them
+    (round-robin). Their output is shown prefixed with the worker's label, with a combined progress
+    line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
+    cleanly. The storage URL reaches them in the environment, never on a command line.
+    """
+    url = resolve_url(storage, run.study.storage)
+    check_sqlite_for_workers(url, workers)
+    study = open_study(run, storage)  # the schema and the study exist before any worker starts
+    before = finished(study.get_trials(deepcopy=False))
+    budget = n_trials or run.study.n_trials
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus = _visible_gpus()
+    command = [sys.executable, "-m", "tuner", "run", "--study", str(Path(study_file).resolve()),
+               *(f"--set={item}" for item in overrides), "--n-trials", str(budget)]
+    if timeout is not None:
+        command += ["--timeout", str(timeout)]
+    processes: dict[str, subprocess.Popen[str]] = {}
+    for index in range(workers):
+        label = f"w{index}"
+        env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
+               "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        processes[label] = subprocess.Popen(
+            [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,  # our signals are forwarded, not shared
+        )
+    print(f"started {workers} workers on {mask(url)} ({threads} CPU threads each"
+          + (f", GPUs {', '.join(gpus)}" if gpus else "") + ")", flush=True)
+    forwarded: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        forwarded.append(signum)
+        print(f"{signal.Signals(signum).name}: stopping the workers after their trials end cleanly", flush=True)
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    readers = [threading.Thread(target=_relay, args=(label, process, study, budget), daemon=True)
+               for label, process in processes.items()]
+    try:
+        for reader in readers:
+            reader.start()
+        codes = {label: process.wait() for label, process in processes.items()}
+        for reader in readers:
+            reader.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stopped = {128 + signal.SIGTERM, 128 + signal.SIGINT} if forwarded else set()
+    failed = [f"{label} (exit {code})" for label, code in codes.items() if code != 0 and code not in stopped]
+    after = finished(study.get_trials(deepcopy=False))
+    return RunSummary(run.name, mask(url), after - before, after, budget, best_trial(study, run),
+                      interrupted=signal.Signals(forwarded[0]).name if forwarded else None, failed_workers=failed)
+
+
+def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budget: int) -> None:
+    """Print a worker's output prefixed with its label, and the study's progress after each trial."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        print(f"[{label}] {line.rstrip()}", flush=True)
+        if _TRIAL_LINE.match(line):
+            print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
+
+
+def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
+    states = {state: sum(t.state == state for t in trials) for state in TrialState}
+    return (f"{finished(trials)}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
+            f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed), "
+            f"{states[TrialState.RUNNING]} running")
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs to share among workers: ``CUDA_VISIBLE_DEVICES`` if set, else every CUDA device."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
+    """Fail the study's stale RUNNING trials and queue their retries (see :func:`tuner.worker.reap`)."""
+    study = open_study(run, storage, create=False)
+    with SlotLock(resolve_url(storage, run.study.storage), run.name)():
+        return reap(study, run.study.max_retries, older_than)
 
 
 class _Progress:
@@ -126,12 +248,12 @@ class _Progress:
     def __init__(self, total: int, done: int, interactive: bool) -> None:
         self.total, self.done, self.interactive = total, done, interactive
 
-    def start(self) -> None:
+    def start(self, number: int) -> None:
         if self.interactive:
             width = 30
             filled = width * min(self.done, self.total) // max(self.total, 1)
             print(f"trials [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}: "
-                  f"starting trial {self.done + 1}", file=sys.stderr, flush=True)
+                  f"starting trial {number}", file=sys.stderr, flush=True)
 
     def finished(self, trial: FrozenTrial) -> None:
         self.done += 1
@@ -140,7 +262,7 @@ class _Progress:
 
 def _line(trial: FrozenTrial) -> str:
     value = "" if trial.value is None else f" value={trial.value:.4f}"
-    reason = trial.user_attrs.get("fail_reason")
+    reason = trial.user_attrs.get("fail_reason") if trial.state == TrialState.FAIL else None
     epochs = trial.user_attrs.get("epochs", "-")
     return f"{trial.state.name}{value} epochs={epochs}" + (f" ({reason})" if reason else "")
 

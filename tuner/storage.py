@@ -5,21 +5,44 @@ default ``sqlite:///tuner.db``. SQLite is opened in WAL mode with a busy timeout
 workers can share the file; PostgreSQL and MySQL URLs are used as given, with ``pool_pre_ping`` so a
 connection the server dropped during a long trial is replaced rather than failing the next query.
 Passwords never appear in messages: every URL shown goes through :func:`mask`.
+
+Workers outlive database hiccups: every storage call that fails because the connection dropped, the
+server restarted or SQLite stayed locked is retried with backoff for up to ``RETRY_S`` seconds
+(:class:`ResilientRDBStorage`), and :func:`slot_lock` serialises "is there budget left? then start a
+trial" across every worker on every machine, so a study never runs more trials than its budget.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import logging
 import os
 import re
 import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage
 
 from tuner.errors import TunerError
 
 DEFAULT_URL = "sqlite:///tuner.db"
 ENV_VAR = "TUNER_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_MAX_WORKERS = 8
+RETRY_S = 120.0  # how long a worker waits out a database outage before giving up
+NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs", "ceph",
+                        "glusterfs", "fuse.glusterfs", "beegfs", "afs", "fuse.s3fs", "fuse.gcsfuse")
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StorageError(TunerError):
@@ -88,6 +111,114 @@ def _prepare_sqlite(url: str) -> None:
         raise StorageError(f"storage {mask(url)}: {path} is not a usable SQLite database ({err})") from None
 
 
+def _sqlite_path(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, file system type) of every mount, from /proc/mounts (empty where there is none)."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    return [(fields[1].replace("\\040", " "), fields[2]) for fields in (line.split() for line in lines)
+            if len(fields) >= 3]
+
+
+def file_system_type(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (the longest mount point that contains it)."""
+    resolved = str(path.resolve())
+    best: tuple[str, str] | None = None
+    for point, fstype in _mounts():
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, fstype)
+    return best[1] if best else None
+
+
+def check_sqlite_for_workers(url: str, workers: int) -> None:
+    """Refuse SQLite on a network file system, and warn when more local workers share it than it suits.
+
+    SQLite's locks and its WAL index need one machine's shared memory; over NFS and its kin they fail
+    silently and the file can be corrupted.
+    """
+    path = _sqlite_path(url) if url.startswith("sqlite") else None
+    if path is None:
+        return
+    fstype = file_system_type(path.parent if path.parent != Path() else Path.cwd())
+    if fstype is not None and (fstype in NETWORK_FILE_SYSTEMS or fstype.startswith("nfs")):
+        raise StorageError(f"storage {mask(url)}: {path} is on a network file system ({fstype}), where SQLite's "
+                           "locking is unreliable; use PostgreSQL or MySQL (see README, 'Many machines')")
+    if workers > SQLITE_MAX_WORKERS:
+        log.warning("%d workers share the SQLite file %s; above %d, use PostgreSQL or MySQL (see README, "
+                    "'Many machines')", workers, path, SQLITE_MAX_WORKERS)
+
+
+def _transient(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) is a lost connection, a server restart or a locked database."""
+    from sqlalchemy import exc
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (exc.OperationalError, exc.InterfaceError)):
+            return True
+        if isinstance(seen, exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and "locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RETRY_S) -> Callable[..., T]:
+    """``call``, retried with exponential backoff while it fails transiently, for up to ``deadline_s``."""
+
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        started, delay = time.monotonic(), 0.1
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - re-raised unless transient
+                if not _transient(err) or time.monotonic() - started + delay > deadline_s:
+                    raise
+                reason = _scrub(str(getattr(err, "orig", None) or err.__cause__ or err).strip().splitlines()[0], url)
+                log.warning("storage %s: %s failed (%s); retrying in %.1f s", mask(url), what, reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose calls are retried through database outages (see :func:`retrying`).
+
+    Optuna turns a dropped connection into ``StorageInternalError`` and the trial's result is lost;
+    here the call waits for the database to come back. A write retried after its commit succeeded
+    but before the reply arrived can find the trial already finished: callers that care
+    (``tuner.worker``) check the stored state.
+    """
+
+    _RETRIED = (
+        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+        "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+        "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+        "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+        "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+    )
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in ResilientRDBStorage._RETRIED:
+            return retrying(value, name, super().__getattribute__("url"))
+        return value
+
+
 def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> Any:
     """An Optuna ``RDBStorage`` for ``url``, with clear errors for bad URLs and unreachable servers.
 
@@ -97,33 +228,134 @@ def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> 
             on a fresh file races (Optuna issue #4621); workers pass ``False``.
         rdb_kwargs: passed to ``RDBStorage`` (heartbeat settings).
     """
-    import optuna
+    from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
+
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _prepare_sqlite(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
+            return ResilientRDBStorage(
+                url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create_schema, **rdb_kwargs
+            )
+    except ImportError as err:
+        raise _missing_driver(url, err) from None
+    except NoSuchModuleError:
+        raise _unknown_dialect(url, parsed.drivername) from None
+    except SQLAlchemyError as err:
+        raise _unreachable(err, url) from None
+
+
+def parse_url(url: str) -> Any:
+    """``url`` as a SQLAlchemy ``URL``, or a clear error."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError
 
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except (ArgumentError, ValueError):
         raise StorageError(
             f"bad storage URL {mask(url)!r}: expected e.g. sqlite:///tuner.db, "
             "postgresql://user:password@host/db or mysql+pymysql://user:password@host/db"
         ) from None
-    if parsed.get_backend_name() == "sqlite":
-        _prepare_sqlite(url)
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create_schema, **rdb_kwargs
-        )
-    except ImportError as err:
-        raise StorageError(
-            f"storage {mask(url)} needs a database driver that is not installed ({err.__cause__ or err}); "
-            "install the extra: pip install 'tuner[db]'"
-        ) from None
-    except NoSuchModuleError:
-        raise StorageError(
-            f"storage {mask(url)}: unknown database dialect or driver {parsed.drivername!r}; use sqlite, "
-            "postgresql (psycopg), or mysql+pymysql"
-        ) from None
-    except SQLAlchemyError as err:
-        reason = _scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
-        raise StorageError(f"cannot open storage {mask(url)}: {reason}") from None
+
+
+def _unknown_dialect(url: str, drivername: str) -> StorageError:
+    return StorageError(f"storage {mask(url)}: unknown database dialect or driver {drivername!r}; use sqlite, "
+                        "postgresql (psycopg), or mysql+pymysql")
+
+
+def _missing_driver(url: str, err: ImportError) -> StorageError:
+    return StorageError(f"storage {mask(url)} needs a database driver that is not installed "
+                        f"({err.__cause__ or err}); install the extra: pip install 'tuner[db]'")
+
+
+def _unreachable(err: Exception, url: str) -> StorageError:
+    reason = _scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
+    return StorageError(f"cannot open storage {mask(url)}: {reason}")
+
+
+class SlotLock:
+    """A lock shared by every worker of one study, on any machine that reaches its storage.
+
+    PostgreSQL and MySQL hold it on the server (``pg_advisory_lock``, ``GET_LOCK``), so it is released
+    when a holder's connection dies; SQLite, which only local workers share, uses ``flock`` on a file
+    next to the database. Hold it only for a few queries.
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        from sqlalchemy.exc import NoSuchModuleError
+
+        self.url = url
+        parsed = parse_url(url)
+        self.backend = parsed.get_backend_name()
+        digest = hashlib.sha256(f"tuner:{study_name}".encode()).digest()
+        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        self._name = f"tuner:{digest.hex()[:40]}"
+        self._thread_lock = threading.Lock()
+        self._engine: Any = None
+        self._path: Path | None = None
+        if self.backend == "sqlite":
+            database = _sqlite_path(url)
+            self._path = None if database is None else database.with_name(database.name + ".lock")
+        elif self.backend in ("postgresql", "mysql", "mariadb"):
+            import sqlalchemy
+
+            try:
+                self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            except ImportError as err:
+                raise _missing_driver(url, err) from None
+            except NoSuchModuleError:
+                raise _unknown_dialect(url, parsed.drivername) from None
+
+    @contextlib.contextmanager
+    def __call__(self, retry: bool = True) -> Iterator[None]:
+        """Hold the lock; ``retry=False`` fails at once, with a clear error, when the server is down."""
+        with self._thread_lock:
+            if self._engine is not None:
+                connection, release = retrying(self._acquire, "lock", self.url)() if retry else self._first()
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(Exception):  # a dead connection has released the lock already
+                        connection.execute(*release)
+                        connection.commit()
+                    with contextlib.suppress(Exception):
+                        connection.close()
+            elif self._path is not None:
+                import fcntl
+
+                with open(self._path, "a+b") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+            else:  # an in-memory database: only this process can see it
+                yield
+
+    def _first(self) -> tuple[Any, tuple[Any, dict[str, Any]]]:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._acquire()
+        except SQLAlchemyError as err:
+            raise _unreachable(err, self.url) from None
+
+    def _acquire(self) -> tuple[Any, tuple[Any, dict[str, Any]]]:
+        import sqlalchemy
+
+        connection = self._engine.connect()
+        try:
+            if self.backend == "postgresql":
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+                return connection, (sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, :wait)"),
+                                     {"name": self._name, "wait": int(RETRY_S)}).scalar()
+            if got != 1:
+                raise StorageError(f"storage {mask(self.url)}: could not take the study lock in {RETRY_S:.0f} s")
+            return connection, (sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": self._name})
+        except BaseException:
+            connection.close()
+            raise

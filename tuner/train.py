@@ -83,6 +83,13 @@ class ValidationHistory(Callback):
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         self.records.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
 
+    # checkpointed, so a run resumed from a checkpoint keeps the validations before it
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict["records"])
+
     def best(self, metric: str = OBJECTIVE) -> dict[str, float]:
         """The record with the highest ``metric`` (the first one on ties)."""
         scored = [r for r in self.records if metric in r]
