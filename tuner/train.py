@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from tuner import distributed
 from tuner.config import RunConfig, TrainerConfig, data_config
 from tuner.data import Document, SentenceOrderingData, collate, encode_documents
 from tuner.errors import TunerError
@@ -54,6 +55,8 @@ def build_trainer(
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
+        strategy=distributed.strategy(config),
+        use_distributed_sampler=False,  # the data module shards its own batches (DocumentBatchSampler)
         precision=config.precision,  # type: ignore[arg-type]
         max_epochs=max_epochs or config.max_epochs,
         val_check_interval=config.val_check_interval,
@@ -82,6 +85,13 @@ class ValidationHistory(Callback):
             return
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         self.records.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+
+    def state_dict(self) -> dict[str, Any]:
+        # how the records leave spawned DDP ranks (tuner.distributed), and travel in checkpoints
+        return {"records": list(self.records)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict["records"])
 
     def best(self, metric: str = OBJECTIVE) -> dict[str, float]:
         """The record with the highest ``metric`` (the first one on ties)."""
