@@ -250,6 +250,19 @@ def test_bucketing_cuts_padding(tmp_path: Path, tiny_bert: str) -> None:
     assert seen == list(range(400)) and len(sampler) == 50
 
 
+@pytest.mark.parametrize("documents", [40, 44])
+def test_ddp_ranks_share_the_batches_in_equal_numbers(documents: int) -> None:
+    lengths = list(np.random.default_rng(1).integers(10, 200, size=documents))
+    whole = [tuple(b) for b in DocumentBatchSampler(lengths, 4, shuffle=True, bucket=True, seed=0)]
+    ranks = [DocumentBatchSampler(lengths, 4, shuffle=True, bucket=True, seed=0, rank=r, replicas=3)
+             for r in range(3)]
+    shares = [[tuple(b) for b in rank] for rank in ranks]
+    # 10 or 11 batches over 3 ranks: 4 each, the first ones repeated to fill the last round
+    assert [len(s) for s in shares] == [len(r) for r in ranks] == [4, 4, 4]
+    assert set().union(*shares) == set(whole)
+    assert sorted(sum(shares, [])) == sorted(whole + whole[: 12 - len(whole)])
+
+
 def test_tokenised_data_is_cached(tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch) -> None:
     module = _module(tmp_path, tiny_bert)
     docs = synthetic_documents(30, seed=5)

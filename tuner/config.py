@@ -29,6 +29,7 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 LOSSES = ("pairwise", "listmle", "mse")
 FORMATS = ("auto", "lines", "csv", "jsonl", "text")
 BUILTINS = ("python-docs",)
+STRATEGIES = ("auto", "ddp")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -157,7 +158,10 @@ class TrainerConfig:
     max_epochs: int = 3
     precision: str = "bf16-mixed"
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    # One device per trial by default: trials run side by side through workers, and several devices
+    # per trial run DDP ranks that the trial spawns itself (see tuner.distributed).
+    devices: int = 1
+    strategy: str = "auto"
     seed: int = 0
     val_check_interval: float = 1.0
     limit_train_batches: float = 1.0
@@ -170,6 +174,11 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_epochs > 0, "trainer.max_epochs", "must be positive")
+        _check(self.devices > 0, "trainer.devices",
+               f"is the number of devices per trial, 1 or more, got {self.devices}")
+        _check(self.strategy in STRATEGIES, "trainer.strategy",
+               f"unknown strategy {self.strategy!r}; use 'auto' (DDP when devices > 1) or 'ddp' (each trial spawns "
+               "one rank per device and only the trial's own process talks to the study)")
         _check(self.precision in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), "trainer.precision",
                f"unknown precision {self.precision!r}; use 'bf16-mixed', '16-mixed' or '32-true'")
         _check(0 < self.val_check_interval, "trainer.val_check_interval", "must be positive")

@@ -537,20 +537,30 @@ class DocumentBatchSampler:
 
     With ``bucket``, documents are sorted by length within windows of 50 batches, and the batches are
     then shuffled, so batches hold similar lengths but the order of lengths stays random.
+
+    Under DDP every rank builds the same batches and takes every ``replicas``-th one, starting at its
+    ``rank``. Lightning cannot put its distributed sampler inside a batch sampler of its own kind, so the
+    sharding is done here. Every rank must run the same number of steps, so when the batches do not
+    divide evenly, the first ones are repeated to fill the last round (as ``DistributedSampler`` pads).
     """
 
     _WINDOW = 50
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, bucket: bool, seed: int) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, bucket: bool, seed: int,
+                 rank: int = 0, replicas: int = 1) -> None:
+        if not 0 <= rank < replicas:
+            raise ValueError(f"rank {rank} is not one of {replicas} replicas")
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.bucket = bucket
         self.seed = seed
+        self.rank = rank
+        self.replicas = replicas
         self.sampler = _Epoch()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.replicas)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch = self.sampler.epoch
@@ -563,6 +573,9 @@ class DocumentBatchSampler:
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.replicas > 1 and batches:
+            padded = len(self) * self.replicas
+            batches = (batches * self.replicas)[:padded][self.rank :: self.replicas]
         for batch in batches:
             yield [(index, epoch) for index in batch]
 
@@ -629,8 +642,12 @@ class SentenceOrderingData(pl.LightningDataModule):
         return self.make_dataset(encoded, split)
 
     def loader(self, dataset: OrderingDataset, shuffle: bool = False) -> DataLoader:
+        # attached to a DDP trainer, each rank loads its own share of the batches
+        trainer = self.trainer
+        rank, replicas = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = DocumentBatchSampler(
-            dataset.lengths, self.config.batch_size, shuffle=shuffle, bucket=self.config.bucket, seed=self.config.seed
+            dataset.lengths, self.config.batch_size, shuffle=shuffle, bucket=self.config.bucket, seed=self.config.seed,
+            rank=rank, replicas=replicas,
         )
         return DataLoader(
             dataset,

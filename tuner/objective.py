@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from optuna_integration import PyTorchLightningPruningCallback
 
-from tuner import search
+from tuner import distributed, search
 from tuner.config import LRFinderConfig, RunConfig
 from tuner.data import SentenceOrderingData
 from tuner.model import SentenceOrderer
@@ -62,9 +62,16 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
         if math.isnan(value):
             raise TrialFailed(f"{self.monitor} is NaN at epoch {trainer.current_epoch}")
         step, self.reports = self.reports, self.reports + 1
-        self._trial.report(value, step=step)
-        if self._trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after validation {step} (epoch {trainer.current_epoch})")
+        distributed.report(trainer, self._trial, value, step,
+                           f"pruned after validation {step} (epoch {trainer.current_epoch})")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: under DDP, :mod:`tuner.distributed` carries reports and decisions, not the base class's
+        storage side channel (which needs a manual ``check_pruned()`` after ``fit``)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # spawned DDP ranks never touch the trial: rank 0 asks the trial's own process
+        return {**self.__dict__, "_trial": None}
 
 
 class StopOnSignal(Callback):
@@ -139,7 +146,8 @@ def run_finder(run: RunConfig, model: SentenceOrderer, data: SentenceOrderingDat
     finder_root.mkdir(parents=True, exist_ok=True)
     # enough epochs for num_training steps: the finder stops at the trainer's last epoch otherwise
     per_epoch = max(1, len(data.train_dataloader()))
-    trainer = build_trainer(run.trainer, finder_root, logger=False, progress=False,
+    # on one device: the finder's curve would stay in spawned DDP ranks
+    trainer = build_trainer(distributed.one_device(run.trainer), finder_root, logger=False, progress=False,
                             max_epochs=math.ceil(config.num_training / per_epoch) + 1)
     started = time.perf_counter()
     finder = Tuner(trainer).lr_find(
@@ -189,6 +197,9 @@ class Objective:
             self._fail(trial, f"out of memory (infeasible): {str(err).splitlines()[0]}", started)
             raise
         except Exception as err:
+            if self.signals.signum is not None:
+                # stopped by the signal in its own way (Lightning's SIGTERMException, a DDP rank's error)
+                raise Interrupted(self.signals.signum) from err
             message = str(err).splitlines()[0] if str(err) else ""
             reason = f"{type(err).__name__}: {message}"
             if "out of memory" in message.lower():
@@ -235,7 +246,8 @@ class Objective:
         fit_started = time.perf_counter()
         try:
             with self.signals.deferred():
-                trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
+                # trainer.fit, with pruning across DDP ranks
+                distributed.fit(trainer, model, data, trial, ckpt_path=str(resume) if resume else None)
             self.signals.check()
         finally:
             trial.set_user_attr("fit_s", time.perf_counter() - fit_started)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from tuner import distributed
 from tuner.config import RunConfig, TrainerConfig, data_config
 from tuner.data import Document, SentenceOrderingData, collate, encode_documents
 from tuner.errors import TunerError
@@ -54,6 +55,8 @@ def build_trainer(
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
+        strategy=distributed.strategy(config),
+        use_distributed_sampler=False,  # the data module shards its own batches (DocumentBatchSampler)
         precision=config.precision,  # type: ignore[arg-type]
         max_epochs=max_epochs or config.max_epochs,
         val_check_interval=config.val_check_interval,
@@ -83,9 +86,10 @@ class ValidationHistory(Callback):
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         self.records.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
 
-    # checkpointed, so a run resumed from a checkpoint keeps the validations before it
     def state_dict(self) -> dict[str, Any]:
-        return {"records": self.records}
+        # checkpointed, so a resumed run keeps the validations before it; also how the records leave
+        # spawned DDP ranks (tuner.distributed)
+        return {"records": list(self.records)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict["records"])
