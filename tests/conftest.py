@@ -23,6 +23,37 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
+SERVER_URLS = {"postgresql": "TUNER_TEST_POSTGRES_URL", "mysql": "TUNER_TEST_MYSQL_URL"}
+
+
+def require_server(kind: str) -> str:
+    """The URL of a real database server for ``kind`` ("postgresql" or "mysql"), from
+    ``$TUNER_TEST_POSTGRES_URL`` / ``$TUNER_TEST_MYSQL_URL``: skipped with the reason on a user's machine
+    when unset or unreachable, a failure in CI (``.ci/run`` creates the databases and sets both)."""
+    import sqlalchemy
+
+    variable = SERVER_URLS[kind]
+    url = os.environ.get(variable)
+    reason = f"{variable} is not set"
+    if url:
+        try:
+            with sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool).connect():
+                return url
+        except Exception as err:  # noqa: BLE001 - any failure to connect means: no server here
+            reason = f"{kind} at {variable} is unreachable ({str(err).splitlines()[0]})"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs the real {kind} server: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A storage URL per backend: a SQLite file, and the real PostgreSQL and MySQL servers."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return require_server(request.param)
+
+
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
 FILLER = ("the cat dog bird sat ran saw a big small red blue house tree river walked over under near "
           "quickly slowly green old new").split()
@@ -104,3 +135,42 @@ def tiny_distilbert(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) ->
                               max_position_embeddings=128)
     DistilBertModel(config).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture()
+def study_dir(tmp_path: Path, tiny_bert: str) -> Path:
+    """A folder with studies/tiny.toml over learnable synthetic documents."""
+    write_lines(tmp_path / "train.lower", synthetic_documents(96, seed=10))
+    write_lines(tmp_path / "val.lower", synthetic_documents(32, seed=11))
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "tiny.toml").write_text(f"""
+[data]
+train = "../train.lower"
+validation = "../val.lower"
+separator = " <eos> "
+max_length = 96
+batch_size = 8
+
+[model]
+backbone = "{tiny_bert}"
+warmup = 0.0
+
+[trainer]
+max_epochs = 2
+precision = "32-true"
+accelerator = "cpu"
+val_check_interval = 0.5
+output_dir = "{tmp_path / 'runs'}"
+
+[study]
+n_trials = 5
+storage = "sqlite:///{tmp_path / 'study.db'}"
+sampler = {{ type = "random", seed = 3 }}
+pruner = {{ type = "successive_halving", min_resource = 1, reduction_factor = 4 }}
+lr_finder = "off"
+
+[search]
+learning_rate = [1e-5, 3e-3]
+batch_size = [8, 16]
+""")
+    return tmp_path

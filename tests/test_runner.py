@@ -11,7 +11,6 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import synthetic_documents, write_lines
 from test_cli import tuner
 
 from tuner import losses
@@ -19,45 +18,6 @@ from tuner.config import LRFinderConfig, load_study
 from tuner.errors import ConfigError, TunerError
 from tuner.objective import judge_finder
 from tuner.runner import load_run, open_study, run_study, trials
-
-
-@pytest.fixture()
-def study_dir(tmp_path: Path, tiny_bert: str) -> Path:
-    """A folder with studies/tiny.toml over learnable synthetic documents."""
-    write_lines(tmp_path / "train.lower", synthetic_documents(96, seed=10))
-    write_lines(tmp_path / "val.lower", synthetic_documents(32, seed=11))
-    (tmp_path / "studies").mkdir()
-    (tmp_path / "studies" / "tiny.toml").write_text(f"""
-[data]
-train = "../train.lower"
-validation = "../val.lower"
-separator = " <eos> "
-max_length = 96
-batch_size = 8
-
-[model]
-backbone = "{tiny_bert}"
-warmup = 0.0
-
-[trainer]
-max_epochs = 2
-precision = "32-true"
-accelerator = "cpu"
-val_check_interval = 0.5
-output_dir = "{tmp_path / 'runs'}"
-
-[study]
-n_trials = 5
-storage = "sqlite:///{tmp_path / 'study.db'}"
-sampler = {{ type = "random", seed = 3 }}
-pruner = {{ type = "successive_halving", min_resource = 1, reduction_factor = 4 }}
-lr_finder = "off"
-
-[search]
-learning_rate = [1e-5, 3e-3]
-batch_size = [8, 16]
-""")
-    return tmp_path
 
 
 def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

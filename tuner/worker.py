@@ -25,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -128,7 +129,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
     ``max_retries``. Returns whether a retry was queued."""
     if not _retries_left(trial, max_retries):
         return False
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retries, inherit_intermediate_values=True)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retries, inherit_intermediate_values=True)(study, trial)
     return True
 
 

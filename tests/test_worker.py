@@ -1,0 +1,321 @@
+"""The worker loop: exact budgets across processes, stale and interrupted trials, retries, reaping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+from trivial_worker import open_trivial_study
+
+from tuner import storage as storage_module
+from tuner.config import RunConfig, SamplerConfig
+from tuner.search import build_sampler
+from tuner.storage import SlotLock, StorageError, check_sqlite_for_workers, retrying
+from tuner.worker import StopSignals, fail_stale, reap, requeue, used_slots, work
+
+HERE = Path(__file__).resolve().parent
+
+
+def start_trivial_workers(url: str, name: str, budget: int, k: int,
+                          seconds: float = 0.0) -> list[subprocess.Popen[str]]:
+    return [subprocess.Popen([sys.executable, str(HERE / "trivial_worker.py"), url, name, str(budget), str(seconds)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(k)]
+
+
+def finish(workers: list[subprocess.Popen[str]], timeout: float = 240) -> list[tuple[int, str, str]]:
+    out = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=timeout)
+        out.append((worker.returncode, stdout, stderr))
+    return out
+
+
+def assert_exact_budget(study: optuna.Study, budget: int) -> None:
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # no trial recorded twice
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert used_slots(trials) == budget
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
+    """Poll ``condition`` until it is truthy (the event is in another process: there is nothing to join)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_four_workers_share_one_budget_exactly(storage_url: str) -> None:
+    name = f"budget-{uuid.uuid4().hex[:8]}"
+    study = open_trivial_study(storage_url, name)
+    try:
+        results = finish(start_trivial_workers(storage_url, name, 40, k=4, seconds=0.02))
+        assert all(code == 0 for code, _, _ in results), results
+        assert sum(json.loads(out)["ran"] for _, out, _ in results) == 40
+        assert_exact_budget(study, 40)
+        assert all(t.state == TrialState.COMPLETE for t in study.trials)
+        workers = {t.user_attrs["pid"] for t in study.trials}
+        assert len(workers) > 1  # the work was shared
+    finally:
+        optuna.delete_study(study_name=name, storage=storage_url)
+
+
+def test_eight_sqlite_workers_never_see_a_locked_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    study = open_trivial_study(url, "busy")
+    results = finish(start_trivial_workers(url, "busy", 120, k=8))
+    assert all(code == 0 for code, _, _ in results), results
+    assert not [err for _, _, err in results if "locked" in err]
+    assert_exact_budget(study, 120)
+
+
+def test_used_slots_leave_out_failures_that_were_retried(tmp_path: Path) -> None:
+    study = open_trivial_study(f"sqlite:///{tmp_path / 's.db'}", "slots")
+    first = study.ask()
+    first.suggest_float("x", -10, 10)
+    frozen = study.tell(first, state=TrialState.FAIL)
+    assert used_slots(study.get_trials()) == 1
+    assert requeue(study, frozen, max_retries=1)
+    assert used_slots(study.get_trials()) == 1  # the retry holds the failed trial's slot
+    retry = study.ask()
+    assert retry.params == first.params
+    assert not requeue(study, study.tell(retry, state=TrialState.FAIL), max_retries=1)  # limit reached
+    assert used_slots(study.get_trials()) == 1
+
+
+def test_a_stale_trial_is_failed_with_its_reason_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "stale")
+    trial = study.ask()
+    trial.suggest_float("x", -10, 10)
+    trial.set_user_attr("worker", "w9")
+    study._storage.record_heartbeat(trial._trial_id)
+    assert fail_stale(study, max_retries=2) == []  # the heartbeat is fresh
+    monkeypatch.setattr(type(study._storage._backend), "_get_stale_trial_ids", lambda self, study_id: [trial._trial_id])
+    assert fail_stale(study, max_retries=2) == [trial.number]
+    failed, retry = study.get_trials()
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("stale: the heartbeat of "
+                                                                                           "worker w9")
+    assert retry.state == TrialState.WAITING and retry.params == failed.params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed.number
+
+
+def test_the_worker_loop_stops_on_a_signal_and_requeues_the_trial(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "signal")
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if trial.number == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted: the handler raises at once outside deferred code
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 10, lock=SlotLock(url, "signal"), signals=signals)
+    assert result.interrupted == "SIGTERM" and result.ran == 2
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+def test_grid_exhaustion_ends_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_trivial_study(url, "unused")._storage
+    study = optuna.create_study(study_name="grid", storage=storage,
+                                sampler=optuna.samplers.GridSampler({"x": [1.0, 2.0, 3.0]}))
+    with StopSignals() as signals:
+        result = work(study, lambda t: t.suggest_float("x", 0, 5), 10, lock=SlotLock(url, "grid"), signals=signals)
+    assert result.ran == 3 and len(study.trials) == 3
+
+
+def test_reap_fails_trials_of_dead_workers_and_old_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "reap")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, old, alive = study.ask(), study.ask(), study.ask()
+    for trial, pid in ((dead, gone.pid), (old, os.getpid()), (alive, os.getpid())):
+        trial.suggest_float("x", -10, 10)
+        trial.set_user_attr("host", os.uname().nodename)
+        trial.set_user_attr("pid", pid)
+    reaped = reap(study, max_retries=2)
+    assert [r["number"] for r in reaped] == [dead.number] and reaped[0]["retried"]
+    assert "is no longer running" in reaped[0]["reason"]
+    reaped = reap(study, max_retries=0, older_than=1e-9)
+    assert sorted(r["number"] for r in reaped) == [old.number, alive.number]
+    assert not any(r["retried"] for r in reaped)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[old.number].user_attrs["fail_reason"].endswith("retry limit of 0 reached")
+
+
+def test_storage_calls_are_retried_through_transient_errors(caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return "ok"
+
+    assert retrying(flaky, "query", "postgresql://u:hunter2@db/x")() == "ok" and len(calls) == 3
+    assert "retrying" in caplog.text and "hunter2" not in caplog.text
+
+    def broken() -> None:
+        raise ValueError("not transient")
+
+    with pytest.raises(ValueError):
+        retrying(broken, "query", "sqlite:///x.db")()
+
+
+def test_sqlite_on_a_network_file_system_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    monkeypatch.setattr(storage_module, "_mounts", lambda: [("/", "ext4"), (str(tmp_path), "nfs4")])
+    with pytest.raises(StorageError, match=r"network file system \(nfs4\).*use PostgreSQL or MySQL"):
+        check_sqlite_for_workers(url, 1)
+    monkeypatch.setattr(storage_module, "_mounts", lambda: [("/", "ext4")])
+    check_sqlite_for_workers(url, 8)
+    assert "use PostgreSQL" not in caplog.text
+    check_sqlite_for_workers(url, 9)
+    assert "9 workers share the SQLite file" in caplog.text and "use PostgreSQL or MySQL" in caplog.text
+
+
+def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:
+    """Four workers asking at the same moment, simulated by four asks before any tell: with its constant
+    liar (tuner's default), TPE gives them different backbones and batch sizes; without, mostly the same."""
+
+    def score(backbone: str, batch_size: int) -> float:
+        return {"a": 0.6, "b": 0.5, "c": 0.3}[backbone] + {8: 0.05, 16: 0.1, 32: 0.0}[batch_size]
+
+    def distinct_per_batch(seed: int, **options: object) -> float:
+        sampler = build_sampler(SamplerConfig(type="tpe", seed=seed, options={"n_startup_trials": 4, **options}),
+                                RunConfig(name="tpe"))
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+
+        def ask() -> tuple[optuna.Trial, tuple[str, int]]:
+            trial = study.ask()
+            return trial, (trial.suggest_categorical("backbone", ["a", "b", "c"]),
+                           trial.suggest_categorical("batch_size", [8, 16, 32]))
+
+        for _ in range(4):
+            trial, config = ask()
+            study.tell(trial, score(*config))
+        distinct = []
+        for _ in range(4):
+            batch = [ask() for _ in range(4)]
+            distinct.append(len({config for _, config in batch}))
+            for trial, config in batch:
+                study.tell(trial, score(*config))
+        return sum(distinct) / len(distinct)
+
+    with_liar = [distinct_per_batch(seed) for seed in range(4)]
+    without = [distinct_per_batch(seed, constant_liar=False) for seed in range(4)]
+    assert min(with_liar) >= 2.5 and max(without) <= 2.0, (with_liar, without)
+
+
+# The real `tuner run`, killed and interrupted mid-trial, on the tiny backbone.
+
+LONG_TRIAL = ["--set=study.n_trials=1", "--set=study.heartbeat_interval=1", "--set=study.grace_period=3",
+              "--set=trainer.max_epochs=40", "--set=trainer.val_check_interval=1.0",
+              "--set=trainer.limit_train_batches=4", "--set=trainer.limit_val_batches=2", '--set=study.pruner="none"']
+
+
+def start_tuner(study_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tuner", "run", "--study", "tiny", *LONG_TRIAL, *args],
+                            cwd=study_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def tiny_study(study_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
+def first_trial_has(study_dir: Path, attr: str | None = None) -> bool:
+    """Whether the study's first trial exists (and has ``attr``); False while the worker is still creating it."""
+    if not (study_dir / "study.db").is_file():
+        return False
+    try:
+        trials = tiny_study(study_dir).trials
+    except (KeyError, sqlalchemy.exc.OperationalError):  # the schema or the study is not there yet
+        return False
+    return bool(trials) and (attr is None or attr in trials[0].user_attrs)
+
+
+def checkpoint_step(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def assert_resumed(retry: optuna.trial.FrozenTrial, original: optuna.trial.FrozenTrial) -> None:
+    last = Path(original.user_attrs["trial_dir"]) / "checkpoints" / "last.ckpt"
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == original.number
+    assert retry.params == original.params
+    assert retry.user_attrs["resumed_from"] == str(last)
+    assert retry.user_attrs["start_step"] == checkpoint_step(last) > 0
+    # validations before the resume travel in the checkpoint: one per epoch, none lost
+    assert [r["epoch"] for r in retry.user_attrs["history"]] == list(range(40))
+
+
+def test_a_killed_workers_trial_is_retried_by_another_and_resumes(study_dir: Path) -> None:
+    first = start_tuner(study_dir)
+    last = study_dir / "runs" / "tiny" / "trial-0000" / "checkpoints" / "last.ckpt"
+    wait_for(last.is_file, "the first checkpoint")
+    first.kill()
+    first.wait()
+    second = start_tuner(study_dir)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    original, retry = tiny_study(study_dir).trials
+    assert original.state == TrialState.FAIL
+    assert original.user_attrs["fail_reason"].startswith("stale: the heartbeat of worker")
+    assert original.user_attrs["fail_reason"].endswith("queued for retry")
+    assert_resumed(retry, original)
+    assert "1/1 trials finished" in out
+
+
+def test_sigterm_ends_the_trial_cleanly_and_its_retry_resumes(study_dir: Path) -> None:
+    first = start_tuner(study_dir)
+    wait_for(lambda: first_trial_has(study_dir, "start_step"), "training to start")
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    interrupted, queued = tiny_study(study_dir).trials
+    assert interrupted.user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+    assert interrupted.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    second = start_tuner(study_dir)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    assert_resumed(tiny_study(study_dir).trials[1], interrupted)
+
+
+def test_tuner_reap_fails_a_dead_workers_trial(study_dir: Path) -> None:
+    first = start_tuner(study_dir, "--set=study.heartbeat_interval=0")  # no heartbeats: only reap can tell
+    wait_for(lambda: first_trial_has(study_dir, "trial_dir"), "a running trial")
+    first.kill()
+    first.wait()
+    out = subprocess.run([sys.executable, "-m", "tuner", "reap", "--study", "tiny", "--json"], cwd=study_dir,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    [reaped] = json.loads(out.stdout)
+    assert reaped["number"] == 0 and reaped["retried"] and "is no longer running" in reaped["reason"]
+    states = [t.state for t in tiny_study(study_dir).trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
