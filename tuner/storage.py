@@ -210,6 +210,8 @@ class ResilientRDBStorage(RDBStorage):
         "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
         "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
         "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+        # what Optuna's caching layer calls on the storage beneath it
+        "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id",
     )
 
     def __getattribute__(self, name: str) -> Any:
