@@ -143,6 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results = evaluate(_checkpoint(args), split=args.split, files=args.data or (),
                        data_overrides=_overrides(args.set, "data"))
+    if args.study and not args.data and args.split == "test":
+        from tuner.runner import load_run, record_test
+
+        record_test(load_run(args.study), results["test"], args.storage)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
