@@ -174,6 +174,14 @@ def cmd_order(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tuner.report import write_report
+
+    path, seconds = write_report(args.study, args.output, storage=args.storage, compare=args.compare)
+    print(f"wrote {path} in {seconds:.1f} s")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -243,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a data setting for reading, e.g. --set data.separator=' <eos> '")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    report = commands.add_parser("report", help="one self-contained HTML page comparing a study's trials")
+    report.add_argument("--study", required=True,
+                        help="study name or path (or the name of a study in --storage without a study file)")
+    report.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
+                        help="other studies in the same storage, shown side by side")
+    report.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
+    report.add_argument("--storage", help="database URL")
+    report.set_defaults(func=cmd_report)
 
     order = commands.add_parser("order", help="put the sentences of one document in order")
     _checkpoint_arguments(order)
