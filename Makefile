@@ -11,7 +11,7 @@ $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard,dashboard]"
 	touch $(BIN)/tuner
 
 setup: $(BIN)/tuner

@@ -182,6 +182,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import serve
+
+    serve(args.study, storage=args.storage, host=args.host, port=args.port)
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535 (0: any free port), got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -260,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
     report.add_argument("--storage", help="database URL")
     report.set_defaults(func=cmd_report)
+
+    dashboard = commands.add_parser("dashboard", help="a live web dashboard of a study (optuna-dashboard), read-only")
+    dashboard.add_argument("--study", required=True, help="study name or path (or a study name in --storage)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default: 127.0.0.1, this machine only)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="port (default: 8080; 0: any free port)")
+    dashboard.add_argument("--storage", help="database URL")
+    dashboard.set_defaults(func=cmd_dashboard)
 
     order = commands.add_parser("order", help="put the sentences of one document in order")
     _checkpoint_arguments(order)
