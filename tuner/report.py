@@ -589,6 +589,8 @@ def draw_history(points: Mapping[str, list[Any]], metric: str) -> Figure:
 
 
 def draw_learning_curves(curves: Mapping[str, Any], metric: str) -> Figure:
+    drawn = sum(len(trials) for trials in curves["backbones"].values())
+    opacity = 1.0 if drawn <= 50 else 0.4  # thousands of curves: let the bands show through
     data = []
     for i, (backbone, trials) in enumerate(curves["backbones"].items()):
         xs: list[Any] = []
@@ -603,7 +605,7 @@ def draw_learning_curves(curves: Mapping[str, Any], metric: str) -> Figure:
             ys.append(None)
             text.append(None)
         data.append({"type": "scatter", "mode": "lines+markers", "name": _e(backbone), "x": xs, "y": ys,
-                     "text": text, "connectgaps": False, "line": {"color": _colour(i), "width": 1},
+                     "text": text, "connectgaps": False, "line": {"color": _colour(i), "width": 1}, "opacity": opacity,
                      "marker": {"size": 4, "color": _colour(i)},
                      "hovertemplate": "%{text}<br>epoch %{x:.2f}: %{y:.4f}<extra>%{fullData.name}</extra>"})
     stops = curves["pruned"]
