@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -55,25 +55,18 @@ def build_app(storage: Any) -> Any:
 
 def study_path(storage: Any, name: str, url: str) -> str:
     """The dashboard page of study ``name`` (``/dashboard/studies/ID``)."""
-    from tuner.storage import mask
+    from tuner.runner import find_study_id
 
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        names = sorted(s.study_name for s in storage.get_all_studies())
-        raise TunerError(f"no study {name!r} in {mask(url)}; studies there: {names or 'none'}") from None
-    return f"/dashboard/studies/{study_id}"
+    return f"/dashboard/studies/{find_study_id(storage, name, url)}"
 
 
-def serve(study: str, storage: str | None = None, host: str = "127.0.0.1", port: int = 8080,
-          ready: Callable[[str], None] | None = None) -> None:
-    """Serve the dashboard of ``study`` until Ctrl+C.
+def serve(study: str, storage: str | None = None, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the dashboard of ``study`` until Ctrl+C (or SIGTERM); prints its URL once it listens.
 
     Args:
         study: a study file's name or path, or a study name in the storage (as for ``tuner report``).
         host: the address to bind; anything but localhost is warned about, since the dashboard has no login.
         port: the TCP port; 0 picks a free one.
-        ready: called with the study's URL once the server listens (default: print it).
     """
     from tuner.runner import locate_study
     from tuner.storage import mask, open_reader
@@ -87,19 +80,16 @@ def serve(study: str, storage: str | None = None, host: str = "127.0.0.1", port:
                              handler_class=_QuietHandler)
     except OSError as err:
         raise TunerError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --port") from None
-    if host not in LOCAL_HOSTS:
-        log.warning("the dashboard listens on %s, not only on this machine: anyone who can reach port %d can read "
-                    "study %r. It has no login; prefer the default --host 127.0.0.1 and an SSH tunnel",
-                    host, server.server_port, name)
-    shown = f"[{host}]" if ":" in host else host
-    link = f"http://{shown}:{server.server_port}{path}"
-    if ready is None:
-        print(f"dashboard of study {name} in {mask(url)}: {link}", flush=True)
-        print("press Ctrl+C to stop", file=sys.stderr, flush=True)
-    else:
-        ready(link)
+    # from here on, Ctrl+C closes the server: the handlers are in place before the URL is shown
     with _stop_on_signals():
         try:
+            if host not in LOCAL_HOSTS:
+                log.warning("the dashboard listens on %s, not only on this machine: anyone who can reach port %d "
+                            "can read study %r. It has no login; prefer the default --host 127.0.0.1 and an SSH "
+                            "tunnel", host, server.server_port, name)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"dashboard of study {name} in {mask(url)}: http://{shown}:{server.server_port}{path}", flush=True)
+            print("press Ctrl+C to stop", file=sys.stderr, flush=True)
             server.serve_forever()
         except KeyboardInterrupt:
             print("dashboard stopped", file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
-from tuner.runner import TEST_ATTR, locate_study
+from tuner.runner import TEST_ATTR, find_study_id, locate_study
 from tuner.storage import mask, open_reader
 
 # tuner.objective.FINDER_ATTR (that module imports torch): the study attribute prefix of cached finder results
@@ -68,9 +68,7 @@ def load_snapshot(study: str, storage: str | None = None) -> StudySnapshot:
     """Read a study (a study file's name or path, or a study name in the storage) without writing to it."""
     name, url, run = locate_study(study, storage)
     backend = open_reader(url)
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(backend)]
-    if name not in names:
-        raise TunerError(f"no study {name!r} in {mask(url)}; studies there: {sorted(names) or 'none'}")
+    find_study_id(backend, name, url)
     loaded = optuna.load_study(study_name=name, storage=backend)
     defaults: dict[str, Any] = {}
     if run is not None:
@@ -1012,7 +1010,7 @@ def render_html(title: str, header: str, sections: Sequence[Section]) -> str:
 def build_report(snapshot: StudySnapshot, others: Sequence[StudySnapshot] = ()) -> str:
     """The report of one study (and, with ``others``, the studies compared) as one HTML page."""
     summary = summary_data(snapshot)
-    sections = study_sections(snapshot) if summary["finished"] or summary["trials"] else []
+    sections = study_sections(snapshot) if snapshot.trials else []
     if others:
         sections += compare_sections([snapshot, *others])
     title = f"tuner report: {snapshot.name}" + (f" vs {', '.join(o.name for o in others)}" if others else "")

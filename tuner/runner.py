@@ -230,3 +230,12 @@ def locate_study(study: str, storage: str | None = None) -> tuple[str, str, RunC
         return study, resolve_url(storage), None
     run = load_study(path)
     return run.name, resolve_url(storage, run.study.storage), run
+
+
+def find_study_id(storage: Any, name: str, url: str) -> int:
+    """The id of study ``name`` in an opened storage, or an error that lists the studies there."""
+    try:
+        return int(storage.get_study_id_from_name(name))
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        raise TunerError(f"no study {name!r} in {mask(url)}; studies there: {names or 'none'}") from None
