@@ -5,13 +5,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quality bench-throughput bench-overhead bench-study clean
+.PHONY: setup demo test lint bench-quality bench-throughput bench-overhead bench-study bench-report clean
 
 $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard,dashboard]"
 	touch $(BIN)/tuner
 
 setup: $(BIN)/tuner
@@ -37,6 +37,9 @@ bench-overhead: setup
 
 bench-study: setup
 	$(BIN)/python bench/study_nips.py
+
+bench-report: setup
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) runs tuner.db

@@ -174,3 +174,35 @@ learning_rate = [1e-5, 3e-3]
 batch_size = [8, 16]
 """)
     return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real headless browser: Debian's chromium driven by Playwright (its own browser downloads are not used)
+
+CHROMIUM = Path(os.environ.get("TUNER_CHROMIUM", "/usr/bin/chromium"))
+# no GPU, no sandbox (containers), and none of chromium's background traffic on a machine without internet
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def _need_browser(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs the browser tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser():  # type: ignore[no-untyped-def]
+    """A headless chromium for the session; skipped with the reason where there is none (a failure in CI)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need_browser("playwright is not installed (pip install -e '.[dev]')")
+    if not CHROMIUM.is_file():
+        _need_browser(f"{CHROMIUM} is absent (apt-get install chromium, or set TUNER_CHROMIUM)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()

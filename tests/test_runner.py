@@ -17,7 +17,7 @@ from tuner import losses
 from tuner.config import LRFinderConfig, load_study
 from tuner.errors import ConfigError, TunerError
 from tuner.objective import judge_finder
-from tuner.runner import load_run, open_study, run_study, trials
+from tuner.runner import load_run, locate_study, open_study, record_test, run_study, trials
 
 
 def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,6 +107,8 @@ def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.Mon
     assert finders[0]["used"] == "baseline"
     for info, trial in zip(finders[1:], study.trials[1:], strict=True):
         assert info["mode"] == mode and "reliable" in info and "suggestion" in info
+        # in suggest mode no study attribute holds the curve: the trial keeps it, for reports
+        assert ("lr" in info and len(info["lr"]) == len(info["loss"]) > 0) == (mode == "suggest")
         expected = trial.params["learning_rate"] if not info["reliable"] else info["suggestion"] * info.get(
             "multiplier", 1.0)
         assert trial.user_attrs["lr_used"] == pytest.approx(expected)
@@ -214,3 +216,25 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
     assert 1e-5 <= sampled.model.learning_rate <= 3e-3 and sampled.data.batch_size in (8, 16)
     if sampler == '"tpe"':
         assert study.sampler._multivariate and study.sampler._constant_liar
+
+
+def test_locate_study_by_file_or_by_name(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    name, url, run = locate_study("tiny")
+    assert name == "tiny" and url == f"sqlite:///{study_dir / 'study.db'}" and run is not None
+    assert locate_study("tiny", "sqlite:///x.db")[1] == "sqlite:///x.db"
+    # a study without a file here: its name in the storage given
+    assert locate_study("elsewhere </b>", "sqlite:///x.db") == ("elsewhere </b>", "sqlite:///x.db", None)
+    with pytest.raises(ConfigError, match="nope.toml does not exist"):
+        locate_study("nope.toml")
+
+
+def test_record_test_keeps_the_best_trials_test_metrics(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny")
+    study = open_study(run)
+    for value in (0.2, 0.6, 0.4):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    record_test(run, {"kendall_tau": 0.55, "pmr": 0.1})
+    assert open_study(run).user_attrs["test:1"] == {"kendall_tau": 0.55, "pmr": 0.1}

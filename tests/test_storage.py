@@ -6,7 +6,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.storage import DEFAULT_URL, StorageError, mask, open_storage, resolve_url
+from tuner.storage import DEFAULT_URL, StorageError, mask, open_reader, open_storage, resolve_url
 
 
 def test_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +67,47 @@ def test_missing_or_unknown_driver() -> None:
         open_storage("mysql+mysqldb://u:p@127.0.0.1/x")  # mysqlclient is not a dependency
     with pytest.raises(StorageError, match="unknown database dialect or driver 'mysql\\+nosuchdriver'"):
         open_storage("mysql+nosuchdriver://u:p@127.0.0.1/x")
+
+
+def test_a_reader_never_writes_nor_blocks_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "study.db"
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StorageError, match="missing.db does not exist; run the study first"):
+        open_reader(f"sqlite:///{missing}")
+    assert not missing.exists()
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{path}"), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    reader = open_reader(f"sqlite:///{path}")
+    seen = optuna.load_study(study_name="s", storage=reader)
+    assert len(seen.trials) == 2
+    with pytest.raises(optuna.exceptions.StorageInternalError) as err:
+        seen.set_user_attr("note", "x")
+    assert "readonly database" in str(err.value.__cause__)
+    # a reader in the middle of a read transaction does not stop a worker with a short busy timeout
+    with reader.engine.connect() as connection:
+        connection.exec_driver_sql("BEGIN")
+        assert connection.exec_driver_sql("SELECT count(*) FROM trials").scalar() == 2
+        writer = sqlite3.connect(path, timeout=0.1)
+        writer.execute("UPDATE studies SET study_name = 't'")
+        writer.commit()
+        writer.close()
+        assert connection.exec_driver_sql("SELECT study_name FROM studies").scalar() == "s"  # its snapshot
+    assert optuna.load_study(study_name="t", storage=reader).trials[1].number == 1
+
+
+def test_a_reader_switches_a_rollback_journal_file_to_wal(tmp_path: Path) -> None:
+    path = tmp_path / "plain.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="plain")  # plain Optuna: rollback journal
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert optuna.load_study(study_name="plain", storage=open_reader(f"sqlite:///{path}")).trials == []
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_reader_refuses_a_file_that_is_not_a_study(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    with pytest.raises(StorageError, match="holds no Optuna study"):
+        open_reader(f"sqlite:///{path}")

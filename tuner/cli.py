@@ -177,6 +177,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results = evaluate(_checkpoint(args), split=args.split, files=args.data or (),
                        data_overrides=_overrides(args.set, "data"))
+    if args.study and not args.data and args.split == "test":
+        from tuner.runner import load_run, record_test
+
+        record_test(load_run(args.study), results["test"], args.storage)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -202,6 +206,31 @@ def cmd_order(args: argparse.Namespace) -> int:
     for sentence in order_sentences(_checkpoint(args), sentences):
         print(sentence)
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tuner.report import write_report
+
+    path, seconds = write_report(args.study, args.output, storage=args.storage, compare=args.compare)
+    print(f"wrote {path} in {seconds:.1f} s")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import serve
+
+    serve(args.study, storage=args.storage, host=args.host, port=args.port)
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535 (0: any free port), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -284,6 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a data setting for reading, e.g. --set data.separator=' <eos> '")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    report = commands.add_parser("report", help="one self-contained HTML page comparing a study's trials")
+    report.add_argument("--study", required=True,
+                        help="study name or path (or the name of a study in --storage without a study file)")
+    report.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
+                        help="other studies in the same storage, shown side by side")
+    report.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
+    report.add_argument("--storage", help="database URL")
+    report.set_defaults(func=cmd_report)
+
+    dashboard = commands.add_parser("dashboard", help="a live web dashboard of a study (optuna-dashboard), read-only")
+    dashboard.add_argument("--study", required=True, help="study name or path (or a study name in --storage)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default: 127.0.0.1, this machine only)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="port (default: 8080; 0: any free port)")
+    dashboard.add_argument("--storage", help="database URL")
+    dashboard.set_defaults(func=cmd_dashboard)
 
     order = commands.add_parser("order", help="put the sentences of one document in order")
     _checkpoint_arguments(order)

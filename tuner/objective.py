@@ -284,6 +284,9 @@ class Objective:
         trial.set_user_attr("finder_s", cached["seconds"] if ran_here else 0.0)
         info = {"mode": mode, "key": key, "cached": not ran_here,
                 **{k: cached[k] for k in ("suggestion", "reliable", "reason", "seconds")}}
+        if mode == "suggest":
+            # no study attribute holds this trial's curve: keep it here for `tuner report`
+            info.update(lr=cached["lr"], loss=cached["loss"])
         if not cached["reliable"]:
             log.warning("LR finder unreliable for %s (%s); using the sampled learning rate %.3g",
                         key, cached["reason"], sampled)

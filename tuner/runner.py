@@ -31,6 +31,7 @@ from tuner.worker import StopSignals, reap, used_slots, work
 
 log = logging.getLogger(__name__)
 
+TEST_ATTR = "test:"  # study attribute prefix of a trial's test metrics, set by `tuner evaluate --study`
 
 
 def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -306,6 +307,17 @@ def best(run: RunConfig, storage: str | None = None) -> dict[str, Any]:
     return row
 
 
+def record_test(run: RunConfig, metrics: dict[str, Any], storage: str | None = None) -> None:
+    """Keep the best trial's test metrics in the study (attribute ``test:NUMBER``) for reports.
+
+    A finished trial's own attributes can no longer change in Optuna, so they go on the study.
+    """
+    study = open_study(run, storage, create=False)
+    row = best_trial(study, run)
+    if row is not None:
+        study.set_user_attr(f"{TEST_ATTR}{row['number']}", metrics)
+
+
 def best_checkpoint(run: RunConfig, storage: str | None = None) -> str:
     row = best(run, storage)
     path = row["attrs"].get("checkpoint")
@@ -324,3 +336,28 @@ def list_studies(storage: str | None = None, root: Path | None = None) -> dict[s
     stored = [{"name": s.study_name, "trials": s.n_trials,
                "best_value": s.best_trial.value if s.best_trial else None} for s in summaries]
     return {"files": files, "storage": mask(url), "studies": stored}
+
+
+def locate_study(study: str, storage: str | None = None) -> tuple[str, str, RunConfig | None]:
+    """Where ``--study`` lives: its name, its storage URL, and its study file's settings where there is one.
+
+    ``study`` is a study file's name or path (as for ``tuner run``), or else the name of a study in
+    the storage (``--storage``, ``$TUNER_STORAGE`` or the default), for studies whose file is elsewhere.
+    """
+    try:
+        path = find_study(study)
+    except ConfigError:
+        if study.endswith(".toml"):
+            raise
+        return study, resolve_url(storage), None
+    run = load_study(path)
+    return run.name, resolve_url(storage, run.study.storage), run
+
+
+def find_study_id(storage: Any, name: str, url: str) -> int:
+    """The id of study ``name`` in an opened storage, or an error that lists the studies there."""
+    try:
+        return int(storage.get_study_id_from_name(name))
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        raise TunerError(f"no study {name!r} in {mask(url)}; studies there: {names or 'none'}") from None

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage
@@ -361,3 +362,48 @@ class SlotLock:
         except BaseException:
             connection.close()
             raise
+
+
+def open_reader(url: str) -> Any:
+    """An Optuna ``RDBStorage`` for reading a study that workers may be writing to (reports, dashboards).
+
+    It never creates a database or its schema. SQLite is opened read-only (``mode=ro`` URI), so the
+    reader can never take the write lock: optuna-dashboard opens the URL as given, read-write with
+    SQLite's default 5 s timeout, and a live study crashed with "database is locked" (optuna-dashboard
+    issue #545). In WAL mode, which ``tuner run`` sets, readers and the one writer do not block each
+    other; a file still in rollback-journal mode (made by plain Optuna) is switched to WAL once first,
+    the only write a reader makes. The busy timeout covers the moments a WAL checkpoint or that switch
+    holds the file.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return open_storage(url, create_schema=False)
+        except optuna.exceptions.StorageInternalError as err:  # the schema check's query wraps the real cause
+            reason = _scrub(str(err.__cause__ or err).strip().splitlines()[0], url)
+            raise StorageError(f"cannot open storage {mask(url)}: {reason}") from None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise StorageError(f"storage {mask(url)}: give the SQLite file as sqlite:///path/to/file.db")
+    path = Path(database).expanduser().resolve()
+    if not path.is_file():
+        raise StorageError(f"storage {mask(url)}: {path} does not exist; run the study first")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        raise StorageError(f"storage {mask(url)}: {path} is not a usable SQLite database ({err})") from None
+    if mode != "wal":
+        _prepare_sqlite(url)
+    # sqlite3 itself opens the read-only URI: SQLAlchemy would percent-decode a path given in the URL
+    uri = f"file:{quote(str(path))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
+
+    try:
+        return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"creator": connect},
+                                          skip_table_creation=True)
+    except Exception as err:  # noqa: BLE001 - an unusable file surfaces here as a SQLAlchemy or Optuna error
+        raise StorageError(f"storage {mask(url)}: {path} holds no Optuna study "
+                           f"({str(err.__cause__ or err).splitlines()[0]})") from None
