@@ -319,3 +319,24 @@ def test_tuner_reap_fails_a_dead_workers_trial(study_dir: Path) -> None:
     assert reaped["number"] == 0 and reaped["retried"] and "is no longer running" in reaped["reason"]
     states = [t.state for t in tiny_study(study_dir).trials]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.runner import load_run, open_study, worker_index
+
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ['study.storage="sqlite:///:memory:"'])
+
+    def first_learning_rates(index: int) -> list[float]:
+        study = open_study(run, worker_index=index)
+        return [study.ask().suggest_float("learning_rate", 1e-5, 3e-3, log=True) for _ in range(3)]
+
+    assert first_learning_rates(0) == first_learning_rates(0)  # one worker alone stays reproducible
+    assert first_learning_rates(0) != first_learning_rates(1)
+    for variable in ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(variable, raising=False)
+    assert worker_index() == 0
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert worker_index() == 3
+    monkeypatch.setenv("TUNER_WORKER_INDEX", "5")
+    assert worker_index() == 5

@@ -8,6 +8,7 @@ local worker processes and shows their combined progress.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -46,9 +47,13 @@ def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConf
     return run
 
 
-def open_study(run: RunConfig, storage: str | None = None, create: bool = True) -> optuna.Study:
+def open_study(run: RunConfig, storage: str | None = None, create: bool = True, worker_index: int = 0
+               ) -> optuna.Study:
     """The run's study in its storage, created if absent. A study that exists with another metric or
-    direction is refused rather than mixed."""
+    direction is refused rather than mixed.
+
+    ``worker_index`` offsets the sampler's seed: workers with one seed would sample the same settings.
+    """
     url = resolve_url(storage, run.study.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     interval = run.study.heartbeat_interval or None
@@ -56,7 +61,10 @@ def open_study(run: RunConfig, storage: str | None = None, create: bool = True) 
     with SlotLock(url, "schema")(retry=False):
         backend = open_storage(url, heartbeat_interval=interval,
                                grace_period=run.study.grace_period if interval else None)
-    sampler = search.build_sampler(run.study.sampler, run)
+    config = run.study.sampler
+    if worker_index and config.seed is not None:
+        config = dataclasses.replace(config, seed=config.seed + worker_index)
+    sampler = search.build_sampler(config, run)
     pruner = search.build_pruner(run.study.pruner)
     names = {s.study_name for s in optuna.study.get_all_study_summaries(backend)}
     if run.name not in names and not create:
@@ -97,6 +105,19 @@ class RunSummary:
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
 
 
+WORKER_INDEX_VARIABLES = ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+
+
+def worker_index() -> int:
+    """This worker's index among its peers: set by ``--workers``, a Slurm array or an indexed Kubernetes Job
+    (0 when none is set)."""
+    for variable in WORKER_INDEX_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def default_worker() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -117,7 +138,7 @@ def run_study(
     budget = n_trials or run.study.n_trials
     timeout = timeout if timeout is not None else run.study.timeout
     url = resolve_url(storage, run.study.storage)
-    study = open_study(run, storage)
+    study = open_study(run, storage, worker_index=worker_index())
     lock = SlotLock(url, run.name)
     with lock():
         if run.study.baseline and not study.get_trials(deepcopy=False):
@@ -167,6 +188,7 @@ def run_workers(
     for index in range(workers):
         label = f"w{index}"
         env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
+               "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
                "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
