@@ -340,3 +340,49 @@ def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytes
     assert worker_index() == 3
     monkeypatch.setenv("TUNER_WORKER_INDEX", "5")
     assert worker_index() == 5
+
+
+def start_pool(study_dir: Path, n_trials: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tuner", "run", "--study", "tiny", "--workers", "2", *LONG_TRIAL,
+                             f"--set=study.n_trials={n_trials}", "--set=trainer.max_epochs=15"],
+                            cwd=study_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def running_pids(study_dir: Path) -> list[int]:
+    if not first_trial_has(study_dir):
+        return []
+    return [t.user_attrs["pid"] for t in tiny_study(study_dir).get_trials(states=(TrialState.RUNNING,))
+            if "start_step" in t.user_attrs]
+
+
+def test_workers_flag_forwards_ctrl_c_and_every_trial_is_requeued(study_dir: Path) -> None:
+    pool = start_pool(study_dir, n_trials=4)
+    pids = wait_for(lambda: len(running_pids(study_dir)) == 2 and running_pids(study_dir), "two running trials")
+    pool.send_signal(signal.SIGINT)
+    out, err = pool.communicate(timeout=180)
+    assert pool.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in out + err
+    for pid in pids:  # type: ignore[union-attr]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = tiny_study(study_dir).trials
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2
+    assert all(t.user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry" for t in interrupted)
+    assert sum(t.state == TrialState.WAITING for t in trials) == 2
+    assert "[w0] " in out and "[w1] " in out
+
+
+def test_workers_flag_reports_a_dead_worker_and_the_other_finishes_its_trial(study_dir: Path) -> None:
+    pool = start_pool(study_dir, n_trials=2)
+    pids = wait_for(lambda: len(running_pids(study_dir)) == 2 and running_pids(study_dir), "two running trials")
+    os.kill(pids[0], signal.SIGKILL)  # type: ignore[index]
+    out, err = pool.communicate(timeout=600)
+    assert pool.returncode == 1
+    assert "workers exited abnormally" in err and "(exit -9)" in err
+    study = tiny_study(study_dir)
+    assert_exact_budget(study, 2)
+    stale = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(stale) == 1 and stale[0].user_attrs["fail_reason"].startswith("stale:")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    assert "progress: 2/2 finished" in out

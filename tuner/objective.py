@@ -83,20 +83,28 @@ class StopOnSignal(Callback):
     """
 
     def __init__(self, signals: StopSignals, last: Path, trial: optuna.Trial) -> None:
-        self.signals, self.last, self.trial = signals, last, trial
+        self.signals: StopSignals | None = signals
+        self.last = last
+        self.trial: optuna.Trial | None = trial
+
+    def __getstate__(self) -> dict[str, Any]:
+        # spawned DDP ranks get neither: they receive the signal themselves (Lightning stops them on
+        # SIGTERM) and the trial's process records the interruption
+        return {**self.__dict__, "signals": None, "trial": None}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.trial.set_user_attr("start_step", trainer.global_step)
+        if self.trial is not None:
+            self.trial.set_user_attr("start_step", trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.signals.signum is not None:
+        if self.signals is not None and self.signals.signum is not None:
             trainer.save_checkpoint(str(self.last))
             self.signals.check()
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking:
+        if self.signals is not None and not trainer.sanity_checking:
             self.signals.check()  # the last checkpoint, from the last validation, stands
 
 
