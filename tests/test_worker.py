@@ -135,6 +135,25 @@ def test_the_worker_loop_stops_on_a_signal_and_requeues_the_trial(tmp_path: Path
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
+def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "lightning-exit")
+    with StopSignals() as signals:
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.suggest_float("x", -10, 10)
+            with signals.deferred():  # as inside training, where Lightning may see the signal first
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise SIGTERMException  # a SystemExit
+
+        result = work(study, objective, 10, lock=SlotLock(url, "lightning-exit"), signals=signals)
+    assert result.interrupted == "SIGTERM"
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+
+
 def test_grid_exhaustion_ends_the_worker(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     storage = open_trivial_study(url, "unused")._storage
@@ -357,7 +376,8 @@ def running_pids(study_dir: Path) -> list[int]:
 
 def test_workers_flag_forwards_ctrl_c_and_every_trial_is_requeued(study_dir: Path) -> None:
     pool = start_pool(study_dir, n_trials=4)
-    pids = wait_for(lambda: len(running_pids(study_dir)) == 2 and running_pids(study_dir), "two running trials")
+    pids = wait_for(lambda: len(running_pids(study_dir)) == 2 and running_pids(study_dir), "two running trials",
+                    timeout=300)
     pool.send_signal(signal.SIGINT)
     out, err = pool.communicate(timeout=180)
     assert pool.returncode == 128 + signal.SIGINT, err
@@ -367,7 +387,7 @@ def test_workers_flag_forwards_ctrl_c_and_every_trial_is_requeued(study_dir: Pat
             os.kill(pid, 0)
     trials = tiny_study(study_dir).trials
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(interrupted) == 2
+    assert len(interrupted) == 2, ([(t.state, t.user_attrs.get("fail_reason")) for t in trials], out, err)
     assert all(t.user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry" for t in interrupted)
     assert sum(t.state == TrialState.WAITING for t in trials) == 2
     assert "[w0] " in out and "[w1] " in out
@@ -375,7 +395,8 @@ def test_workers_flag_forwards_ctrl_c_and_every_trial_is_requeued(study_dir: Pat
 
 def test_workers_flag_reports_a_dead_worker_and_the_other_finishes_its_trial(study_dir: Path) -> None:
     pool = start_pool(study_dir, n_trials=2)
-    pids = wait_for(lambda: len(running_pids(study_dir)) == 2 and running_pids(study_dir), "two running trials")
+    pids = wait_for(lambda: len(running_pids(study_dir)) == 2 and running_pids(study_dir), "two running trials",
+                    timeout=300)
     os.kill(pids[0], signal.SIGKILL)  # type: ignore[index]
     out, err = pool.communicate(timeout=600)
     assert pool.returncode == 1

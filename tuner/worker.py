@@ -387,10 +387,15 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
-        except Interrupted as err:
+        except (Interrupted, SystemExit) as err:
+            # Lightning answers SIGTERM with its own SIGTERMException, a SystemExit, when it sees the
+            # signal before the objective's own check does
+            if not isinstance(err, Interrupted) and signals.signum is None:
+                raise
+            interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.signum or signal.SIGTERM)
             with signals.deferred():
-                _end_interrupted(study, trial, err, max_retries)
-            raise
+                _end_interrupted(study, trial, interrupted, max_retries)
+            raise interrupted from None
         except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study
             message = str(err).splitlines()[0] if str(err) else ""
             reason = f"{type(err).__name__}: {message}"
