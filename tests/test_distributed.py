@@ -61,7 +61,7 @@ max_epochs = [1, {MAX_EPOCHS}]
     by_epochs = {t.params["max_epochs"]: t for t in trials}
     pruned, complete = by_epochs[MAX_EPOCHS], by_epochs[1]
 
-    assert pruned.state == optuna.trial.TrialState.PRUNED
+    assert pruned.state == optuna.trial.TrialState.PRUNED, pruned.user_attrs.get("fail_reason")
     assert sorted(pruned.intermediate_values) == [0, 1, 2]  # reported by rank 0, through the trial's process
     assert len(pruned.user_attrs["history"]) == 3  # rank 0's callbacks came back to the trial's process
     assert pruned.user_attrs["epochs"] < MAX_EPOCHS
