@@ -40,6 +40,7 @@ from tuner.storage import SlotLock
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
 
 
 class Interrupted(BaseException):
@@ -295,12 +296,15 @@ def work(
         worker: this worker's label, recorded on its trials with its host and pid.
         on_start: called with the trial number as each trial starts.
         on_end: called with each finished trial.
-        poll_s: how often an idle worker looks for orphaned trials (default: the heartbeat interval).
+        poll_s: the longest an idle worker waits between looks for ended or orphaned trials (default: the
+            heartbeat interval). It looks again after ``IDLE_FIRST_LOOK_S``, then at doubling waits up to
+            this, so it ends soon after short trials and looks rarely while long ones run.
     """
     result = WorkResult()
     started = time.monotonic()
     interval = _heartbeat_interval(study)
     trial: optuna.Trial | None = None
+    idle_wait = IDLE_FIRST_LOOK_S
     # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
     # Optuna allows only inside its own optimize loop; this loop plays that part.
     study._thread_local.in_optimize_loop, study._stop_flag = True, False
@@ -327,9 +331,12 @@ def work(
                 if running and interval:
                     # other workers' trials may still die and need a retry; a dead worker's trial is
                     # only noticed by a live one
-                    signals.sleep(poll_s or interval)
+                    idle_wait = min(idle_wait, poll_s or interval)
+                    signals.sleep(idle_wait)
+                    idle_wait *= 2
                     continue
                 break
+            idle_wait = IDLE_FIRST_LOOK_S
             frozen = _run_trial(study, trial, objective, signals, max_retries, interval)
             trial = None
             if on_end is not None:
