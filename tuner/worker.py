@@ -324,7 +324,7 @@ def work(
                     trial = study.ask() if waiting or used_slots(trials) < budget else None
                 if trial is not None:
                     result.ran += 1
-                    _label(study, trial, worker)
+                    _label(trial, worker)
                     if on_start is not None:
                         on_start(trial.number)
             if trial is None:
@@ -351,10 +351,11 @@ def work(
     return result
 
 
-def _label(study: optuna.Study, trial: optuna.Trial, worker: str) -> None:
+def _label(trial: optuna.Trial, worker: str) -> None:
     """Record who runs ``trial``; a retry, which starts as a copy of the failed trial's attributes, is
     linked to that trial and its failure cleared."""
-    history = retry_history(study._storage.get_trial(trial._trial_id))
+    # the trial as `ask` read it, after popping a queued retry: reading it again costs a query per trial
+    history = retry_history(trial._cached_frozen_trial)
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
