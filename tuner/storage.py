@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -281,7 +282,8 @@ class SlotLock:
 
     PostgreSQL and MySQL hold it on the server (``pg_advisory_lock``, ``GET_LOCK``), so it is released
     when a holder's connection dies; SQLite, which only local workers share, uses ``flock`` on a file
-    next to the database. Hold it only for a few queries.
+    next to the database. Hold it only for a few queries. A server lock keeps its one connection open
+    between uses.
     """
 
     def __init__(self, url: str, study_name: str) -> None:
@@ -303,7 +305,11 @@ class SlotLock:
             import sqlalchemy
 
             try:
-                self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+                # one connection kept between uses: a new one for every trial made taking the lock cost
+                # 5 ms instead of 0.7 on local PostgreSQL; pre-ping replaces it if the server dropped it
+                self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+                # closed with this object, not whenever the garbage collector reaches the engine's cycles
+                weakref.finalize(self, self._engine.dispose)
             except ImportError as err:
                 raise _missing_driver(url, err) from None
             except NoSuchModuleError:
@@ -318,9 +324,12 @@ class SlotLock:
                 try:
                     yield
                 finally:
-                    with contextlib.suppress(Exception):  # a dead connection has released the lock already
+                    try:
                         connection.execute(*release)
                         connection.commit()
+                    except Exception:  # noqa: BLE001 - closing the session releases the lock, if it holds it
+                        with contextlib.suppress(Exception):
+                            connection.invalidate()  # never back to the pool while it may hold the lock
                     with contextlib.suppress(Exception):
                         connection.close()
             elif self._path is not None:
@@ -357,5 +366,7 @@ class SlotLock:
                 raise StorageError(f"storage {mask(self.url)}: could not take the study lock in {RETRY_S:.0f} s")
             return connection, (sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": self._name})
         except BaseException:
+            with contextlib.suppress(Exception):
+                connection.invalidate()  # an interrupted wait may yet be granted the lock: drop the session
             connection.close()
             raise
