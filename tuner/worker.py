@@ -321,7 +321,7 @@ def work(
                     trials = study.get_trials(deepcopy=False)
                     waiting = any(t.state == TrialState.WAITING for t in trials)
                     running = sum(t.state == TrialState.RUNNING for t in trials)
-                    trial = study.ask() if waiting or used_slots(trials) < budget else None
+                    trial = _ask(study, waiting) if waiting or used_slots(trials) < budget else None
                 if trial is not None:
                     result.ran += 1
                     _label(trial, worker)
@@ -349,6 +349,19 @@ def work(
     finally:
         study._thread_local.in_optimize_loop = False
     return result
+
+
+def _ask(study: optuna.Study, waiting: bool) -> optuna.Trial:
+    """``study.ask()``, which looks for a queued retry only when ``waiting`` (the trials just read hold one).
+
+    Optuna's ask reads the study's trials again to look for one; under the slot lock every other worker
+    waits for that read, a fifth of the time the lock is held (bench/storage.py). A retry queued since
+    the read (by an interrupted worker, which queues outside the lock) is taken by the next ask.
+    """
+    if waiting:
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
 
 
 def _label(trial: optuna.Trial, worker: str) -> None:
