@@ -1,29 +1,36 @@
 """Storage throughput: trivial trials through tuner's worker loop versus plain Optuna, side by side.
 
     python bench/storage.py [--backends sqlite postgresql] [--workers 1 4 16 32] [--n-trials 300]
-                            [--rounds 2] [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/tuner_bench]
+                            [--rounds 3] [--methods tuner optuna optuna_heartbeat]
+                            [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/tuner_bench]
+
+PostgreSQL: the database in the URL is created if absent, and its ``public`` schema is dropped and
+recreated before every run, so use a database of its own.
 
 For each backend and each K, K worker processes share one fresh database and run N trials of
-``x ** 2`` in total, first one method then the other (the order alternates between rounds, so the two
-are measured side by side on a shared, noisy machine):
+``x ** 2`` in total, with each method in turn (each goes first in one round of three, so they are
+measured side by side on a shared, noisy machine):
 
 - ``tuner``: each worker opens the study as ``tuner run`` does (:func:`tuner.runner.open_study`:
   heartbeats every 30 s, stale after 120 s, the storage retrying transient errors) and runs
   :func:`tuner.worker.work` under :class:`tuner.storage.SlotLock` and :class:`tuner.worker.StopSignals`.
 - ``optuna``: each worker runs ``study.optimize`` on a plain ``RDBStorage(url)`` with
   ``MaxTrialsCallback(N, states=None)``, the global-budget recipe of Optuna's documentation.
+- ``optuna_heartbeat`` (a reference): the same with Optuna's own heartbeat (30 s, grace 120 s), which
+  records a heartbeat and looks for stale trials once per trial, as tuner does.
 
-Both use ``RandomSampler`` (seeded per worker): its cost per trial is constant, where TPE's grows with
+Every method uses ``RandomSampler`` (seeded per worker): its cost per trial is constant, where TPE's grows with
 the number of trials and would measure the sampler rather than the storage. The database (and Optuna's
 schema, and the study) is created before the workers start, since concurrent schema creation races
 (Optuna issue #4621). Workers are started from a clean fork server that has imported Optuna and tuner,
 get ready, and wait at a barrier; the clock runs from the barrier to the last worker's return, so a
 worker's shutdown (a tuner worker waiting for others' trials to end) counts, and start-up does not.
-trials/s = finished trials / those seconds. ``ratio`` is tuner's median trials/s over Optuna's.
+trials/s = finished trials / those seconds. ``ratio`` is tuner's median trials/s over plain Optuna's.
 
 Errors, per run: an exception or abnormal exit in a worker, a FAIL trial, a trial left RUNNING or
 WAITING, and for tuner a finished count other than N exactly. Optuna's overshoot past N (its workers
-check the budget after a trial, not before) is recorded, not counted as an error.
+check the budget after a trial, not before) is recorded, not counted as an error. ``errors`` in the
+results file is tuner's total; the references' are listed apart.
 """
 
 from __future__ import annotations
@@ -36,17 +43,19 @@ import queue
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 from _common import ROOT, machine, write_results
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tuner_bench"
-METHODS = ("tuner", "optuna")
+METHODS = ("tuner", "optuna", "optuna_heartbeat")
 TARGET = 0.9
 RUN_DEADLINE_S = 600.0
 BEND_GAIN = 1.10  # a step in K that gains less than 10 % trials/s is where the curve flattens
@@ -91,7 +100,11 @@ def _worker(method: str, url: str, study_name: str, n_trials: int, index: int, b
                               worker=f"w{index}", on_end=ended)
             report["ran"] = result.ran
         else:
-            study = optuna.create_study(study_name=study_name, storage=optuna.storages.RDBStorage(url),
+            heartbeat = {"heartbeat_interval": 30, "grace_period": 120} if method == "optuna_heartbeat" else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat arguments
+                storage = optuna.storages.RDBStorage(url, **heartbeat)
+            study = optuna.create_study(study_name=study_name, storage=storage,
                                         sampler=optuna.samplers.RandomSampler(seed=index), load_if_exists=True)
             callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=None),
                          lambda study, trial: report.update(last_trial_end=time.monotonic(), ran=report["ran"] + 1)]
@@ -205,22 +218,23 @@ def measure(ctx: Any, method: str, backend: str, url: str, workers: int, n_trial
     }
 
 
-def _bends(per_k: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
-    """The first K at which more workers stop adding trials/s (under 10 % more), and whether it declines."""
+def _bends(per_k: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """Where more workers stop adding trials/s: the first step in K that gains under 10 %, and whether
+    trials/s fell there (by over 10 %)."""
     curve = [(row["workers"], row[method]["trials_per_s"]) for row in per_k]
     peak_k, peak = max(curve, key=lambda point: point[1])
+    bend: dict[str, Any] = {"after_k": None, "at_k": None, "kind": "scales"}
     for (k0, tps0), (k1, tps1) in itertools.pairwise(curve):
         if tps1 < tps0 * BEND_GAIN:
-            kind = "declines" if tps1 < tps0 * (2 - BEND_GAIN) else "flattens"
-            return {"after_k": k0, "at_k": k1, "kind": kind, "peak_k": peak_k, "peak_trials_per_s": peak,
-                    "trials_per_s": dict(curve)}
-    return {"after_k": None, "at_k": None, "kind": "scales", "peak_k": peak_k, "peak_trials_per_s": peak,
-            "trials_per_s": dict(curve)}
+            bend = {"after_k": k0, "at_k": k1, "kind": "declines" if tps1 < tps0 * (2 - BEND_GAIN) else "flattens"}
+            break
+    return {**bend, "peak_k": peak_k, "peak_trials_per_s": peak, "trials_per_s": dict(curve),
+            "speedup_vs_k1": {k: tps / curve[0][1] for k, tps in curve} if curve[0][1] else None}
 
 
-def _summary(runs: list[dict[str, Any]], backend: str, workers: int) -> dict[str, Any]:
+def _summary(runs: list[dict[str, Any]], methods: list[str], backend: str, workers: int) -> dict[str, Any]:
     row: dict[str, Any] = {"workers": workers}
-    for method in METHODS:
+    for method in methods:
         mine = [r for r in runs if r["backend"] == backend and r["workers"] == workers and r["method"] == method]
         row[method] = {
             "trials_per_s": statistics.median(r["trials_per_s"] for r in mine),
@@ -228,12 +242,44 @@ def _summary(runs: list[dict[str, Any]], backend: str, workers: int) -> dict[str
             "seconds": statistics.median(r["seconds"] for r in mine),
             "seconds_to_last_trial": statistics.median(r["seconds_to_last_trial"] for r in mine),
             "finished": [r["finished"] for r in mine],
+            "overshoot": [r["overshoot"] for r in mine],
             "errors": sum(r["errors"] for r in mine),
         }
-    row["optuna"]["overshoot"] = [r["overshoot"] for r in runs if r["backend"] == backend
-                                  and r["workers"] == workers and r["method"] == "optuna"]
     row["ratio"] = row["tuner"]["trials_per_s"] / row["optuna"]["trials_per_s"]
+    if "optuna_heartbeat" in methods:
+        row["ratio_vs_optuna_heartbeat"] = row["tuner"]["trials_per_s"] / row["optuna_heartbeat"]["trials_per_s"]
+        row["optuna_heartbeat_vs_optuna"] = row["optuna_heartbeat"]["trials_per_s"] / row["optuna"]["trials_per_s"]
     return row
+
+
+def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]:
+    """What the figures were measured on: SQLite's version and file system, PostgreSQL's version."""
+    found: dict[str, Any] = {}
+    if "sqlite" in backends:
+        from tuner.storage import file_system_type
+
+        found["sqlite"] = {"version": sqlite3.sqlite_version, "journal_mode": "wal",
+                           "file_system": file_system_type(folder)}
+    if "postgresql" in backends:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            found["postgresql"] = {
+                "version": connection.execute(sqlalchemy.text("SHOW server_version")).scalar(),
+                "synchronous_commit": connection.execute(sqlalchemy.text("SHOW synchronous_commit")).scalar(),
+            }
+        engine.dispose()
+    return found
+
+
+def _revision() -> str:
+    """The commit measured, marked dirty when the tuner package or this benchmark differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "tuner", "bench/storage.py")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
 
 
 def main() -> None:
@@ -241,10 +287,13 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 4, 16, 32])
     parser.add_argument("--n-trials", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="tuner and optuna are always measured; optuna_heartbeat is a reference")
     parser.add_argument("--postgres-url", default=DEFAULT_PG_URL)
     parser.add_argument("--output", default="storage.json", help="results file name under bench/results/")
     args = parser.parse_args()
+    methods = [m for m in METHODS if m in {"tuner", "optuna", *args.methods}]
     logging.basicConfig(level=logging.WARNING)
     ctx = mp.get_context("forkserver")
     # the fork server imports these once; each worker is a clean fork of it with no connection open
@@ -252,60 +301,78 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     runs: list[dict[str, Any]] = []
     try:
+        databases = _databases(args.backends, args.postgres_url, folder)
         for backend in args.backends:
             for workers in args.workers:
                 for round_ in range(args.rounds):
-                    order = METHODS if round_ % 2 == 0 else METHODS[::-1]
-                    for method in order:
+                    shift = round_ % len(methods)  # each method goes first in turn
+                    for method in methods[shift:] + methods[:shift]:
                         tag = f"{backend}-{workers}-{round_}-{method}"
                         url = _fresh_database(backend, args.postgres_url, folder, tag)
                         run = measure(ctx, method, backend, url, workers, args.n_trials)
                         run["round"] = round_
                         runs.append(run)
-                        print(f"{backend:10} K={workers:<3} round {round_} {method:6}: {run['trials_per_s']:7.1f} "
+                        print(f"{backend:10} K={workers:<3} round {round_} {method:16}: {run['trials_per_s']:6.1f} "
                               f"trials/s ({run['finished']} in {run['seconds']:.2f} s, last trial at "
                               f"{run['seconds_to_last_trial']:.2f} s), errors {run['errors']}"
                               + (f": {run['problems'][0].splitlines()[-1]}" if run["problems"] else ""), flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    per_k = {backend: [_summary(runs, backend, k) for k in args.workers] for backend in args.backends}
-    print(f"\n{'backend':10} {'K':>3} {'optuna t/s':>10} {'tuner t/s':>10} {'ratio':>6} {'overshoot':>10} "
-          f"{'errors':>6}")
-    for backend, rows in per_k.items():
-        for row in rows:
-            print(f"{backend:10} {row['workers']:>3} {row['optuna']['trials_per_s']:>10.1f} "
-                  f"{row['tuner']['trials_per_s']:>10.1f} {row['ratio']:>6.2f} "
-                  f"{','.join(map(str, row['optuna']['overshoot'])):>10} {row['tuner']['errors']:>6}")
+    per_k = {backend: [_summary(runs, methods, backend, k) for k in args.workers] for backend in args.backends}
+    _print_table(per_k, methods)
     worst_backend, worst = min(((b, row) for b, rows in per_k.items() for row in rows), key=lambda p: p[1]["ratio"])
-    bends = {backend: {method: _bends(rows, method) for method in METHODS} for backend, rows in per_k.items()}
+    bends = {backend: {method: _bends(rows, method) for method in methods} for backend, rows in per_k.items()}
     errors = sum(r["errors"] for r in runs if r["method"] == "tuner")
-    print(f"\nworst ratio {worst['ratio']:.2f} ({worst_backend}, K={worst['workers']}); target >= {TARGET}; "
-          f"tuner errors {errors}, plain Optuna errors {sum(r['errors'] for r in runs if r['method'] == 'optuna')}")
-    for backend, methods in bends.items():
-        for method, bend in methods.items():
-            if bend and bend["at_k"] is not None:
-                print(f"{backend} {method}: {bend['kind']} from K={bend['after_k']} to K={bend['at_k']} "
-                      f"(peak {bend['peak_trials_per_s']:.1f} trials/s at K={bend['peak_k']})")
+    reference_errors = {m: sum(r["errors"] for r in runs if r["method"] == m) for m in methods if m != "tuner"}
+    print(f"\nworst tuner/optuna ratio {worst['ratio']:.2f} ({worst_backend}, K={worst['workers']}); target >= "
+          f"{TARGET}; errors: tuner {errors}, " + ", ".join(f"{m} {n}" for m, n in reference_errors.items()))
+    for backend, by_method in bends.items():
+        for method, bend in by_method.items():
+            where = (f"{bend['kind']} from K={bend['after_k']} to K={bend['at_k']}" if bend["at_k"] is not None
+                     else "still scaling at the largest K")
+            print(f"{backend} {method}: {where} (peak {bend['peak_trials_per_s']:.1f} trials/s at K={bend['peak_k']})")
     write_results(args.output, {
         "min_ratio_vs_optuna": {"value": worst["ratio"], "backend": worst_backend, "workers": worst["workers"]},
         "target": TARGET,
         "errors": errors,
-        "optuna_errors": sum(r["errors"] for r in runs if r["method"] == "optuna"),
+        "reference_errors": reference_errors,
         "per_k": per_k,
         "bends": bends,
         "runs": runs,
         "n_trials": args.n_trials,
         "rounds": args.rounds,
-        "sampler": "RandomSampler(seed=worker index), both methods: constant cost per trial; TPE's grows with "
-                   "the number of trials and would dominate",
+        "sampler": "RandomSampler(seed=worker index) for every method: its cost per trial is constant, where "
+                   "TPE's grows with the number of trials and would measure the sampler, not the storage",
         "objective": "x ** 2, x = trial.suggest_float('x', -10, 10)",
-        "tuner": "tuner.runner.open_study + tuner.worker.work (heartbeat 30 s, grace 120 s, SlotLock, StopSignals)",
-        "optuna": "study.optimize on optuna.storages.RDBStorage(url) with MaxTrialsCallback(n_trials, states=None)",
-        "timing": "barrier release to the last worker's return; trials/s = finished trials / seconds",
+        "methods": {
+            "tuner": "tuner.runner.open_study + tuner.worker.work (heartbeat 30 s, grace 120 s, SlotLock, StopSignals)",
+            "optuna": "study.optimize on optuna.storages.RDBStorage(url), MaxTrialsCallback(n_trials, states=None)",
+            "optuna_heartbeat": "the same with RDBStorage(url, heartbeat_interval=30, grace_period=120): Optuna's "
+                                "own heartbeat, for reference",
+        },
+        "timing": "barrier release to the last worker's return; trials/s = finished trials / seconds; median of "
+                  "the rounds; ratio = tuner's median / optuna's median",
+        "databases": databases,
+        "revision": _revision(),
         "machine": machine(),
         "command": "python bench/storage.py --backends " + " ".join(args.backends) + " --workers "
-                   + " ".join(map(str, args.workers)) + f" --n-trials {args.n_trials} --rounds {args.rounds}",
+                   + " ".join(map(str, args.workers)) + f" --n-trials {args.n_trials} --rounds {args.rounds}"
+                   + " --methods " + " ".join(methods),
     })
+
+
+def _print_table(per_k: dict[str, list[dict[str, Any]]], methods: list[str]) -> None:
+    heartbeat = "optuna_heartbeat" in methods
+    print(f"\n{'backend':10} {'K':>3} {'optuna':>8}" + (f" {'optuna+hb':>9}" if heartbeat else "")
+          + f" {'tuner':>8} {'tuner/optuna':>12}" + (f" {'tuner/optuna+hb':>15}" if heartbeat else "")
+          + f" {'optuna overshoot':>16} {'tuner errors':>12}   (trials/s, median of rounds)")
+    for backend, rows in per_k.items():
+        for row in rows:
+            print(f"{backend:10} {row['workers']:>3} {row['optuna']['trials_per_s']:>8.1f}"
+                  + (f" {row['optuna_heartbeat']['trials_per_s']:>9.1f}" if heartbeat else "")
+                  + f" {row['tuner']['trials_per_s']:>8.1f} {row['ratio']:>12.2f}"
+                  + (f" {row['ratio_vs_optuna_heartbeat']:>15.2f}" if heartbeat else "")
+                  + f" {','.join(map(str, row['optuna']['overshoot'])):>16} {row['tuner']['errors']:>12}")
 
 
 if __name__ == "__main__":
