@@ -39,6 +39,7 @@ import argparse
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import queue
 import shutil
 import sqlite3
@@ -149,9 +150,12 @@ def _create_study(method: str, url: str, study_name: str, n_trials: int) -> None
     if method == "tuner":
         from tuner.runner import open_study
 
-        open_study(_tuner_run(url, study_name, 0, n_trials), url)  # what `tuner run --workers` does first
+        study = open_study(_tuner_run(url, study_name, 0, n_trials), url)  # what `tuner run --workers` does first
     else:
-        optuna.create_study(study_name=study_name, storage=optuna.storages.RDBStorage(url))
+        study = optuna.create_study(study_name=study_name, storage=optuna.storages.RDBStorage(url))
+    # close this process's connection now: left to the garbage collector, they pile up over the runs
+    # and, with 32 workers' own, can pass PostgreSQL's max_connections
+    getattr(study._storage, "_backend", study._storage).engine.dispose()
 
 
 def _census(url: str, study_name: str) -> dict[str, int]:
@@ -170,6 +174,7 @@ def measure(ctx: Any, method: str, backend: str, url: str, workers: int, n_trial
     """One run: ``workers`` processes of ``method`` on a fresh study at ``url``."""
     study_name = f"bench-{method}-{workers}"
     _create_study(method, url, study_name, n_trials)
+    load_before = os.getloadavg()[0]
     barrier, out = ctx.Barrier(workers + 1), ctx.Queue()
     processes = [ctx.Process(target=_worker, args=(method, url, study_name, n_trials, i, barrier, out), daemon=True)
                  for i in range(workers)]
@@ -215,6 +220,7 @@ def measure(ctx: Any, method: str, backend: str, url: str, workers: int, n_trial
         "seconds_to_last_trial": last_trial - started,
         "finished": finished, "overshoot": max(0, finished - n_trials), "states": states,
         "errors": errors, "problems": problems[:5],
+        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before and after: the noise
     }
 
 
@@ -268,6 +274,7 @@ def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]
             found["postgresql"] = {
                 "version": connection.execute(sqlalchemy.text("SHOW server_version")).scalar(),
                 "synchronous_commit": connection.execute(sqlalchemy.text("SHOW synchronous_commit")).scalar(),
+                "max_connections": connection.execute(sqlalchemy.text("SHOW max_connections")).scalar(),
             }
         engine.dispose()
     return found
