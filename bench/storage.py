@@ -25,7 +25,9 @@ schema, and the study) is created before the workers start, since concurrent sch
 (Optuna issue #4621). Workers are started from a clean fork server that has imported Optuna and tuner,
 get ready, and wait at a barrier; the clock runs from the barrier to the last worker's return, so a
 worker's shutdown (a tuner worker waiting for others' trials to end) counts, and start-up does not.
-trials/s = finished trials / those seconds. ``ratio`` is tuner's median trials/s over plain Optuna's.
+trials/s = finished trials / those seconds. ``ratio`` is tuner's trials/s over plain Optuna's in the
+same round, the median of the rounds. Before each round the benchmark waits (up to two minutes) for
+the CPUs to be under 30 % busy, and records what it saw.
 
 Errors, per run: an exception or abnormal exit in a worker, a FAIL trial, a trial left RUNNING or
 WAITING, and for tuner a finished count other than N exactly. Optuna's overshoot past N (its workers
@@ -42,6 +44,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -59,6 +62,7 @@ DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tuner_bench"
 METHODS = ("tuner", "optuna", "optuna_heartbeat")
 TARGET = 0.9
 RUN_DEADLINE_S = 600.0
+QUIET_BUSY, QUIET_WAIT_S = 0.3, 120.0  # before each round, wait (at most this long) for CPUs under 30 % busy
 BEND_GAIN = 1.10  # a step in K that gains less than 10 % trials/s is where the curve flattens
 
 
@@ -96,7 +100,7 @@ def _worker(method: str, url: str, study_name: str, n_trials: int, index: int, b
                 report["last_trial_end"] = time.monotonic()
 
             with StopSignals() as signals:
-                barrier.wait()
+                barrier.wait(timeout=RUN_DEADLINE_S)  # an orphan of a killed bench ends
                 result = work(study, objective, n_trials, lock=lock, signals=signals, max_retries=run.study.max_retries,
                               worker=f"w{index}", on_end=ended)
             report["ran"] = result.ran
@@ -109,7 +113,7 @@ def _worker(method: str, url: str, study_name: str, n_trials: int, index: int, b
                                         sampler=optuna.samplers.RandomSampler(seed=index), load_if_exists=True)
             callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=None),
                          lambda study, trial: report.update(last_trial_end=time.monotonic(), ran=report["ran"] + 1)]
-            barrier.wait()
+            barrier.wait(timeout=RUN_DEADLINE_S)
             study.optimize(objective, callbacks=callbacks)
     except BaseException:  # noqa: BLE001 - reported to the parent, which counts it as an error
         report["error"] = traceback.format_exc(limit=6)
@@ -251,11 +255,42 @@ def _summary(runs: list[dict[str, Any]], methods: list[str], backend: str, worke
             "overshoot": [r["overshoot"] for r in mine],
             "errors": sum(r["errors"] for r in mine),
         }
-    row["ratio"] = row["tuner"]["trials_per_s"] / row["optuna"]["trials_per_s"]
+    def paired(over: str, under: str) -> float:
+        """The median over rounds of one method's trials/s over another's in the same round."""
+        return statistics.median(a / b for a, b in zip(row[over]["rounds_trials_per_s"],
+                                                       row[under]["rounds_trials_per_s"], strict=True))
+
+    row["ratio"] = paired("tuner", "optuna")
     if "optuna_heartbeat" in methods:
-        row["ratio_vs_optuna_heartbeat"] = row["tuner"]["trials_per_s"] / row["optuna_heartbeat"]["trials_per_s"]
-        row["optuna_heartbeat_vs_optuna"] = row["optuna_heartbeat"]["trials_per_s"] / row["optuna"]["trials_per_s"]
+        row["ratio_vs_optuna_heartbeat"] = paired("tuner", "optuna_heartbeat")
+        row["optuna_heartbeat_vs_optuna"] = paired("optuna_heartbeat", "optuna")
     return row
+
+
+def _cpu_busy(seconds: float = 2.0) -> float:
+    """The fraction of all CPUs busy over ``seconds``, from /proc/stat (0 where there is none)."""
+    def sample() -> tuple[int, int]:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0, 0
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / (total1 - total0) if total1 > total0 else 0.0
+
+
+def _wait_for_quiet() -> float:
+    """Wait, up to ``QUIET_WAIT_S``, until other work leaves the CPUs mostly idle; the busy fraction seen."""
+    deadline = time.monotonic() + QUIET_WAIT_S
+    busy = _cpu_busy()
+    while busy > QUIET_BUSY and time.monotonic() < deadline:
+        print(f"  waiting for a quieter machine: CPUs {busy:.0%} busy", flush=True)
+        time.sleep(10)
+        busy = _cpu_busy()
+    return busy
 
 
 def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]:
@@ -300,6 +335,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=DEFAULT_PG_URL)
     parser.add_argument("--output", default="storage.json", help="results file name under bench/results/")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the workers too
     methods = [m for m in METHODS if m in {"tuner", "optuna", *args.methods}]
     logging.basicConfig(level=logging.WARNING)
     ctx = mp.get_context("forkserver")
@@ -312,12 +348,13 @@ def main() -> None:
         for backend in args.backends:
             for workers in args.workers:
                 for round_ in range(args.rounds):
+                    busy = _wait_for_quiet()
                     shift = round_ % len(methods)  # each method goes first in turn
                     for method in methods[shift:] + methods[:shift]:
                         tag = f"{backend}-{workers}-{round_}-{method}"
                         url = _fresh_database(backend, args.postgres_url, folder, tag)
                         run = measure(ctx, method, backend, url, workers, args.n_trials)
-                        run["round"] = round_
+                        run["round"], run["cpu_busy_before_round"] = round_, round(busy, 3)
                         runs.append(run)
                         print(f"{backend:10} K={workers:<3} round {round_} {method:16}: {run['trials_per_s']:6.1f} "
                               f"trials/s ({run['finished']} in {run['seconds']:.2f} s, last trial at "
@@ -357,8 +394,8 @@ def main() -> None:
             "optuna_heartbeat": "the same with RDBStorage(url, heartbeat_interval=30, grace_period=120): Optuna's "
                                 "own heartbeat, for reference",
         },
-        "timing": "barrier release to the last worker's return; trials/s = finished trials / seconds; median of "
-                  "the rounds; ratio = tuner's median / optuna's median",
+        "timing": "barrier release to the last worker's return; trials/s = finished trials / seconds, median "
+                  "of the rounds; ratio = median over rounds of tuner's trials/s / optuna's in the same round",
         "databases": databases,
         "revision": _revision(),
         "machine": machine(),
