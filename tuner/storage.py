@@ -18,12 +18,14 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import os
 import re
 import sqlite3
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +41,7 @@ ENV_VAR = "TUNER_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
 SQLITE_MAX_WORKERS = 8
 RETRY_S = 120.0  # how long a worker waits out a database outage before giving up
+LOCK_KEEP_S = 5.0  # a SlotLock taken again within this many seconds keeps its server connection
 NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs", "ceph",
                         "glusterfs", "fuse.glusterfs", "beegfs", "afs", "fuse.s3fs", "fuse.gcsfuse")
 
@@ -284,7 +287,9 @@ class SlotLock:
 
     PostgreSQL and MySQL hold it on the server (``pg_advisory_lock``, ``GET_LOCK``), so it is released
     when a holder's connection dies; SQLite, which only local workers share, uses ``flock`` on a file
-    next to the database. Hold it only for a few queries.
+    next to the database. Hold it only for a few queries. A server lock taken again within
+    ``LOCK_KEEP_S`` of its last use keeps its connection open for the next; one used less often (a
+    worker on long trials, a one-off lock) closes it, so it holds no idle connection on the server.
     """
 
     def __init__(self, url: str, study_name: str) -> None:
@@ -297,6 +302,7 @@ class SlotLock:
         self._key = int.from_bytes(digest[:8], "big", signed=True)
         self._name = f"tuner:{digest.hex()[:40]}"
         self._thread_lock = threading.Lock()
+        self._last_use = -math.inf
         self._engine: Any = None
         self._path: Path | None = None
         if self.backend == "sqlite":
@@ -306,7 +312,11 @@ class SlotLock:
             import sqlalchemy
 
             try:
-                self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+                # a connection kept between frequent uses: a new one for every trial made taking the lock
+                # cost 5 ms instead of 0.7 on local PostgreSQL; pre-ping replaces one the server dropped
+                self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+                # closed with this object, not whenever the garbage collector reaches the engine's cycles
+                weakref.finalize(self, self._engine.dispose)
             except ImportError as err:
                 raise _missing_driver(url, err) from None
             except NoSuchModuleError:
@@ -317,15 +327,22 @@ class SlotLock:
         """Hold the lock; ``retry=False`` fails at once, with a clear error, when the server is down."""
         with self._thread_lock:
             if self._engine is not None:
+                keep = time.monotonic() - self._last_use < LOCK_KEEP_S
                 connection, release = retrying(self._acquire, "lock", self.url)() if retry else self._first()
                 try:
                     yield
                 finally:
-                    with contextlib.suppress(Exception):  # a dead connection has released the lock already
+                    try:
                         connection.execute(*release)
                         connection.commit()
+                    except Exception:  # noqa: BLE001 - closing the session releases the lock, if it holds it
+                        with contextlib.suppress(Exception):
+                            connection.invalidate()  # never back to the pool while it may hold the lock
                     with contextlib.suppress(Exception):
                         connection.close()
+                        if not keep:
+                            self._engine.dispose()
+                    self._last_use = time.monotonic()
             elif self._path is not None:
                 import fcntl
 
@@ -360,6 +377,8 @@ class SlotLock:
                 raise StorageError(f"storage {mask(self.url)}: could not take the study lock in {RETRY_S:.0f} s")
             return connection, (sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": self._name})
         except BaseException:
+            with contextlib.suppress(Exception):
+                connection.invalidate()  # an interrupted wait may yet be granted the lock: drop the session
             connection.close()
             raise
 

@@ -41,6 +41,7 @@ from tuner.storage import SlotLock
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
 
 
 class Interrupted(BaseException):
@@ -298,12 +299,15 @@ def work(
         worker: this worker's label, recorded on its trials with its host and pid.
         on_start: called with the trial number as each trial starts.
         on_end: called with each finished trial.
-        poll_s: how often an idle worker looks for orphaned trials (default: the heartbeat interval).
+        poll_s: the longest an idle worker waits between looks for ended or orphaned trials (default: the
+            heartbeat interval). It looks again after ``IDLE_FIRST_LOOK_S``, then at doubling waits up to
+            this, so it ends soon after short trials and looks rarely while long ones run.
     """
     result = WorkResult()
     started = time.monotonic()
     interval = _heartbeat_interval(study)
     trial: optuna.Trial | None = None
+    idle_wait = IDLE_FIRST_LOOK_S
     # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
     # Optuna allows only inside its own optimize loop; this loop plays that part.
     study._thread_local.in_optimize_loop, study._stop_flag = True, False
@@ -320,19 +324,22 @@ def work(
                     trials = study.get_trials(deepcopy=False)
                     waiting = any(t.state == TrialState.WAITING for t in trials)
                     running = sum(t.state == TrialState.RUNNING for t in trials)
-                    trial = study.ask() if waiting or used_slots(trials) < budget else None
+                    trial = _ask(study, waiting) if waiting or used_slots(trials) < budget else None
                 if trial is not None:
                     result.ran += 1
-                    _label(study, trial, worker)
+                    _label(trial, worker)
                     if on_start is not None:
                         on_start(trial.number)
             if trial is None:
                 if running and interval:
                     # other workers' trials may still die and need a retry; a dead worker's trial is
                     # only noticed by a live one
-                    signals.sleep(poll_s or interval)
+                    idle_wait = min(idle_wait, poll_s or interval)
+                    signals.sleep(idle_wait)
+                    idle_wait *= 2
                     continue
                 break
+            idle_wait = IDLE_FIRST_LOOK_S
             frozen = _run_trial(study, trial, objective, signals, max_retries, interval)
             trial = None
             if on_end is not None:
@@ -347,10 +354,24 @@ def work(
     return result
 
 
-def _label(study: optuna.Study, trial: optuna.Trial, worker: str) -> None:
+def _ask(study: optuna.Study, waiting: bool) -> optuna.Trial:
+    """``study.ask()``, which looks for a queued retry only when ``waiting`` (the trials just read hold one).
+
+    Optuna's ask reads the study's trials again to look for one; under the slot lock every other worker
+    waits for that read, a fifth of the time the lock is held (bench/storage.py). A retry queued since
+    the read (by an interrupted worker, which queues outside the lock) is taken by the next ask.
+    """
+    if waiting:
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+def _label(trial: optuna.Trial, worker: str) -> None:
     """Record who runs ``trial``; a retry, which starts as a copy of the failed trial's attributes, is
     linked to that trial and its failure cleared."""
-    history = retry_history(study._storage.get_trial(trial._trial_id))
+    # the trial as `ask` read it, after popping a queued retry: reading it again costs a query per trial
+    history = retry_history(trial._cached_frozen_trial)
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
