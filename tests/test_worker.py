@@ -363,7 +363,7 @@ def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytes
 
 def start_pool(study_dir: Path, n_trials: int) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "tuner", "run", "--study", "tiny", "--workers", "2", *LONG_TRIAL,
-                             f"--set=study.n_trials={n_trials}", "--set=trainer.max_epochs=15"],
+                             f"--set=study.n_trials={n_trials}"],
                             cwd=study_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
