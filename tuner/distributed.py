@@ -270,7 +270,8 @@ class _SpawnLauncher(_MultiProcessingLauncher):
     """Lightning's spawn launcher, bringing back more than the best checkpoint path and callback metrics.
 
     Rank 0's callback states, the epoch count and every rank's fingerprint come back in the extra
-    results; an exception raised on a rank is re-raised here as itself.
+    results; an exception raised on a rank is re-raised here as itself. A rank that finished destroys
+    its process group before it exits.
     """
 
     def __init__(self, strategy: SpawnedDDPStrategy) -> None:
@@ -298,6 +299,15 @@ class _SpawnLauncher(_MultiProcessingLauncher):
             except Exception:  # noqa: BLE001 - an exception that does not pickle comes back as its traceback
                 log.debug("rank %d: %s does not pickle", process_idx, type(err).__name__)
             raise
+        # Past the last collective (gather_ranks). Lightning destroys only NCCL groups, so a gloo group
+        # would live until the interpreter's exit, while its worker threads may still be releasing the
+        # last collectives' tensors, which takes the GIL: Python 3.11 ends a thread that does so during
+        # finalization with pthread_exit, which aborts the rank (SIGABRT, "terminate called without an
+        # active exception"; pytorch/pytorch#190489) and fails a finished trial. Lightning's teardown has
+        # dropped the DDP wrapper, so destroying the group frees it and joins those threads here.
+        # Not on an error: a group with a collective still waiting for a peer would wait out its timeout.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     @override
     def _collect_rank_zero_results(self, trainer: pl.Trainer, results: Any) -> Any:
