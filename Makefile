@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quality bench-throughput bench-overhead bench-study bench-report clean
+.PHONY: setup demo test lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage clean
 
 $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-overhead: setup
 
 bench-study: setup
 	$(BIN)/python bench/study_nips.py
+
+bench-storage: setup
+	$(BIN)/python bench/storage.py
 
 bench-report: setup
 	$(BIN)/python bench/report.py
