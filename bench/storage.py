@@ -1,6 +1,6 @@
 """Storage throughput: trivial trials through tuner's worker loop versus plain Optuna, side by side.
 
-    python bench/storage.py [--backends sqlite postgresql] [--workers 1 4 16 32] [--n-trials 300]
+    python bench/storage.py [--backends sqlite postgresql] [--workers 1 4 16 32] [--n-trials 200]
                             [--rounds 3] [--methods tuner optuna optuna_heartbeat]
                             [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/tuner_bench]
 
@@ -26,8 +26,10 @@ schema, and the study) is created before the workers start, since concurrent sch
 get ready, and wait at a barrier; the clock runs from the barrier to the last worker's return, so a
 worker's shutdown (a tuner worker waiting for others' trials to end) counts, and start-up does not.
 trials/s = finished trials / those seconds. ``ratio`` is tuner's trials/s over plain Optuna's in the
-same round, the median of the rounds. Before each round the benchmark waits (up to two minutes) for
-the CPUs to be under 30 % busy, and records what it saw.
+same round, the median of the rounds. The machine is shared: before each round the benchmark waits
+(up to two minutes) for the CPUs to be under 30 % busy, and a round after which they are busier
+(another job started during it) is kept in the file but not counted; it runs rounds until it has
+``--rounds`` clean ones, or three times as many in all (then every round counts, marked so).
 
 Errors, per run: an exception or abnormal exit in a worker, a FAIL trial, a trial left RUNNING or
 WAITING, and for tuner a finished count other than N exactly. Optuna's overshoot past N (its workers
@@ -63,6 +65,7 @@ METHODS = ("tuner", "optuna", "optuna_heartbeat")
 TARGET = 0.9
 RUN_DEADLINE_S = 600.0
 QUIET_BUSY, QUIET_WAIT_S = 0.3, 120.0  # before each round, wait (at most this long) for CPUs under 30 % busy
+ROUND_ATTEMPTS = 3  # rounds run, at most, per round wanted clean
 BEND_GAIN = 1.10  # a step in K that gains less than 10 % trials/s is where the curve flattens
 
 
@@ -245,7 +248,8 @@ def _bends(per_k: list[dict[str, Any]], method: str) -> dict[str, Any]:
 def _summary(runs: list[dict[str, Any]], methods: list[str], backend: str, workers: int) -> dict[str, Any]:
     row: dict[str, Any] = {"workers": workers}
     for method in methods:
-        mine = [r for r in runs if r["backend"] == backend and r["workers"] == workers and r["method"] == method]
+        every = [r for r in runs if r["backend"] == backend and r["workers"] == workers and r["method"] == method]
+        mine = [r for r in every if r["clean"]] or every  # all of them when no round was clean
         row[method] = {
             "trials_per_s": statistics.median(r["trials_per_s"] for r in mine),
             "rounds_trials_per_s": [round(r["trials_per_s"], 2) for r in mine],
@@ -253,7 +257,8 @@ def _summary(runs: list[dict[str, Any]], methods: list[str], backend: str, worke
             "seconds_to_last_trial": statistics.median(r["seconds_to_last_trial"] for r in mine),
             "finished": [r["finished"] for r in mine],
             "overshoot": [r["overshoot"] for r in mine],
-            "errors": sum(r["errors"] for r in mine),
+            "errors": sum(r["errors"] for r in every),
+            "clean_rounds": sum(r["clean"] for r in every), "rounds": len(every),
         }
     def paired(over: str, under: str) -> float:
         """The median over rounds of one method's trials/s over another's in the same round."""
@@ -324,12 +329,36 @@ def _revision() -> str:
     return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
 
 
+def _round(ctx: Any, methods: list[str], backend: str, pg_url: str, folder: Path, workers: int, n_trials: int,
+           attempt: int) -> tuple[list[dict[str, Any]], bool]:
+    """Every method once, on fresh databases; clean when the CPUs were quiet before and after it."""
+    busy_before = _wait_for_quiet()
+    shift = attempt % len(methods)  # each method goes first in turn
+    group = []
+    for method in methods[shift:] + methods[:shift]:
+        url = _fresh_database(backend, pg_url, folder, f"{backend}-{workers}-{attempt}-{method}")
+        run = measure(ctx, method, backend, url, workers, n_trials)
+        group.append(run)
+        print(f"{backend:10} K={workers:<3} round {attempt} {method:16}: {run['trials_per_s']:6.1f} trials/s "
+              f"({run['finished']} in {run['seconds']:.2f} s, last trial at {run['seconds_to_last_trial']:.2f} s), "
+              f"errors {run['errors']}" + (f": {run['problems'][0].splitlines()[-1]}" if run["problems"] else ""),
+              flush=True)
+    busy_after = _cpu_busy()
+    ok = max(busy_before, busy_after) <= QUIET_BUSY
+    if not ok:
+        print(f"  round {attempt} not counted: CPUs {busy_before:.0%} busy before it, {busy_after:.0%} after",
+              flush=True)
+    for run in group:
+        run.update(round=attempt, cpu_busy_before_after=[round(busy_before, 3), round(busy_after, 3)], clean=ok)
+    return group, ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 4, 16, 32])
-    parser.add_argument("--n-trials", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n-trials", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="clean rounds wanted (see QUIET_BUSY)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="tuner and optuna are always measured; optuna_heartbeat is a reference")
     parser.add_argument("--postgres-url", default=DEFAULT_PG_URL)
@@ -347,19 +376,12 @@ def main() -> None:
         databases = _databases(args.backends, args.postgres_url, folder)
         for backend in args.backends:
             for workers in args.workers:
-                for round_ in range(args.rounds):
-                    busy = _wait_for_quiet()
-                    shift = round_ % len(methods)  # each method goes first in turn
-                    for method in methods[shift:] + methods[:shift]:
-                        tag = f"{backend}-{workers}-{round_}-{method}"
-                        url = _fresh_database(backend, args.postgres_url, folder, tag)
-                        run = measure(ctx, method, backend, url, workers, args.n_trials)
-                        run["round"], run["cpu_busy_before_round"] = round_, round(busy, 3)
-                        runs.append(run)
-                        print(f"{backend:10} K={workers:<3} round {round_} {method:16}: {run['trials_per_s']:6.1f} "
-                              f"trials/s ({run['finished']} in {run['seconds']:.2f} s, last trial at "
-                              f"{run['seconds_to_last_trial']:.2f} s), errors {run['errors']}"
-                              + (f": {run['problems'][0].splitlines()[-1]}" if run["problems"] else ""), flush=True)
+                clean = attempt = 0
+                while clean < args.rounds and attempt < ROUND_ATTEMPTS * args.rounds:
+                    group, ok = _round(ctx, methods, backend, args.postgres_url, folder, workers, args.n_trials,
+                                       attempt)
+                    runs += group
+                    clean, attempt = clean + ok, attempt + 1
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     per_k = {backend: [_summary(runs, methods, backend, k) for k in args.workers] for backend in args.backends}
@@ -395,7 +417,8 @@ def main() -> None:
                                 "own heartbeat, for reference",
         },
         "timing": "barrier release to the last worker's return; trials/s = finished trials / seconds, median "
-                  "of the rounds; ratio = median over rounds of tuner's trials/s / optuna's in the same round",
+                  "of the clean rounds; ratio = median over clean rounds of tuner's trials/s / optuna's in the "
+                  "same round; a round is clean when the CPUs were under 30 % busy just before and after it",
         "databases": databases,
         "revision": _revision(),
         "machine": machine(),
@@ -409,14 +432,15 @@ def _print_table(per_k: dict[str, list[dict[str, Any]]], methods: list[str]) -> 
     heartbeat = "optuna_heartbeat" in methods
     print(f"\n{'backend':10} {'K':>3} {'optuna':>8}" + (f" {'optuna+hb':>9}" if heartbeat else "")
           + f" {'tuner':>8} {'tuner/optuna':>12}" + (f" {'tuner/optuna+hb':>15}" if heartbeat else "")
-          + f" {'optuna overshoot':>16} {'tuner errors':>12}   (trials/s, median of rounds)")
+          + f" {'optuna overshoot':>16} {'tuner errors':>12} {'clean rounds':>12}   (trials/s, median of clean rounds)")
     for backend, rows in per_k.items():
         for row in rows:
             print(f"{backend:10} {row['workers']:>3} {row['optuna']['trials_per_s']:>8.1f}"
                   + (f" {row['optuna_heartbeat']['trials_per_s']:>9.1f}" if heartbeat else "")
                   + f" {row['tuner']['trials_per_s']:>8.1f} {row['ratio']:>12.2f}"
                   + (f" {row['ratio_vs_optuna_heartbeat']:>15.2f}" if heartbeat else "")
-                  + f" {','.join(map(str, row['optuna']['overshoot'])):>16} {row['tuner']['errors']:>12}")
+                  + f" {','.join(map(str, row['optuna']['overshoot'])):>16} {row['tuner']['errors']:>12}"
+                  + f" {row['tuner']['clean_rounds']:>9}/{row['tuner']['rounds']}")
 
 
 if __name__ == "__main__":
