@@ -272,8 +272,8 @@ def first_trial_has(study_dir: Path, attr: str | None = None) -> bool:
         return False
     try:
         trials = tiny_study(study_dir).trials
-    except (KeyError, sqlalchemy.exc.OperationalError):  # the schema or the study is not there yet
-        return False
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        return False  # the worker is still creating the schema or the study
     return bool(trials) and (attr is None or attr in trials[0].user_attrs)
 
 

@@ -216,8 +216,7 @@ class Objective:
             raise
 
     def _fail(self, trial: optuna.Trial, reason: str, started: float) -> None:
-        log.warning("trial %d failed: %s", trial.number, reason)
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_reason", reason)  # the worker logs it as it stores the failure
         trial.set_user_attr("wall_s", time.perf_counter() - started)
 
     def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:

@@ -420,10 +420,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study
             message = str(err).splitlines()[0] if str(err) else ""
             reason = f"{type(err).__name__}: {message}"
-            log.warning("trial %d failed: %s", trial.number, reason)
     with signals.deferred():
-        if state == TrialState.FAIL and not trial.user_attrs.get("fail_reason"):
-            trial.set_user_attr("fail_reason", reason)
+        if state == TrialState.FAIL:
+            # the objective's own reason, when it gave one, says more than the exception's type
+            recorded = trial.user_attrs.get("fail_reason")
+            if not recorded:
+                trial.set_user_attr("fail_reason", reason)
+            log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
             return study.tell(trial, value, skip_if_finished=True)
         return study.tell(trial, state=state, skip_if_finished=True)
