@@ -22,16 +22,12 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def machine() -> dict[str, Any]:
-    import torch
+def machine(precision: str | None = "auto") -> dict[str, Any]:
+    """The machine a result came from: CPU model, torch's capability, the bf16 flags that decide
+    ``precision = "auto"`` and what it resolved to, torch threads, the GPU; see ``tuner.hardware``."""
+    from tuner import hardware
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "processor": platform.processor() or platform.machine(),
-    }
+    return {"python": platform.python_version(), **hardware.describe(precision)}
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

@@ -26,7 +26,7 @@ RECIPE = [
     "model.warmup=0.1",
     "data.batch_size=16",
     "trainer.max_epochs=6",
-    'trainer.precision="bf16-mixed"',
+    'trainer.precision="auto"',
 ]
 
 

@@ -5,8 +5,10 @@
 Three ways to train the same model (MiniLM-L6, pairwise loss, AdamW, clipping 1.0) on the same batches:
 
 - ``tuner``: ``SentenceOrderingData`` (dynamic padding, length buckets) + ``SentenceOrderer`` + the Lightning
-  trainer from ``tuner.train.build_trainer`` in bf16-mixed;
-- ``plain``: a hand-written PyTorch loop over the same data loader, bf16 autocast, ``model.loss_fn``;
+  trainer from ``tuner.train.build_trainer`` in the precision ``auto`` resolves to on this machine
+  (``bf16-mixed`` on a CPU with native bf16, else ``32-true``);
+- ``plain``: a hand-written PyTorch loop over the same data loader, in the same precision (bf16 autocast or
+  fp32), ``model.loss_fn``;
 - ``naive``: the same batches padded to 512 tokens, fp32, and the loss computed document by document.
 
 Throughput is real (unpadded) tokens per second over steady-state steps: the first ``--warmup`` steps are
@@ -178,6 +180,7 @@ def _lightning_fit(run: Any, data: Any, model: Any, clock: _Clock) -> None:
 def _worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from tuner import hardware
     from tuner.data import SentenceOrderingData
     from tuner.model import SentenceOrderer
 
@@ -196,7 +199,8 @@ def _worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     if method == "tuner":
         _lightning_fit(run, data, model, clock)
     elif method == "plain":
-        _torch_loop(model, data.train_dataloader(), clock, clip, True, lambda b: b, model.loss_fn)
+        bf16 = hardware.resolve_precision(run.trainer.precision, "cpu") == "bf16-mixed"
+        _torch_loop(model, data.train_dataloader(), clock, clip, bf16, lambda b: b, model.loss_fn)
     else:
         length, pad_id = data.max_length, data.pad_id
         _torch_loop(model, data.train_dataloader(), clock, clip, False, lambda b: _pad_to(b, length, pad_id),
@@ -217,7 +221,7 @@ def _study(max_documents: int | None) -> Any:
         "data.batch_size=16",
         "data.max_sentences=16",
         "data.max_length=512",
-        'trainer.precision="bf16-mixed"',
+        'trainer.precision="auto"',
         "trainer.gradient_clip_val=1.0",
     ]
     if max_documents is not None:
@@ -326,6 +330,8 @@ def main() -> None:
     total = time.perf_counter() - started
     print(f"whole run {total:.0f} s")
     command = "python bench/throughput.py " + shlex.join(sys.argv[1:])
+    hardware = machine()
+    precision = hardware["precision"]
     write_results(args.output, {
         **payload,
         "targets": TARGETS,
@@ -334,10 +340,12 @@ def main() -> None:
         "rounds": args.rounds,
         "max_documents": args.max_documents,
         "params": {"backbone": "sentence-transformers/all-MiniLM-L6-v2", "batch_size": 16, "max_sentences": 16,
-                   "max_length": 512, "precision": {"tuner": "bf16-mixed", "plain": "bf16 autocast", "naive": "fp32"},
+                   "max_length": 512,
+                   "precision": {"tuner": precision, "plain": "bf16 autocast" if precision == "bf16-mixed" else "fp32",
+                                 "naive": "fp32"},
                    "gradient_clip_val": 1.0, "seed": SEED},
         "total_wall_s": total,
-        "machine": machine(),
+        "machine": hardware,
         "command": command.strip(),
     })
 

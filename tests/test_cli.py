@@ -70,6 +70,33 @@ def test_evaluate_reproduces_the_test_metrics(trained: dict) -> None:
     assert metrics["documents"] == 32
 
 
+def test_evaluate_runs_in_the_precision_best_here_not_the_checkpoints(
+        trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tuner import hardware, train
+
+    # a checkpoint trained in bf16 on a machine with native bf16, evaluated on a CPU without it
+    stored = torch.load(trained["result"]["best_checkpoint"], map_location="cpu", weights_only=False)
+    stored["tuner_run"]["trainer"]["precision"] = "bf16-mixed"
+    checkpoint = tmp_path / "bf16.ckpt"
+    torch.save(stored, checkpoint)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    used = []
+    build = train.build_trainer
+
+    def spy(*args: object, **kwargs: object) -> object:
+        trainer = build(*args, **kwargs)  # type: ignore[arg-type]
+        used.append(trainer.precision)
+        return trainer
+
+    monkeypatch.setattr(train, "build_trainer", spy)
+    metrics = train.evaluate(checkpoint)["test"]
+    assert used == ["32-true"] and hardware.best_precision("cpu") == "32-true"
+    assert metrics["kendall_tau"] == pytest.approx(trained["result"]["test"]["kendall_tau"], abs=1e-4)
+
+
 def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Path) -> None:
     tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator="\t")
     bar = write_lines(tmp_path / "more.txt.lines", synthetic_documents(20, seed=99), separator=" | ")

@@ -35,6 +35,9 @@ def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatc
         assert {"val_kendall_tau", "val_pmr", "val_acc", "val_loss", "epochs", "lr_used", "lr_finder", "wall_s",
                 "host", "pid", "worker", "seed", "data_fingerprint", "checkpoint", "versions"} <= set(attrs)
         assert attrs["versions"]["optuna"] == optuna.__version__
+        # the study asks 32-true; the machine it ran on is recorded with what decided
+        assert attrs["hardware"]["precision"] == "32-true" and attrs["hardware"]["precision_asked"] == "32-true"
+        assert {"cpu_model", "cpu_capability", "amx", "avx512_bf16", "torch_threads", "gpu"} <= set(attrs["hardware"])
         assert Path(attrs["checkpoint"]).is_file()
         assert trial.value == max(r["val_kendall_tau"] for r in attrs["history"])
         # two validations per epoch, each reported at its own step (no collisions at step = epoch)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,11 +73,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_workers(run, find_study(args.study), args.workers, args.set, storage=args.storage,
                               n_trials=args.n_trials, timeout=args.timeout)
     else:
-        threads = os.environ.get("TUNER_NUM_THREADS")
-        if threads:  # set by `--workers` for its worker processes: an even share of the CPU
-            import torch
-
-            torch.set_num_threads(int(threads))
         summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
                             worker=args.worker_id)
     if not args.worker_id:

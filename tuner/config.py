@@ -30,6 +30,7 @@ LOSSES = ("pairwise", "listmle", "mse")
 FORMATS = ("auto", "lines", "csv", "jsonl", "text")
 BUILTINS = ("python-docs",)
 STRATEGIES = ("auto", "ddp")
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -156,7 +157,8 @@ class TrainerConfig:
     """Lightning ``Trainer`` settings and where runs are written."""
 
     max_epochs: int = 3
-    precision: str = "bf16-mixed"
+    # "auto": decided per process from its hardware (tuner.hardware.best_precision)
+    precision: str = "auto"
     accelerator: str = "auto"
     # One device per trial by default: trials run side by side through workers, and several devices
     # per trial run DDP ranks that the trial spawns itself (see tuner.distributed).
@@ -179,8 +181,9 @@ class TrainerConfig:
         _check(self.strategy in STRATEGIES, "trainer.strategy",
                f"unknown strategy {self.strategy!r}; use 'auto' (DDP when devices > 1) or 'ddp' (each trial spawns "
                "one rank per device and only the trial's own process talks to the study)")
-        _check(self.precision in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), "trainer.precision",
-               f"unknown precision {self.precision!r}; use 'bf16-mixed', '16-mixed' or '32-true'")
+        _check(self.precision in PRECISIONS, "trainer.precision",
+               f"unknown precision {self.precision!r}; use 'auto' (the best for the hardware), 'bf16-mixed', "
+               "'16-mixed' or '32-true'")
         _check(0 < self.val_check_interval, "trainer.val_check_interval", "must be positive")
         _check(0 < self.limit_train_batches, "trainer.limit_train_batches", "must be positive")
         _check(0 < self.limit_val_batches, "trainer.limit_val_batches", "must be positive")

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from optuna_integration import PyTorchLightningPruningCallback
 
-from tuner import distributed, search
+from tuner import distributed, hardware, search
 from tuner.config import LRFinderConfig, RunConfig
 from tuner.data import SentenceOrderingData
 from tuner.model import SentenceOrderer
@@ -224,6 +224,8 @@ class Objective:
         seed = run.trainer.seed + trial.number
         pl.seed_everything(seed, workers=True, verbose=False)
         trial.set_user_attr("seed", seed)
+        # what the trial ran on, and the precision that decided: figures differ many times between CPUs
+        trial.set_user_attr("hardware", hardware.describe(run.trainer.precision, run.trainer.accelerator))
         data = SentenceOrderingData(run.data, run.model.backbone.name)
         data.setup("fit")
         trial.set_user_attr("data_fingerprint", data.fingerprint)

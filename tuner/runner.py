@@ -105,6 +105,15 @@ class RunSummary:
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
 
 
+def requested_threads() -> int | None:
+    """The CPU threads per worker the user asked for: ``$TUNER_NUM_THREADS``, else ``$OMP_NUM_THREADS``."""
+    for variable in ("TUNER_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 WORKER_INDEX_VARIABLES = ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
 
 
@@ -133,8 +142,11 @@ def run_study(
 ) -> RunSummary:
     """Run this process as one worker of ``run``'s study until it holds ``n_trials`` (the study's
     total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives."""
-    from tuner.objective import Objective  # torch is imported here, not for `tuner trials`
+    from tuner import hardware  # torch is imported here, not for `tuner trials`
+    from tuner.objective import Objective
 
+    # `--workers` gives each worker process its share in TUNER_NUM_THREADS, having warned already
+    hardware.set_threads(1, requested_threads())
     budget = n_trials or run.study.n_trials
     timeout = timeout if timeout is not None else run.study.timeout
     url = resolve_url(storage, run.study.storage)
@@ -178,7 +190,9 @@ def run_workers(
     study = open_study(run, storage)  # the schema and the study exist before any worker starts
     before = finished(study.get_trials(deepcopy=False))
     budget = n_trials or run.study.n_trials
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    from tuner import hardware
+
+    threads = hardware.thread_share(workers, requested_threads())
     gpus = _visible_gpus()
     command = [sys.executable, "-m", "tuner", "run", "--study", str(Path(study_file).resolve()),
                *(f"--set={item}" for item in overrides), "--n-trials", str(budget)]

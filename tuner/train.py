@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from tuner import distributed
+from tuner import distributed, hardware
 from tuner.config import RunConfig, TrainerConfig, data_config
 from tuner.data import Document, SentenceOrderingData, collate, encode_documents
 from tuner.errors import TunerError
@@ -57,7 +57,7 @@ def build_trainer(
         devices=config.devices,
         strategy=distributed.strategy(config),
         use_distributed_sampler=False,  # the data module shards its own batches (DocumentBatchSampler)
-        precision=config.precision,  # type: ignore[arg-type]
+        precision=hardware.resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
         max_epochs=max_epochs or config.max_epochs,
         val_check_interval=config.val_check_interval,
         limit_train_batches=config.limit_train_batches,
@@ -189,11 +189,9 @@ def evaluate(
     Returns ``{name: {"kendall_tau": ..., "pmr": ..., "acc": ..., "loss": ..., "documents": n}}``.
     """
     model, data = load_checkpoint(checkpoint, data_overrides)
-    if trainer is None:
-        # evaluate as the run did (precision decides bf16 rounding), on whatever device is here
-        stored = model.run_settings.get("trainer", {})
-        trainer = TrainerConfig(precision=stored.get("precision", TrainerConfig.precision))
-    tester = build_trainer(trainer, Path(checkpoint).parent, logger=False, progress=False)
+    # the precision that is best here ("auto"), not the training machine's: bf16 emulated on a CPU
+    # without it is many times slower, and mixed-precision weights are kept in fp32 anyway
+    tester = build_trainer(trainer or TrainerConfig(), Path(checkpoint).parent, logger=False, progress=False)
     targets: dict[str, Any] = {}
     if files:
         for file in files:
@@ -223,7 +221,8 @@ def order_sentences(checkpoint: str | Path, sentences: Document) -> list[str]:
     dataset = data.make_dataset(encode_documents([sentences], data.tokenizer, data.max_length), "predict")
     item = dataset[0]
     batch = collate([item], data.pad_id)
-    with torch.no_grad():
+    bf16 = hardware.best_precision("cpu") == "bf16-mixed"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         scores = model.score(batch)[0].float()
     slots = scores.argsort(stable=True).tolist()
     return [sentences[item["gold"][slot]] for slot in slots]
