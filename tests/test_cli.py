@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ORDINALS, synthetic_documents, write_lines
 
+from tuner.cli import main
+
 
 def tuner(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -120,3 +122,49 @@ def test_train_on_a_bad_data_file_names_the_line(tmp_path: Path, tiny_bert: str)
     out = tuner("train", "--study", str(study))
     assert out.returncode == 2
     assert f"{bad}:2: not valid UTF-8" in out.stderr
+
+
+# ------------------------------------------------------------------------------------ bad input, in process
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    """Run the command in this process; it must fail with status 2 and one ``tuner: error:`` line."""
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tuner: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture()
+def study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    path = tmp_path / "s.toml"
+    path.write_text('[data]\nbuiltin = "python-docs"\n')
+    return path
+
+
+@pytest.mark.parametrize("command", [["trials"], ["best"], ["reap"], ["report", "-o", "r.html"], ["dashboard"],
+                                     ["evaluate"]])
+def test_read_only_commands_create_no_database(capsys: pytest.CaptureFixture[str], study_file: Path,
+                                               command: list[str]) -> None:
+    for db in (study_file.parent / "missing.db", study_file.parent / "nope" / "missing.db"):
+        err = one_line_error(capsys, [*command, "--study", str(study_file), "--storage", f"sqlite:///{db}"])
+        assert f"no database at {db}" in err and "run the study first" in err
+        assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]
+    assert "(folder " in err and "nope does not exist)" in err
+
+
+def test_run_with_a_database_in_a_missing_folder(capsys: pytest.CaptureFixture[str], study_file: Path) -> None:
+    db = study_file.parent / "nope" / "x.db"
+    err = one_line_error(capsys, ["run", "--study", str(study_file), "--storage", f"sqlite:///{db}"])
+    assert f"folder {db.parent} does not exist" in err
+    assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]
+
+
+def test_studies_lists_files_without_creating_a_database(capsys: pytest.CaptureFixture[str],
+                                                         study_file: Path) -> None:
+    assert main(["studies", "--storage", f"sqlite:///{study_file.parent / 'missing.db'}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["studies"] == []
+    assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import unprivileged
 
-from tuner.storage import DEFAULT_URL, StorageError, mask, open_reader, open_storage, resolve_url
+from tuner.storage import DEFAULT_URL, SlotLock, StorageError, mask, open_reader, open_storage, resolve_url
 
 
 def test_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,6 +39,65 @@ def test_sqlite_is_created_once_in_wal_mode(tmp_path: Path) -> None:
 def test_sqlite_in_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"folder .*nope does not exist"):
         open_storage(f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
+
+
+def test_the_study_lock_in_a_missing_folder_names_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"folder .*nope does not exist"):
+        SlotLock(f"sqlite:///{tmp_path / 'nope' / 'x.db'}", "s")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_to(url: str) -> str:
+    for attempt in (lambda: open_storage(url), lambda: SlotLock(url, "s")().__enter__()):
+        try:
+            attempt()
+        except StorageError as err:
+            assert "is not writable" in str(err), err
+        else:
+            return "written"
+    return "refused"
+
+
+def test_sqlite_in_a_read_only_folder_is_refused_for_writing(open_tmp: Path) -> None:
+    folder = open_tmp / "read-only"
+    folder.mkdir()
+    storage = open_storage(f"sqlite:///{folder / 'study.db'}")
+    optuna.create_study(storage=storage, study_name="s")
+    storage.engine.dispose()
+    folder.chmod(0o555)
+    for name in ("study.db", "new.db"):
+        assert unprivileged(_write_to, f"sqlite:///{folder / name}") == "refused"
+    assert sorted(p.name for p in folder.iterdir()) == ["study.db"]
+
+
+def _trials_read(url: str) -> tuple[int, str]:
+    storage = open_reader(url)
+    return len(optuna.load_study(study_name="s", storage=storage).trials), storage.engine.url.database
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_a_reader_reads_a_study_in_a_read_only_folder(open_tmp: Path, journal: str) -> None:
+    folder = open_tmp / "read-only"
+    folder.mkdir()
+    path = folder / "study.db"
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="s")  # plain Optuna: rollback journal
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"PRAGMA journal_mode={journal}")
+    path.chmod(0o644)
+    folder.chmod(0o555)
+    assert unprivileged(_trials_read, f"sqlite:///{path}")[0] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["study.db"]
+
+
+def test_nothing_is_created_for_a_missing_database(tmp_path: Path) -> None:
+    for url in (f"sqlite:///{tmp_path / 'missing.db'}", f"sqlite:///{tmp_path / 'nope' / 'missing.db'}"):
+        for open_ in (open_reader, lambda u: open_storage(u, create_schema=False)):
+            with pytest.raises(StorageError, match="no database at .*missing.db.*; run the study first"):
+                open_(url)
+    with pytest.raises(StorageError, match=r"no database at .*missing.db \(folder .*nope does not exist\)"):
+        open_reader(f"sqlite:///{tmp_path / 'nope' / 'missing.db'}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -72,7 +132,7 @@ def test_missing_or_unknown_driver() -> None:
 def test_a_reader_never_writes_nor_blocks_the_writer(tmp_path: Path) -> None:
     path = tmp_path / "study.db"
     missing = tmp_path / "missing.db"
-    with pytest.raises(StorageError, match="missing.db does not exist; run the study first"):
+    with pytest.raises(StorageError, match="no database at .*missing.db; run the study first"):
         open_reader(f"sqlite:///{missing}")
     assert not missing.exists()
     study = optuna.create_study(storage=open_storage(f"sqlite:///{path}"), study_name="s")
