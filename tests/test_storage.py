@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 import optuna
@@ -121,10 +122,34 @@ def test_unreachable_server_is_one_line_without_the_password() -> None:
     assert "s3cret" not in message
 
 
-def test_missing_or_unknown_driver() -> None:
-    with pytest.raises(StorageError, match=r"mysql\+mysqldb://u:\*\*\*@127.0.0.1/x needs a database driver.*"
-                       r"pip install 'tuner\[db\]'"):
-        open_storage("mysql+mysqldb://u:p@127.0.0.1/x")  # mysqlclient is not a dependency
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("mysql://u:p@127.0.0.1/x", "needs the driver module MySQLdb, which is not installed: use "
+         "mysql+pymysql://u:***@127.0.0.1/x (pip install 'tuner[db]'), or install MySQLdb"),
+        ("mysql+mysqldb://u:p@127.0.0.1/x", "use mysql+pymysql://u:***@127.0.0.1/x (pip install 'tuner[db]')"),
+        ("postgresql+psycopg2://u:p@127.0.0.1/x", "needs the driver module psycopg2, which is not installed: use "
+         "postgresql+psycopg://u:***@127.0.0.1/x (pip install 'tuner[db]'), or install psycopg2"),
+    ],
+)
+def test_a_driver_tuner_db_does_not_install_is_named(url: str, hint: str) -> None:
+    for open_ in (open_storage, lambda u: SlotLock(u, "s")):
+        with pytest.raises(StorageError) as err:
+            open_(url)
+        assert hint in str(err.value) and ":p@" not in str(err.value)
+
+
+@pytest.mark.parametrize("module", ["pymysql", "psycopg"])
+def test_a_driver_tuner_db_installs_is_the_extra(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    url = f"{'mysql+pymysql' if module == 'pymysql' else 'postgresql+psycopg'}://u:p@127.0.0.1/x"
+    with pytest.raises(StorageError) as err:
+        open_storage(url)
+    assert f"needs the driver module {module}, which is not installed: pip install 'tuner[db]'" in str(err.value)
+    assert ":p@" not in str(err.value)
+
+
+def test_unknown_driver() -> None:
     with pytest.raises(StorageError, match="unknown database dialect or driver 'mysql\\+nosuchdriver'"):
         open_storage("mysql+nosuchdriver://u:p@127.0.0.1/x")
 

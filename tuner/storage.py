@@ -303,9 +303,26 @@ def _unknown_dialect(url: str, drivername: str) -> StorageError:
                         "postgresql (psycopg), or mysql+pymysql")
 
 
+# the driver modules `pip install 'tuner[db]'` installs (pyproject.toml), and the URL scheme of each per backend
+_DB_EXTRA_MODULES = ("psycopg", "pymysql")
+_DB_EXTRA_SCHEMES = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
 def _missing_driver(url: str, err: ImportError) -> StorageError:
-    return StorageError(f"storage {mask(url)} needs a database driver that is not installed "
-                        f"({err.__cause__ or err}); install the extra: pip install 'tuner[db]'")
+    seen: BaseException | None = err  # Optuna raises its own ImportError from the driver's
+    while seen is not None and not (isinstance(seen, ImportError) and seen.name):
+        seen = seen.__cause__
+    if not isinstance(seen, ImportError) or not seen.name:
+        return StorageError(f"storage {mask(url)} needs a database driver that is not installed ({err})")
+    module = seen.name.partition(".")[0]
+    where = f"storage {mask(url)} needs the driver module {module}, which is not installed"
+    if module in _DB_EXTRA_MODULES:
+        return StorageError(f"{where}: pip install 'tuner[db]'")
+    scheme = _DB_EXTRA_SCHEMES.get(parse_url(url).get_backend_name())
+    if scheme is None:
+        return StorageError(f"{where}; install it")
+    other = parse_url(url).set(drivername=scheme).render_as_string(hide_password=True)
+    return StorageError(f"{where}: use {other} (pip install 'tuner[db]'), or install {module}")
 
 
 def _unreachable(err: Exception, url: str) -> StorageError:
