@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -168,3 +169,54 @@ def test_studies_lists_files_without_creating_a_database(capsys: pytest.CaptureF
     assert main(["studies", "--storage", f"sqlite:///{study_file.parent / 'missing.db'}", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["studies"] == []
     assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]
+
+
+def _not_a_checkpoint(path: Path, kind: str) -> None:
+    import zipfile
+
+    import torch
+
+    if kind == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "weights":
+        torch.save({"weight": torch.zeros(3)}, path)
+    else:  # another model's Lightning checkpoint
+        torch.save({"state_dict": {"weight": torch.zeros(3)}, "hyper_parameters": {"hidden": 3},
+                    "pytorch-lightning_version": "2.4.0"}, path)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "zip", "tensor", "weights", "lightning"])
+def test_a_file_that_is_not_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "model.ckpt"
+    _not_a_checkpoint(path, kind)
+    document = tmp_path / "doc.txt"
+    document.write_text("Second.\nFirst.\n")
+    for command in (["evaluate"], ["order", str(document)]):
+        err = one_line_error(capsys, [*command, "--checkpoint", str(path)])
+        assert f"checkpoint {path} is not a tuner checkpoint: " in err
+
+
+def test_order_checks_the_checkpoint_even_for_one_sentence(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    document = tmp_path / "doc.txt"
+    document.write_text("Only one.\n")
+    err = one_line_error(capsys, ["order", "--checkpoint", str(tmp_path / "missing.ckpt"), str(document)])
+    assert f"checkpoint {tmp_path / 'missing.ckpt'} does not exist" in err
+    _not_a_checkpoint(tmp_path / "bad.ckpt", "text")
+    err = one_line_error(capsys, ["order", "--checkpoint", str(tmp_path / "bad.ckpt"), str(document)])
+    assert "is not a tuner checkpoint" in err
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["order", "-"]])
+def test_a_directory_is_not_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Second.\nFirst.\n")))
+    err = one_line_error(capsys, [*command, "--checkpoint", str(tmp_path)])
+    assert f"checkpoint {tmp_path} is a directory, not a file" in err
