@@ -220,3 +220,10 @@ def test_a_directory_is_not_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Second.\nFirst.\n")))
     err = one_line_error(capsys, [*command, "--checkpoint", str(tmp_path)])
     assert f"checkpoint {tmp_path} is a directory, not a file" in err
+
+
+def test_set_errors_name_the_set_item(capsys: pytest.CaptureFixture[str], study_file: Path) -> None:
+    err = one_line_error(capsys, ["run", "--study", str(study_file), "--set", "trainer.nope=1"])
+    assert "--set trainer.nope=1: [trainer] unknown key 'nope'" in err and str(study_file) not in err
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", "x.ckpt", "--set", "model.x=1"])
+    assert "--set model.x=1: only data.* keys apply to tuner evaluate" in err

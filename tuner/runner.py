@@ -45,14 +45,13 @@ TEST_ATTR = "test:"  # study attribute prefix of a trial's test metrics, set by 
 
 def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """A study file by name or path, validated, with its sampler and pruner checked too."""
-    path = find_study(study)
-    run = load_study(path, overrides)
-    try:
-        search.build_sampler(run.study.sampler, run)
-        search.build_pruner(run.study.pruner)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    return run
+    return load_study(find_study(study), overrides, check=_check_search)
+
+
+def _check_search(run: RunConfig) -> None:
+    """The sampler's and pruner's options are checked by building them."""
+    search.build_sampler(run.study.sampler, run)
+    search.build_pruner(run.study.pruner)
 
 
 def open_study(run: RunConfig, storage: str | None = None, create: bool = True, worker_index: int = 0
@@ -391,7 +390,8 @@ def locate_study(study: str, storage: str | None = None) -> tuple[str, str, RunC
     try:
         path = find_study(study)
     except ConfigError:
-        if study.endswith(".toml"):
+        given = Path(study).expanduser()
+        if given.suffix == ".toml" or (given.parent != Path(".") and given.exists()):  # a path, not a name
             raise
         return study, resolve_url(storage), None
     run = load_study(path)
