@@ -74,7 +74,7 @@ def test_evaluate_reproduces_the_test_metrics(trained: dict) -> None:
 
 
 def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Path) -> None:
-    tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator="\t")
+    tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator=" | ")  # --set wins
     bar = write_lines(tmp_path / "more.txt.lines", synthetic_documents(20, seed=99), separator=" | ")
     out = tuner("evaluate", "--checkpoint", trained["result"]["best_checkpoint"], "--data", str(tsv),
                 "--data", str(bar), "--set", "data.separator= | ", "--json")
@@ -227,3 +227,4 @@ def test_set_errors_name_the_set_item(capsys: pytest.CaptureFixture[str], study_
     assert "--set trainer.nope=1: [trainer] unknown key 'nope'" in err and str(study_file) not in err
     err = one_line_error(capsys, ["evaluate", "--checkpoint", "x.ckpt", "--set", "model.x=1"])
     assert "--set model.x=1: only data.* keys apply to tuner evaluate" in err
+

@@ -99,18 +99,14 @@ def file_format(path: Path, config: DataConfig) -> str:
     return "lines"
 
 
-def _separator(path: Path, config: DataConfig) -> str:
-    return "\t" if path.suffix.lower() == ".tsv" else config.separator
-
-
 def read_file(path: str | Path, config: DataConfig) -> list[Document]:
     """Read every document of one file, in the format the config (or the extension) says."""
     path = Path(path)
     kind = file_format(path, config)
     lines = _decoded_lines(path)
     if kind == "lines":
-        separator = _separator(path, config)
-        return [_clean(line.rstrip("\r\n").split(separator)) for line in lines if line.strip()]
+        # data.separator defaults to TAB, which suits .tsv files too; a separator that is set wins everywhere
+        return [_clean(line.rstrip("\r\n").split(config.separator)) for line in lines if line.strip()]
     if kind == "text":
         paragraphs = re.split(r"\n\s*\n", "".join(lines))
         return [split_sentences(p) for p in paragraphs if p.strip()]
@@ -637,7 +633,8 @@ class SentenceOrderingData(pl.LightningDataModule):
         documents, stats = filter_documents(read_file(path, self.config), self.config)
         if not documents:
             raise DataError(f"{path}: no document with at least {self.config.min_sentences} sentences "
-                            f"({stats.read} read)")
+                            f"({stats.read} read, split at {self.config.separator!r}); check data.format and "
+                            "data.separator (--set data.separator=...)")
         encoded = encode_documents(documents, self.tokenizer, self.max_length)
         return self.make_dataset(encoded, split)
 
