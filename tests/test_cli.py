@@ -228,3 +228,10 @@ def test_set_errors_name_the_set_item(capsys: pytest.CaptureFixture[str], study_
     err = one_line_error(capsys, ["evaluate", "--checkpoint", "x.ckpt", "--set", "model.x=1"])
     assert "--set model.x=1: only data.* keys apply to tuner evaluate" in err
 
+
+def test_order_refuses_stdin_that_is_not_utf8(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"First.\nSecond \xff.\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", stdin)
+    err = one_line_error(capsys, ["order", "--checkpoint", "missing.ckpt"])
+    assert "standard input:2: not valid UTF-8 (byte 0xff at column 8); re-encode it as UTF-8" in err

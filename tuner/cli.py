@@ -176,17 +176,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_order(args: argparse.Namespace) -> int:
+    from tuner.data import decode_lines
     from tuner.train import order_sentences
 
     if args.file in (None, "-"):
-        text = sys.stdin.read()
+        lines = decode_lines(sys.stdin.buffer.read(), "standard input")
     else:
         path = Path(args.file)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise TunerError(f"cannot read {path}: {err}") from None
-    sentences = [line.strip() for line in text.splitlines() if line.strip()]
+            lines = decode_lines(path.read_bytes(), str(path))
+        except OSError as err:
+            raise TunerError(f"cannot read {path}: {err.strerror or err}") from None
+    sentences = [line.strip() for line in lines if line.strip()]
     if not sentences:
         raise TunerError("no sentences given: write one sentence per line")
     for sentence in order_sentences(_checkpoint(args), sentences):

@@ -71,14 +71,20 @@ def _decoded_lines(path: Path) -> list[str]:
         raise DataError(f"data file {path} is a directory, not a file") from None
     except OSError as err:
         raise DataError(f"data file {path} cannot be read: {err.strerror or err}") from None
+    return decode_lines(raw, str(path))
+
+
+def decode_lines(raw: bytes, source: str) -> list[str]:
+    """``raw`` split into lines (with their endings) and decoded strictly, so a bad byte names its line
+    in ``source`` (a file, or standard input); a leading byte order mark is dropped."""
     lines = []
     for number, line in enumerate(raw.splitlines(keepends=True), start=1):
         try:
             lines.append(line.decode("utf-8"))
         except UnicodeDecodeError as err:
             raise DataError(
-                f"{path}:{number}: not valid UTF-8 (byte {line[err.start]:#04x} at column {err.start + 1}); "
-                "re-encode the file as UTF-8"
+                f"{source}:{number}: not valid UTF-8 (byte {line[err.start]:#04x} at column {err.start + 1}); "
+                "re-encode it as UTF-8"
             ) from None
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
