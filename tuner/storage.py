@@ -130,12 +130,11 @@ def _check_writable(url: str, path: Path) -> None:
         raise StorageError(f"storage {mask(url)}: {path} is not writable; make it writable or give another path")
 
 
-def _existing_sqlite(url: str) -> Path:
-    """The file of a SQLite URL, for commands that only use a study: refused, and not created, where it is absent."""
+def _existing_sqlite(url: str) -> Path | None:
+    """The file of a SQLite URL (``None``: in memory or a URI), for commands that only use a study:
+    refused, and not created, where it is absent."""
     path = _sqlite_path(url)
-    if path is None:
-        raise StorageError(f"storage {mask(url)}: give the SQLite file as sqlite:///path/to/file.db")
-    if not path.is_file():
+    if path is not None and not path.is_file():
         folder = path.absolute().parent
         where = f" (folder {folder} does not exist)" if not folder.is_dir() else ""
         raise NoDatabase(f"storage {mask(url)}: no database at {path.absolute()}{where}; run the study first "
@@ -452,7 +451,10 @@ def open_reader(url: str) -> Any:
         except optuna.exceptions.StorageInternalError as err:  # the schema check's query wraps the real cause
             reason = _scrub(str(err.__cause__ or err).strip().splitlines()[0], url)
             raise StorageError(f"cannot open storage {mask(url)}: {reason}") from None
-    path = _existing_sqlite(url).resolve()
+    path = _existing_sqlite(url)
+    if path is None:
+        raise StorageError(f"storage {mask(url)}: give the SQLite file as sqlite:///path/to/file.db")
+    path = path.resolve()
     writable = os.access(path.parent, os.W_OK | os.X_OK)
     # sqlite3 itself opens the read-only URI: SQLAlchemy would percent-decode a path given in the URL
     uris = [f"file:{quote(str(path))}?mode=ro"]

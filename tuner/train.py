@@ -169,8 +169,8 @@ def load_checkpoint(path: str | Path, data_overrides: Mapping[str, Any] | None =
         raise TunerError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
     except Exception as err:  # noqa: BLE001 - unpickling a file that is not a checkpoint raises almost anything
         raise TunerError(f"checkpoint {path} is not a tuner checkpoint: {_first_line(err)}") from None
-    hparams = stored.get("hyper_parameters") if isinstance(stored, Mapping) else None
-    if not isinstance(hparams, Mapping) or "backbone_config" not in hparams or "state_dict" not in stored:
+    model_hparams = stored.get("hyper_parameters") if isinstance(stored, Mapping) else None
+    if not isinstance(model_hparams, Mapping) or "backbone_config" not in model_hparams or "state_dict" not in stored:
         raise TunerError(f"checkpoint {path} is not a tuner checkpoint: it holds no model written by tuner train "
                          "or tuner run")
     try:
