@@ -449,8 +449,8 @@ def open_reader(url: str) -> Any:
         try:
             return open_storage(url, create_schema=False)
         except optuna.exceptions.StorageInternalError as err:  # the schema check's query wraps the real cause
-            reason = _scrub(str(err.__cause__ or err).strip().splitlines()[0], url)
-            raise StorageError(f"cannot open storage {mask(url)}: {reason}") from None
+            cause = err.__cause__
+            raise _unreachable(cause if isinstance(cause, Exception) else err, url) from None
     path = _existing_sqlite(url)
     if path is None:
         raise StorageError(f"storage {mask(url)}: give the SQLite file as sqlite:///path/to/file.db")
