@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -212,6 +214,7 @@ def browser():  # type: ignore[no-untyped-def]
 # File permissions: root ignores them, so tests of a read-only folder give root up in a child process
 
 NOBODY = 65534
+T = TypeVar("T")
 
 
 def _give_up_root() -> None:
@@ -220,7 +223,7 @@ def _give_up_root() -> None:
     os.setuid(NOBODY)
 
 
-def unprivileged(func, *args):  # type: ignore[no-untyped-def]
+def unprivileged(func: Callable[..., T], *args: Any) -> T:
     """``func(*args)`` as a user whom file permissions bind: as root, in a forked child that gives root up
     (to nobody), whose return value or exception comes back here. ``func`` must be a module-level function."""
     if os.geteuid() != 0:
@@ -232,7 +235,7 @@ def unprivileged(func, *args):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def open_tmp():  # type: ignore[no-untyped-def]
+def open_tmp() -> Iterator[Path]:
     """A temporary folder that any user may enter (pytest's own are private to their owner)."""
     import shutil
     import tempfile
