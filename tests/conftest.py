@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -206,3 +208,42 @@ def browser():  # type: ignore[no-untyped-def]
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         yield launched
         launched.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# File permissions: root ignores them, so tests of a read-only folder give root up in a child process
+
+NOBODY = 65534
+T = TypeVar("T")
+
+
+def _give_up_root() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def unprivileged(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` as a user whom file permissions bind: as root, in a forked child that gives root up
+    (to nobody), whose return value or exception comes back here. ``func`` must be a module-level function."""
+    if os.geteuid() != 0:
+        return func(*args)
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1, initializer=_give_up_root) as pool:
+        return pool.apply(func, args)
+
+
+@pytest.fixture()
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder that any user may enter (pytest's own are private to their owner)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="tuner-test-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in (folder, *folder.rglob("*")):
+        if path.is_dir():
+            path.chmod(0o755)
+    shutil.rmtree(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ORDINALS, synthetic_documents, write_lines
+
+from tuner.cli import main
 
 
 def tuner(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,7 +101,7 @@ def test_evaluate_runs_in_the_precision_best_here_not_the_checkpoints(
 
 
 def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Path) -> None:
-    tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator="\t")
+    tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator=" | ")  # --set wins
     bar = write_lines(tmp_path / "more.txt.lines", synthetic_documents(20, seed=99), separator=" | ")
     out = tuner("evaluate", "--checkpoint", trained["result"]["best_checkpoint"], "--data", str(tsv),
                 "--data", str(bar), "--set", "data.separator= | ", "--json")
@@ -147,3 +150,115 @@ def test_train_on_a_bad_data_file_names_the_line(tmp_path: Path, tiny_bert: str)
     out = tuner("train", "--study", str(study))
     assert out.returncode == 2
     assert f"{bad}:2: not valid UTF-8" in out.stderr
+
+
+# ------------------------------------------------------------------------------------ bad input, in process
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    """Run the command in this process; it must fail with status 2 and one ``tuner: error:`` line."""
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tuner: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture()
+def study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    path = tmp_path / "s.toml"
+    path.write_text('[data]\nbuiltin = "python-docs"\n')
+    return path
+
+
+@pytest.mark.parametrize("command", [["trials"], ["best"], ["reap"], ["report", "-o", "r.html"], ["dashboard"],
+                                     ["evaluate"]])
+def test_read_only_commands_create_no_database(capsys: pytest.CaptureFixture[str], study_file: Path,
+                                               command: list[str]) -> None:
+    for db in (study_file.parent / "missing.db", study_file.parent / "nope" / "missing.db"):
+        err = one_line_error(capsys, [*command, "--study", str(study_file), "--storage", f"sqlite:///{db}"])
+        assert f"no database at {db}" in err and "run the study first" in err
+        assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]
+    assert "(folder " in err and "nope does not exist)" in err
+
+
+def test_run_with_a_database_in_a_missing_folder(capsys: pytest.CaptureFixture[str], study_file: Path) -> None:
+    db = study_file.parent / "nope" / "x.db"
+    err = one_line_error(capsys, ["run", "--study", str(study_file), "--storage", f"sqlite:///{db}"])
+    assert f"folder {db.parent} does not exist" in err
+    assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]
+
+
+def test_studies_lists_files_without_creating_a_database(capsys: pytest.CaptureFixture[str],
+                                                         study_file: Path) -> None:
+    assert main(["studies", "--storage", f"sqlite:///{study_file.parent / 'missing.db'}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["studies"] == []
+    assert sorted(p.name for p in study_file.parent.iterdir()) == ["s.toml"]
+
+
+def _not_a_checkpoint(path: Path, kind: str) -> None:
+    import zipfile
+
+    import torch
+
+    if kind == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "weights":
+        torch.save({"weight": torch.zeros(3)}, path)
+    else:  # another model's Lightning checkpoint
+        torch.save({"state_dict": {"weight": torch.zeros(3)}, "hyper_parameters": {"hidden": 3},
+                    "pytorch-lightning_version": "2.4.0"}, path)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "zip", "tensor", "weights", "lightning"])
+def test_a_file_that_is_not_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "model.ckpt"
+    _not_a_checkpoint(path, kind)
+    document = tmp_path / "doc.txt"
+    document.write_text("Second.\nFirst.\n")
+    for command in (["evaluate"], ["order", str(document)]):
+        err = one_line_error(capsys, [*command, "--checkpoint", str(path)])
+        assert f"checkpoint {path} is not a tuner checkpoint: " in err
+
+
+def test_order_checks_the_checkpoint_even_for_one_sentence(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    document = tmp_path / "doc.txt"
+    document.write_text("Only one.\n")
+    err = one_line_error(capsys, ["order", "--checkpoint", str(tmp_path / "missing.ckpt"), str(document)])
+    assert f"checkpoint {tmp_path / 'missing.ckpt'} does not exist" in err
+    _not_a_checkpoint(tmp_path / "bad.ckpt", "text")
+    err = one_line_error(capsys, ["order", "--checkpoint", str(tmp_path / "bad.ckpt"), str(document)])
+    assert "is not a tuner checkpoint" in err
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["order", "-"]])
+def test_a_directory_is_not_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Second.\nFirst.\n")))
+    err = one_line_error(capsys, [*command, "--checkpoint", str(tmp_path)])
+    assert f"checkpoint {tmp_path} is a directory, not a file" in err
+
+
+def test_set_errors_name_the_set_item(capsys: pytest.CaptureFixture[str], study_file: Path) -> None:
+    err = one_line_error(capsys, ["run", "--study", str(study_file), "--set", "trainer.nope=1"])
+    assert "--set trainer.nope=1: [trainer] unknown key 'nope'" in err and str(study_file) not in err
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", "x.ckpt", "--set", "model.x=1"])
+    assert "--set model.x=1: only data.* keys apply to tuner evaluate" in err
+
+
+def test_order_refuses_stdin_that_is_not_utf8(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"First.\nSecond \xff.\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", stdin)
+    err = one_line_error(capsys, ["order", "--checkpoint", "missing.ckpt"])
+    assert "standard input:2: not valid UTF-8 (byte 0xff at column 8); re-encode it as UTF-8" in err

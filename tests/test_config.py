@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import BackboneSpec, find_study, load_study, parse_study
+from tuner.config import BackboneSpec, RunConfig, find_study, load_study, parse_study, section_overrides
 from tuner.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = "[data]\nbuiltin = 'python-docs'\n"
 
 
 @pytest.mark.parametrize("name", ["demo", "nips", "rocstories"])
@@ -55,7 +56,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
-    path = _write(tmp_path, text)
+    path = _write(tmp_path, text if "[data]" in text else DEMO_DATA + text)
     with pytest.raises(ConfigError) as err:
         load_study(path)
     assert message in str(err.value)
@@ -63,7 +64,7 @@ def test_bad_study_files_name_file_and_key(tmp_path: Path, text: str, message: s
 
 
 def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "[data]\nbuiltin = 'python-docs'\n")
+    path = _write(tmp_path, DEMO_DATA)
     run = load_study(path, ["model.learning_rate=5e-5", "trainer.max_epochs=7", "data.separator= <eos> "])
     assert run.model.learning_rate == 5e-5
     assert run.trainer.max_epochs == 7
@@ -83,6 +84,86 @@ def test_missing_study_lists_known_ones(tmp_path: Path) -> None:
         find_study(str(tmp_path / "nothing.toml"))
 
 
-def test_empty_study_is_the_offline_demo_data() -> None:
-    run = parse_study({}, name="x")
-    assert run.data.builtin == "python-docs"
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "[model]\nloss = 'listmle'\n"])
+def test_a_study_without_data_is_refused(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value) == (f"study file {path} has no [data] section: give data.path, data.train (with "
+                              "data.validation), data.hub, or data.builtin = \"python-docs\" (the offline demo corpus)")
+    with pytest.raises(ConfigError, match="give exactly one source"):
+        parse_study({"data": {}}, name="x")
+    assert load_study(path, ["data.builtin=python-docs"]).data.builtin == "python-docs"
+
+
+def test_a_directory_is_not_a_study_file(tmp_path: Path) -> None:
+    for folder in (tmp_path / "dir.toml", tmp_path / "dir", tmp_path / "studies" / "named.toml"):
+        folder.mkdir(parents=True)
+    for given, folder in ((str(tmp_path / "dir.toml"), tmp_path / "dir.toml"),
+                          (str(tmp_path / "dir"), tmp_path / "dir"), ("named", tmp_path / "studies" / "named.toml")):
+        with pytest.raises(ConfigError) as err:
+            find_study(given, root=tmp_path)
+        assert str(err.value) == f"study file {folder} is a directory, not a file"
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_study(tmp_path / "dir.toml")
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["trainer.nope=1"], "--set trainer.nope=1: [trainer] unknown key 'nope'; known keys: max_epochs"),
+        (["model.learning_rate=1e-4", "model.loss=hinge"], "--set model.loss=hinge: model.loss: unknown loss 'hinge'"),
+        (["modle.loss=1"], "--set modle.loss=1: unknown section or key 'modle'"),
+        (["data.path=x.lines"], "--set data.path=x.lines: data: give exactly one source"),
+        (["trainer.max_epochs=0", "trainer.max_epochs=2"], None),  # the last one wins
+        (["trainer.max_epochs=2", "trainer.max_epochs=0"], "--set trainer.max_epochs=0: trainer.max_epochs: must be"),
+    ],
+)
+def test_set_errors_name_the_set_item(tmp_path: Path, items: list[str], message: str | None) -> None:
+    path = _write(tmp_path, "[data]\ntrain = 'a'\nvalidation = 'b'\n")
+    if message is None:
+        assert load_study(path, items).trainer.max_epochs == 2
+        return
+    with pytest.raises(ConfigError) as err:
+        load_study(path, items)
+    assert str(err.value).startswith(message), err.value
+    assert str(path) not in str(err.value)
+
+
+def test_the_file_is_blamed_for_its_own_errors_and_set_can_fix_them(tmp_path: Path) -> None:
+    path = _write(tmp_path, DEMO_DATA + "[trainer]\nmax_epochs = 0\n")
+    with pytest.raises(ConfigError, match=f"^{path}: trainer.max_epochs: must be positive"):
+        load_study(path, ["model.learning_rate=1e-4"])
+    assert load_study(path, ["trainer.max_epochs=1"]).trainer.max_epochs == 1
+
+
+def test_check_errors_are_blamed_like_the_files(tmp_path: Path) -> None:
+    path = _write(tmp_path, DEMO_DATA)
+
+    def check(run: RunConfig) -> None:
+        if run.model.loss == "mse":
+            raise ConfigError("model.loss: not with this search")
+
+    with pytest.raises(ConfigError, match="^--set model.loss=mse: model.loss: not with this search$"):
+        load_study(path, ["model.loss=mse"], check=check)
+    with pytest.raises(ConfigError, match=f"^{path}: model.loss: not with this search$"):
+        load_study(_write(tmp_path, DEMO_DATA + "[model]\nloss = 'mse'\n"), check=check)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["model.dropout=0.2"], "--set model.dropout=0.2: only data.* keys apply to tuner evaluate"),
+        (["data.nope=1"], "--set data.nope=1: [data] unknown key 'nope'"),
+        (["batch_size=big"], "--set batch_size=big: data.batch_size: expected a whole number, got 'big'"),
+    ],
+)
+def test_section_overrides_name_the_set_item(items: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        section_overrides(items, "data", "tuner evaluate")
+    assert str(err.value).startswith(message), err.value
+
+
+def test_section_overrides_take_short_keys() -> None:
+    assert section_overrides(["separator= | ", "data.batch_size=4"], "data", "tuner evaluate") == {
+        "separator": " | ", "batch_size": 4}

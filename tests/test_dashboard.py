@@ -100,7 +100,7 @@ def test_dashboard_refuses_a_missing_file_without_creating_it(tmp_path: Path) ->
     missing = tmp_path / "none.db"
     result = subprocess.run([sys.executable, "-m", "tuner.cli", "dashboard", "--study", "x", "--storage",
                              f"sqlite:///{missing}", "--port", "0"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "does not exist; run the study first" in result.stderr
+    assert result.returncode == 2 and "no database at" in result.stderr and "run the study first" in result.stderr
     assert not missing.exists()
 
 

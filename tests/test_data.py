@@ -37,11 +37,13 @@ def test_lines_with_separator(tmp_path: Path) -> None:
     assert docs == [["a b .", "c d .", "e ."], ["f .", "g ."]]
 
 
-def test_tsv_uses_tab_whatever_the_separator(tmp_path: Path) -> None:
+def test_tsv_uses_tab_unless_a_separator_is_set(tmp_path: Path) -> None:
     path = tmp_path / "d.tsv"
-    path.write_text("One.\tTwo.\tThree.\nFour.\tFive.\n")
-    assert read_file(path, DataConfig(path=str(path), separator=" <eos> ")) == [["One.", "Two.", "Three."],
-                                                                                ["Four.", "Five."]]
+    path.write_text("One.\tTwo. | Three.\nFour.\tFive.\n")
+    assert read_file(path, DataConfig(path=str(path))) == [["One.", "Two. | Three."], ["Four.", "Five."]]
+    for config in (DataConfig(path=str(path), separator=" | "), DataConfig(path=str(path), separator=" | ",
+                                                                         format="lines")):
+        assert read_file(path, config) == [["One.\tTwo.", "Three."], ["Four.\tFive."]]
 
 
 def test_csv_list_column_and_text_column(tmp_path: Path) -> None:

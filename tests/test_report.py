@@ -372,7 +372,7 @@ def test_report_command(storage: str, tmp_path: Path) -> None:
     missing = _run("-m", "tuner.cli", "report", "--study", "nope", "--storage", storage, "-o", str(out))
     assert missing.returncode == 2 and "no study 'nope'" in missing.stderr
     absent = _run("-m", "tuner.cli", "report", "--study", "x", "--storage", f"sqlite:///{tmp_path / 'no.db'}")
-    assert absent.returncode == 2 and "does not exist" in absent.stderr and not (tmp_path / "no.db").exists()
+    assert absent.returncode == 2 and "no database at" in absent.stderr and not (tmp_path / "no.db").exists()
 
 
 # ---------------------------------------------------------------------------------------------------

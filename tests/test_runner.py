@@ -188,7 +188,7 @@ def test_bad_study_sections_name_file_and_key(study_dir: Path, monkeypatch: pyte
     monkeypatch.chdir(study_dir)
     with pytest.raises(ConfigError) as err:
         load_run("tiny", [override])
-    assert message in str(err.value) and "tiny.toml" in str(err.value)
+    assert message in str(err.value) and str(err.value).startswith(f"--set {override}: ")
 
 
 def test_bad_cli_flags_and_storage(study_dir: Path) -> None:
@@ -231,6 +231,9 @@ def test_locate_study_by_file_or_by_name(study_dir: Path, monkeypatch: pytest.Mo
     assert locate_study("elsewhere </b>", "sqlite:///x.db") == ("elsewhere </b>", "sqlite:///x.db", None)
     with pytest.raises(ConfigError, match="nope.toml does not exist"):
         locate_study("nope.toml")
+    (study_dir / "folder").mkdir()
+    with pytest.raises(ConfigError, match="study file .*folder is a directory, not a file"):
+        locate_study(str(study_dir / "folder"))
 
 
 def test_record_test_keeps_the_best_trials_test_metrics(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import unprivileged
 
-from tuner.storage import DEFAULT_URL, StorageError, mask, open_reader, open_storage, resolve_url
+from tuner.storage import DEFAULT_URL, SlotLock, StorageError, mask, open_reader, open_storage, resolve_url
 
 
 def test_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,6 +42,65 @@ def test_sqlite_in_a_missing_folder(tmp_path: Path) -> None:
         open_storage(f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
 
 
+def test_the_study_lock_in_a_missing_folder_names_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"folder .*nope does not exist"):
+        SlotLock(f"sqlite:///{tmp_path / 'nope' / 'x.db'}", "s")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_to(url: str) -> str:
+    for attempt in (lambda: open_storage(url), lambda: SlotLock(url, "s")().__enter__()):
+        try:
+            attempt()
+        except StorageError as err:
+            assert "is not writable" in str(err), err
+        else:
+            return "written"
+    return "refused"
+
+
+def test_sqlite_in_a_read_only_folder_is_refused_for_writing(open_tmp: Path) -> None:
+    folder = open_tmp / "read-only"
+    folder.mkdir()
+    storage = open_storage(f"sqlite:///{folder / 'study.db'}")
+    optuna.create_study(storage=storage, study_name="s")
+    storage.engine.dispose()
+    folder.chmod(0o555)
+    for name in ("study.db", "new.db"):
+        assert unprivileged(_write_to, f"sqlite:///{folder / name}") == "refused"
+    assert sorted(p.name for p in folder.iterdir()) == ["study.db"]
+
+
+def _trials_read(url: str) -> tuple[int, str]:
+    storage = open_reader(url)
+    return len(optuna.load_study(study_name="s", storage=storage).trials), storage.engine.url.database
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_a_reader_reads_a_study_in_a_read_only_folder(open_tmp: Path, journal: str) -> None:
+    folder = open_tmp / "read-only"
+    folder.mkdir()
+    path = folder / "study.db"
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="s")  # plain Optuna: rollback journal
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"PRAGMA journal_mode={journal}")
+    path.chmod(0o644)
+    folder.chmod(0o555)
+    assert unprivileged(_trials_read, f"sqlite:///{path}")[0] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["study.db"]
+
+
+def test_nothing_is_created_for_a_missing_database(tmp_path: Path) -> None:
+    for url in (f"sqlite:///{tmp_path / 'missing.db'}", f"sqlite:///{tmp_path / 'nope' / 'missing.db'}"):
+        for open_ in (open_reader, lambda u: open_storage(u, create_schema=False)):
+            with pytest.raises(StorageError, match="no database at .*missing.db.*; run the study first"):
+                open_(url)
+    with pytest.raises(StorageError, match=r"no database at .*missing.db \(folder .*nope does not exist\)"):
+        open_reader(f"sqlite:///{tmp_path / 'nope' / 'missing.db'}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are not the tables you are looking for\n" * 100)
@@ -61,10 +122,34 @@ def test_unreachable_server_is_one_line_without_the_password() -> None:
     assert "s3cret" not in message
 
 
-def test_missing_or_unknown_driver() -> None:
-    with pytest.raises(StorageError, match=r"mysql\+mysqldb://u:\*\*\*@127.0.0.1/x needs a database driver.*"
-                       r"pip install 'tuner\[db\]'"):
-        open_storage("mysql+mysqldb://u:p@127.0.0.1/x")  # mysqlclient is not a dependency
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("mysql://u:p@127.0.0.1/x", "needs the driver module MySQLdb, which is not installed: use "
+         "mysql+pymysql://u:***@127.0.0.1/x (pip install 'tuner[db]'), or install MySQLdb"),
+        ("mysql+mysqldb://u:p@127.0.0.1/x", "use mysql+pymysql://u:***@127.0.0.1/x (pip install 'tuner[db]')"),
+        ("postgresql+psycopg2://u:p@127.0.0.1/x", "needs the driver module psycopg2, which is not installed: use "
+         "postgresql+psycopg://u:***@127.0.0.1/x (pip install 'tuner[db]'), or install psycopg2"),
+    ],
+)
+def test_a_driver_tuner_db_does_not_install_is_named(url: str, hint: str) -> None:
+    for open_ in (open_storage, lambda u: SlotLock(u, "s")):
+        with pytest.raises(StorageError) as err:
+            open_(url)
+        assert hint in str(err.value) and ":p@" not in str(err.value)
+
+
+@pytest.mark.parametrize("module", ["pymysql", "psycopg"])
+def test_a_driver_tuner_db_installs_is_the_extra(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    url = f"{'mysql+pymysql' if module == 'pymysql' else 'postgresql+psycopg'}://u:p@127.0.0.1/x"
+    with pytest.raises(StorageError) as err:
+        open_storage(url)
+    assert f"needs the driver module {module}, which is not installed: pip install 'tuner[db]'" in str(err.value)
+    assert ":p@" not in str(err.value)
+
+
+def test_unknown_driver() -> None:
     with pytest.raises(StorageError, match="unknown database dialect or driver 'mysql\\+nosuchdriver'"):
         open_storage("mysql+nosuchdriver://u:p@127.0.0.1/x")
 
@@ -72,7 +157,7 @@ def test_missing_or_unknown_driver() -> None:
 def test_a_reader_never_writes_nor_blocks_the_writer(tmp_path: Path) -> None:
     path = tmp_path / "study.db"
     missing = tmp_path / "missing.db"
-    with pytest.raises(StorageError, match="missing.db does not exist; run the study first"):
+    with pytest.raises(StorageError, match="no database at .*missing.db; run the study first"):
         open_reader(f"sqlite:///{missing}")
     assert not missing.exists()
     study = optuna.create_study(storage=open_storage(f"sqlite:///{path}"), study_name="s")

@@ -13,21 +13,6 @@ from typing import Any
 from tuner.errors import TunerError
 
 
-def _overrides(items: Sequence[str], section: str | None = None) -> Any:
-    """``--set`` values; with ``section``, only that section's keys, as a dict."""
-    if section is None:
-        return list(items)
-    from tuner.config import apply_override
-
-    raw: dict[str, Any] = {}
-    for item in items:
-        apply_override(raw, item if item.startswith(f"{section}.") else f"{section}.{item}")
-    extra = sorted(set(raw) - {section})
-    if extra:
-        raise TunerError(f"--set: only {section}.* keys apply here, not {extra[0]}.*")
-    return raw.get(section, {})
-
-
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     cells = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
     print(f"{title:<12} {cells}")
@@ -167,10 +152,11 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tuner.config import section_overrides
     from tuner.train import evaluate
 
-    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (),
-                       data_overrides=_overrides(args.set, "data"))
+    data_overrides = section_overrides(args.set, "data", "tuner evaluate")
+    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides)
     if args.study and not args.data and args.split == "test":
         from tuner.runner import load_run, record_test
 
@@ -184,17 +170,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_order(args: argparse.Namespace) -> int:
+    from tuner.data import decode_lines
     from tuner.train import order_sentences
 
     if args.file in (None, "-"):
-        text = sys.stdin.read()
+        lines = decode_lines(sys.stdin.buffer.read(), "standard input")
     else:
         path = Path(args.file)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise TunerError(f"cannot read {path}: {err}") from None
-    sentences = [line.strip() for line in text.splitlines() if line.strip()]
+            lines = decode_lines(path.read_bytes(), str(path))
+        except OSError as err:
+            raise TunerError(f"cannot read {path}: {err.strerror or err}") from None
+    sentences = [line.strip() for line in lines if line.strip()]
     if not sentences:
         raise TunerError("no sentences given: write one sentence per line")
     for sentence in order_sentences(_checkpoint(args), sentences):

@@ -8,17 +8,18 @@ any working directory; ``~`` and ``$VARIABLES`` are expanded.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, require_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -330,38 +331,73 @@ def find_study(name_or_path: str, root: Path | None = None) -> Path:
     """Resolve ``--study``: a path to a ``.toml`` file, or a name looked up as ``studies/NAME.toml``."""
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix == ".toml" or candidate.parent != Path("."):
-        if not candidate.is_file():
-            raise ConfigError(f"study file {candidate} does not exist")
+        require_file(candidate, "study file", ConfigError)
         return candidate
     studies = (root or Path.cwd()) / "studies"
     path = studies / f"{name_or_path}.toml"
-    if not path.is_file():
+    if not path.exists():
         known = sorted(p.stem for p in studies.glob("*.toml")) if studies.is_dir() else []
         hint = f"; known studies: {', '.join(known)}" if known else f"; {studies} holds no study files"
         raise ConfigError(f"no study named {name_or_path!r}: {path} does not exist{hint}")
+    require_file(path, "study file", ConfigError)
     return path
 
 
-def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_study(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    check: Callable[[RunConfig], None] | None = None,
+) -> RunConfig:
     """Read, override and validate a study file.
+
+    An error is blamed on the file, or on the first ``--set`` item without which it would not happen.
 
     Args:
         path: the ``.toml`` file.
         overrides: ``section.key=value`` strings (``--set``); values are TOML (``2``, ``1e-4``,
             ``"text"``, ``[1, 2]``) or, failing that, a plain string.
+        check: more validation of the result (building the sampler, say); its :class:`ConfigError` is
+            blamed like the file's own.
     """
     path = Path(path)
+    require_file(path, "study file", ConfigError)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"study file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"study file {path} cannot be read: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"study file {path} is not valid TOML: {err}") from None
+    try:
+        return _validated(_overridden(raw, overrides), path, check)
+    except ConfigError as err:
+        message = str(err)
+    # the first item that brings the error in, if the file alone does not have it
+    for count in range(len(overrides) + 1):
+        try:
+            _validated(_overridden(raw, overrides[:count]), path, check)
+        except ConfigError as err:
+            if str(err) == message:
+                if count == 0:
+                    break
+                raise ConfigError(f"--set {overrides[count - 1]}: {message.removeprefix(f'{path}: ')}") from None
+    raise ConfigError(message)
+
+
+def _overridden(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    changed = copy.deepcopy(dict(raw))
     for item in overrides:
-        apply_override(raw, item)
-    return parse_study(raw, name=path.stem, source=path)
+        apply_override(changed, item)
+    return changed
+
+
+def _validated(raw: Mapping[str, Any], path: Path, check: Callable[[RunConfig], None] | None) -> RunConfig:
+    run = parse_study(raw, name=path.stem, source=path)
+    if check is not None:
+        try:
+            check(run)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    return run
 
 
 def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -> RunConfig:
@@ -370,6 +406,11 @@ def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -
     unknown = sorted(set(raw) - set(_SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(f"{where}: unknown section or key {unknown[0]!r}; known: name, {', '.join(_SECTIONS)}")
+    if "data" not in raw:
+        # a study without data would silently train on the demo corpus
+        raise ConfigError(f"{'study file ' + str(source) if source else 'the study'} has no [data] section: give "
+                          "data.path, data.train (with data.validation), data.hub, or data.builtin = \"python-docs\" "
+                          "(the offline demo corpus)")
     base = source.parent if source else Path.cwd()
     built: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
@@ -378,8 +419,6 @@ def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -
             raise ConfigError(f"{where}: [{section}] must be a table")
         table = dict(table)
         if section == "data":
-            if not table:
-                table = {"builtin": "python-docs"}
             for key in _PATH_KEYS:
                 if isinstance(table.get(key), str):
                     table[key] = _resolve_path(table[key], base)
@@ -477,14 +516,39 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     table[parts[-1]] = value
 
 
+def section_overrides(items: Sequence[str], section: str, command: str) -> dict[str, Any]:
+    """``--set`` items of a command that takes one section's keys only (``tuner evaluate``: ``data.*``).
+
+    Each key and value is checked against the section, and an error names its item; ``key=value`` is
+    short for ``section.key=value``.
+    """
+    values: dict[str, Any] = {}
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if "." in key and key.split(".")[0] != section:
+            raise ConfigError(f"--set {item}: only {section}.* keys apply to {command}")
+        raw: dict[str, Any] = {}
+        apply_override(raw, item if "." in key else f"{section}.{item}")
+        try:
+            _coerced(_SECTIONS[section], raw[section], section)
+        except ConfigError as err:
+            raise ConfigError(f"--set {item}: {err}") from None
+        values.update(raw[section])
+    return values
+
+
 def _build(cls: type, table: dict[str, Any], section: str) -> Any:
+    return cls(**_coerced(cls, table, section))
+
+
+def _coerced(cls: type, table: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """``table`` checked against the fields of ``cls``: unknown keys and wrong types are errors."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; known keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in table.items()}
-    return cls(**values)
+    return {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in table.items()}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

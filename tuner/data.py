@@ -71,14 +71,20 @@ def _decoded_lines(path: Path) -> list[str]:
         raise DataError(f"data file {path} is a directory, not a file") from None
     except OSError as err:
         raise DataError(f"data file {path} cannot be read: {err.strerror or err}") from None
+    return decode_lines(raw, str(path))
+
+
+def decode_lines(raw: bytes, source: str) -> list[str]:
+    """``raw`` split into lines (with their endings) and decoded strictly, so a bad byte names its line
+    in ``source`` (a file, or standard input); a leading byte order mark is dropped."""
     lines = []
     for number, line in enumerate(raw.splitlines(keepends=True), start=1):
         try:
             lines.append(line.decode("utf-8"))
         except UnicodeDecodeError as err:
             raise DataError(
-                f"{path}:{number}: not valid UTF-8 (byte {line[err.start]:#04x} at column {err.start + 1}); "
-                "re-encode the file as UTF-8"
+                f"{source}:{number}: not valid UTF-8 (byte {line[err.start]:#04x} at column {err.start + 1}); "
+                "re-encode it as UTF-8"
             ) from None
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
@@ -99,18 +105,14 @@ def file_format(path: Path, config: DataConfig) -> str:
     return "lines"
 
 
-def _separator(path: Path, config: DataConfig) -> str:
-    return "\t" if path.suffix.lower() == ".tsv" else config.separator
-
-
 def read_file(path: str | Path, config: DataConfig) -> list[Document]:
     """Read every document of one file, in the format the config (or the extension) says."""
     path = Path(path)
     kind = file_format(path, config)
     lines = _decoded_lines(path)
     if kind == "lines":
-        separator = _separator(path, config)
-        return [_clean(line.rstrip("\r\n").split(separator)) for line in lines if line.strip()]
+        # data.separator defaults to TAB, which suits .tsv files too; a separator that is set wins everywhere
+        return [_clean(line.rstrip("\r\n").split(config.separator)) for line in lines if line.strip()]
     if kind == "text":
         paragraphs = re.split(r"\n\s*\n", "".join(lines))
         return [split_sentences(p) for p in paragraphs if p.strip()]
@@ -637,7 +639,8 @@ class SentenceOrderingData(pl.LightningDataModule):
         documents, stats = filter_documents(read_file(path, self.config), self.config)
         if not documents:
             raise DataError(f"{path}: no document with at least {self.config.min_sentences} sentences "
-                            f"({stats.read} read)")
+                            f"({stats.read} read, split at {self.config.separator!r}); check data.format and "
+                            "data.separator (--set data.separator=...)")
         encoded = encode_documents(documents, self.tokenizer, self.max_length)
         return self.make_dataset(encoded, split)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class TunerError(Exception):
     """A problem with the user's input: printed as one clear message, without a traceback."""
@@ -17,3 +19,11 @@ class DataError(TunerError):
 
 class BackboneError(TunerError):
     """A backbone that cannot be found or loaded."""
+
+
+def require_file(path: Path, what: str, error: type[TunerError] = TunerError) -> None:
+    """Refuse a ``path`` given as a file that does not exist or is a directory, saying which (``what``: its role)."""
+    if path.is_dir():
+        raise error(f"{what} {path} is a directory, not a file")
+    if not path.exists():
+        raise error(f"{what} {path} does not exist")

@@ -27,7 +27,15 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import search
 from tuner.config import RunConfig, find_study, load_study
 from tuner.errors import ConfigError, TunerError
-from tuner.storage import SlotLock, check_sqlite_for_workers, mask, open_storage, resolve_url
+from tuner.storage import (
+    NoDatabase,
+    SlotLock,
+    check_sqlite_for_workers,
+    mask,
+    open_reader,
+    open_storage,
+    resolve_url,
+)
 from tuner.worker import StopSignals, reap, used_slots, work
 
 log = logging.getLogger(__name__)
@@ -37,30 +45,33 @@ TEST_ATTR = "test:"  # study attribute prefix of a trial's test metrics, set by 
 
 def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """A study file by name or path, validated, with its sampler and pruner checked too."""
-    path = find_study(study)
-    run = load_study(path, overrides)
-    try:
-        search.build_sampler(run.study.sampler, run)
-        search.build_pruner(run.study.pruner)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    return run
+    return load_study(find_study(study), overrides, check=_check_search)
+
+
+def _check_search(run: RunConfig) -> None:
+    """The sampler's and pruner's options are checked by building them."""
+    search.build_sampler(run.study.sampler, run)
+    search.build_pruner(run.study.pruner)
 
 
 def open_study(run: RunConfig, storage: str | None = None, create: bool = True, worker_index: int = 0
                ) -> optuna.Study:
-    """The run's study in its storage, created if absent. A study that exists with another metric or
-    direction is refused rather than mixed.
+    """The run's study in its storage, created if absent (with ``create=False``, refused, and nothing is
+    created). A study that exists with another metric or direction is refused rather than mixed.
 
     ``worker_index`` offsets the sampler's seed: workers with one seed would sample the same settings.
     """
     url = resolve_url(storage, run.study.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     interval = run.study.heartbeat_interval or None
-    # creating the schema concurrently on a fresh database races (Optuna issue #4621): one at a time
-    with SlotLock(url, "schema")(retry=False):
-        backend = open_storage(url, heartbeat_interval=interval,
-                               grace_period=run.study.grace_period if interval else None)
+    heartbeat: dict[str, Any] = {"heartbeat_interval": interval,
+                                 "grace_period": run.study.grace_period if interval else None}
+    if create:
+        # creating the schema concurrently on a fresh database races (Optuna issue #4621): one at a time
+        with SlotLock(url, "schema")(retry=False):
+            backend = open_storage(url, **heartbeat)
+    else:
+        backend = open_storage(url, create_schema=False, **heartbeat)
     config = run.study.sampler
     if worker_index and config.seed is not None:
         config = dataclasses.replace(config, seed=config.seed + worker_index)
@@ -331,13 +342,20 @@ def best_trial(study: optuna.Study, run: RunConfig | None = None) -> dict[str, A
     return trial_row(study.best_trial, run)
 
 
+def read_study(run: RunConfig, storage: str | None = None) -> optuna.Study:
+    """The run's study, opened read-only (see :func:`tuner.storage.open_reader`): nothing is created or written."""
+    url = resolve_url(storage, run.study.storage)
+    backend = open_reader(url)
+    find_study_id(backend, run.name, url)
+    return optuna.load_study(study_name=run.name, storage=backend)
+
+
 def trials(run: RunConfig, storage: str | None = None) -> list[dict[str, Any]]:
-    study = open_study(run, storage, create=False)
-    return [trial_row(t, run) for t in study.get_trials(deepcopy=False)]
+    return [trial_row(t, run) for t in read_study(run, storage).get_trials(deepcopy=False)]
 
 
 def best(run: RunConfig, storage: str | None = None) -> dict[str, Any]:
-    row = best_trial(open_study(run, storage, create=False), run)
+    row = best_trial(read_study(run, storage), run)
     if row is None:
         raise TunerError(f"study {run.name!r} has no complete trial yet")
     return row
@@ -368,7 +386,10 @@ def list_studies(storage: str | None = None, root: Path | None = None) -> dict[s
     folder = (root or Path.cwd()) / "studies"
     files = sorted(str(p) for p in folder.glob("*.toml")) if folder.is_dir() else []
     url = resolve_url(storage)
-    summaries = optuna.study.get_all_study_summaries(open_storage(url))
+    try:
+        summaries = optuna.study.get_all_study_summaries(open_reader(url))
+    except NoDatabase:  # none yet: the study files are still worth listing
+        summaries = []
     stored = [{"name": s.study_name, "trials": s.n_trials,
                "best_value": s.best_trial.value if s.best_trial else None} for s in summaries]
     return {"files": files, "storage": mask(url), "studies": stored}
@@ -383,7 +404,8 @@ def locate_study(study: str, storage: str | None = None) -> tuple[str, str, RunC
     try:
         path = find_study(study)
     except ConfigError:
-        if study.endswith(".toml"):
+        given = Path(study).expanduser()
+        if given.suffix == ".toml" or (given.parent != Path(".") and given.exists()):  # a path, not a name
             raise
         return study, resolve_url(storage), None
     run = load_study(path)

@@ -53,6 +53,10 @@ class StorageError(TunerError):
     """A storage URL that is malformed, needs a missing driver, or cannot be reached."""
 
 
+class NoDatabase(StorageError):
+    """A SQLite file that does not exist, given to a command that uses a study but never creates one."""
+
+
 def resolve_url(cli: str | None = None, study_file: str | None = None) -> str:
     """The storage URL by precedence: ``--storage``, ``$TUNER_STORAGE``, the study file, the default."""
     for value in (cli, os.environ.get(ENV_VAR), study_file):
@@ -99,20 +103,43 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def _prepare_sqlite(url: str) -> None:
-    """Create the file's folder and switch it to WAL (a setting that persists in the file)."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:":
+    """Check the file's folder and switch the file to WAL (a setting that persists in the file)."""
+    path = _sqlite_path(url)
+    if path is None:
         return
-    path = Path(database).expanduser()
-    if path.parent != Path() and not path.parent.is_dir():
-        raise StorageError(f"storage {mask(url)}: folder {path.parent} does not exist")
+    _check_writable(url, path)
     try:
         with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as err:
         raise StorageError(f"storage {mask(url)}: {path} is not a usable SQLite database ({err})") from None
+
+
+def _check_writable(url: str, path: Path) -> None:
+    """Refuse a SQLite file that this process could not write, naming what to fix.
+
+    Besides the file, SQLite and the study lock write ``-wal``, ``-shm`` and ``.lock`` files in its folder.
+    """
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise StorageError(f"storage {mask(url)}: folder {folder} does not exist; create it or give another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"storage {mask(url)}: folder {folder} is not writable (SQLite writes its journal and "
+                           "lock files beside the database); make it writable or give another path")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StorageError(f"storage {mask(url)}: {path} is not writable; make it writable or give another path")
+
+
+def _existing_sqlite(url: str) -> Path | None:
+    """The file of a SQLite URL (``None``: in memory or a URI), for commands that only use a study:
+    refused, and not created, where it is absent."""
+    path = _sqlite_path(url)
+    if path is not None and not path.is_file():
+        folder = path.absolute().parent
+        where = f" (folder {folder} does not exist)" if not folder.is_dir() else ""
+        raise NoDatabase(f"storage {mask(url)}: no database at {path.absolute()}{where}; run the study first "
+                         "(tuner run), or give its --storage")
+    return path
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -230,14 +257,17 @@ def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> 
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql://...``, ``mysql+pymysql://...``).
-        create_schema: create Optuna's tables. Do it once, before workers start: concurrent creation
-            on a fresh file races (Optuna issue #4621); workers pass ``False``.
+        create_schema: create the database and Optuna's tables. Do it once, before workers start:
+            concurrent creation on a fresh file races (Optuna issue #4621). With ``False`` a SQLite file
+            must exist already (:class:`NoDatabase`), and nothing is created.
         rdb_kwargs: passed to ``RDBStorage`` (heartbeat settings).
     """
     from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if not create_schema:
+            _existing_sqlite(url)
         _prepare_sqlite(url)
     try:
         with warnings.catch_warnings():
@@ -272,9 +302,26 @@ def _unknown_dialect(url: str, drivername: str) -> StorageError:
                         "postgresql (psycopg), or mysql+pymysql")
 
 
+# the driver modules `pip install 'tuner[db]'` installs (pyproject.toml), and the URL scheme of each per backend
+_DB_EXTRA_MODULES = ("psycopg", "pymysql")
+_DB_EXTRA_SCHEMES = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
 def _missing_driver(url: str, err: ImportError) -> StorageError:
-    return StorageError(f"storage {mask(url)} needs a database driver that is not installed "
-                        f"({err.__cause__ or err}); install the extra: pip install 'tuner[db]'")
+    seen: BaseException | None = err  # Optuna raises its own ImportError from the driver's
+    while seen is not None and not (isinstance(seen, ImportError) and seen.name):
+        seen = seen.__cause__
+    if not isinstance(seen, ImportError) or not seen.name:
+        return StorageError(f"storage {mask(url)} needs a database driver that is not installed ({err})")
+    module = seen.name.partition(".")[0]
+    where = f"storage {mask(url)} needs the driver module {module}, which is not installed"
+    if module in _DB_EXTRA_MODULES:
+        return StorageError(f"{where}: pip install 'tuner[db]'")
+    scheme = _DB_EXTRA_SCHEMES.get(parse_url(url).get_backend_name())
+    if scheme is None:
+        return StorageError(f"{where}; install it")
+    other = parse_url(url).set(drivername=scheme).render_as_string(hide_password=True)
+    return StorageError(f"{where}: use {other} (pip install 'tuner[db]'), or install {module}")
 
 
 def _unreachable(err: Exception, url: str) -> StorageError:
@@ -307,7 +354,9 @@ class SlotLock:
         self._path: Path | None = None
         if self.backend == "sqlite":
             database = _sqlite_path(url)
-            self._path = None if database is None else database.with_name(database.name + ".lock")
+            if database is not None:
+                _check_writable(url, database)
+                self._path = database.with_name(database.name + ".lock")
         elif self.backend in ("postgresql", "mysql", "mariadb"):
             import sqlalchemy
 
@@ -391,31 +440,39 @@ def open_reader(url: str) -> Any:
     SQLite's default 5 s timeout, and a live study crashed with "database is locked" (optuna-dashboard
     issue #545). In WAL mode, which ``tuner run`` sets, readers and the one writer do not block each
     other; a file still in rollback-journal mode (made by plain Optuna) is switched to WAL once first,
-    the only write a reader makes. The busy timeout covers the moments a WAL checkpoint or that switch
-    holds the file.
+    the only write a reader makes, where its folder is writable. In a read-only folder a WAL file that
+    no one has open (no ``-wal`` file) is read as immutable: SQLite could not create the ``-shm`` file a
+    WAL reader needs. The busy timeout covers the moments a WAL checkpoint or that switch holds the file.
     """
     parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         try:
             return open_storage(url, create_schema=False)
         except optuna.exceptions.StorageInternalError as err:  # the schema check's query wraps the real cause
-            reason = _scrub(str(err.__cause__ or err).strip().splitlines()[0], url)
-            raise StorageError(f"cannot open storage {mask(url)}: {reason}") from None
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+            cause = err.__cause__
+            raise _unreachable(cause if isinstance(cause, Exception) else err, url) from None
+    path = _existing_sqlite(url)
+    if path is None:
         raise StorageError(f"storage {mask(url)}: give the SQLite file as sqlite:///path/to/file.db")
-    path = Path(database).expanduser().resolve()
-    if not path.is_file():
-        raise StorageError(f"storage {mask(url)}: {path} does not exist; run the study first")
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
-            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-    except sqlite3.DatabaseError as err:
-        raise StorageError(f"storage {mask(url)}: {path} is not a usable SQLite database ({err})") from None
-    if mode != "wal":
-        _prepare_sqlite(url)
+    path = path.resolve()
+    writable = os.access(path.parent, os.W_OK | os.X_OK)
     # sqlite3 itself opens the read-only URI: SQLAlchemy would percent-decode a path given in the URL
-    uri = f"file:{quote(str(path))}?mode=ro"
+    uris = [f"file:{quote(str(path))}?mode=ro"]
+    if not writable and not Path(f"{path}-wal").exists():
+        # a WAL reader needs the -shm file, which it cannot create in a read-only folder; with no -wal
+        # file, no one has the database open, so it is read as immutable
+        uris.append(f"{uris[0]}&immutable=1")
+    for uri in uris:
+        try:
+            mode = _journal_mode(uri)
+            break
+        except sqlite3.DatabaseError as err:
+            error = err
+    else:
+        raise StorageError(f"storage {mask(url)}: {path} is not a usable SQLite database ({error})"
+                           + ("" if writable else f"; its folder {path.parent} is not writable")) from None
+    if mode != "wal" and writable:
+        _prepare_sqlite(url)
 
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
@@ -426,3 +483,8 @@ def open_reader(url: str) -> Any:
     except Exception as err:  # noqa: BLE001 - an unusable file surfaces here as a SQLAlchemy or Optuna error
         raise StorageError(f"storage {mask(url)}: {path} holds no Optuna study "
                            f"({str(err.__cause__ or err).splitlines()[0]})") from None
+
+
+def _journal_mode(uri: str) -> str:
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)) as connection:
+        return str(connection.execute("PRAGMA journal_mode").fetchone()[0])

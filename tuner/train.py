@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from tuner import distributed, hardware
 from tuner.config import RunConfig, TrainerConfig, data_config
 from tuner.data import Document, SentenceOrderingData, collate, encode_documents
-from tuner.errors import TunerError
+from tuner.errors import TunerError, require_file
 from tuner.model import SentenceOrderer
 
 log = logging.getLogger(__name__)
@@ -162,19 +162,32 @@ def load_checkpoint(path: str | Path, data_overrides: Mapping[str, Any] | None =
                     ) -> tuple[SentenceOrderer, SentenceOrderingData]:
     """The model and its data module, rebuilt from a checkpoint alone (no pretrained download)."""
     path = Path(path)
-    if not path.is_file():
-        raise TunerError(f"checkpoint {path} does not exist")
+    require_file(path, "checkpoint")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as err:
+        raise TunerError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001 - unpickling a file that is not a checkpoint raises almost anything
+        raise TunerError(f"checkpoint {path} is not a tuner checkpoint: {_first_line(err)}") from None
+    model_hparams = stored.get("hyper_parameters") if isinstance(stored, Mapping) else None
+    if not isinstance(model_hparams, Mapping) or "backbone_config" not in model_hparams or "state_dict" not in stored:
+        raise TunerError(f"checkpoint {path} is not a tuner checkpoint: it holds no model written by tuner train "
+                         "or tuner run")
+    try:
         model = SentenceOrderer.load_from_checkpoint(path, map_location="cpu")
-    except (RuntimeError, KeyError, EOFError, OSError) as err:
-        raise TunerError(f"checkpoint {path} cannot be loaded: {err}") from None
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise TunerError(f"checkpoint {path} cannot be loaded: {_first_line(err)}") from None
     hparams = stored.get("datamodule_hyper_parameters") or {}
     values = dict(hparams.get("data", {}))
     values.update(data_overrides or {})
     data = SentenceOrderingData(data_config(values), hparams.get("backbone_name", model.spec.name))
     model.eval()
     return model, data
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def evaluate(
@@ -213,9 +226,9 @@ def evaluate(
 
 def order_sentences(checkpoint: str | Path, sentences: Document) -> list[str]:
     """The sentences in the order the model predicts."""
+    model, data = load_checkpoint(checkpoint)  # even for one sentence: a bad checkpoint is an error
     if len(sentences) < 2:
         return list(sentences)
-    model, data = load_checkpoint(checkpoint)
     if 2 * len(sentences) + 1 > data.max_length:
         raise TunerError(f"{len(sentences)} sentences do not fit in the model's {data.max_length} tokens")
     dataset = data.make_dataset(encode_documents([sentences], data.tokenizer, data.max_length), "predict")
