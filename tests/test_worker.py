@@ -20,6 +20,7 @@ from trivial_worker import open_trivial_study
 
 from tuner import storage as storage_module
 from tuner.config import RunConfig, SamplerConfig
+from tuner.errors import TunerError
 from tuner.search import build_sampler
 from tuner.storage import SlotLock, StorageError, check_sqlite_for_workers, retrying
 from tuner.worker import StopSignals, fail_stale, reap, requeue, used_slots, work
@@ -49,13 +50,21 @@ def assert_exact_budget(study: optuna.Study, budget: int) -> None:
     assert used_slots(trials) == budget
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
-    """Poll ``condition`` until it is truthy (the event is in another process: there is nothing to join)."""
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120,
+             process: subprocess.Popen[str] | None = None) -> object:
+    """Poll ``condition`` until it is truthy (the event is in another process: there is nothing to join).
+
+    With ``process``, the process the event depends on: its exit fails the wait at once, with its output.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the process exited ({process.returncode}) before {what}:\n"
+                                 f"{out[-2000:]}{err[-4000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -263,7 +272,11 @@ def start_tuner(study_dir: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def tiny_study(study_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'study.db'}")
+    """The study the workers write, opened read-only: a plain ``optuna.load_study`` would create Optuna's
+    tables if absent, racing the worker that is creating them (Optuna #4621)."""
+    from tuner.storage import open_reader
+
+    return optuna.load_study(study_name="tiny", storage=open_reader(f"sqlite:///{study_dir / 'study.db'}"))
 
 
 def first_trial_has(study_dir: Path, attr: str | None = None) -> bool:
@@ -272,7 +285,7 @@ def first_trial_has(study_dir: Path, attr: str | None = None) -> bool:
         return False
     try:
         trials = tiny_study(study_dir).trials
-    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+    except (KeyError, TunerError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
         return False  # the worker is still creating the schema or the study
     return bool(trials) and (attr is None or attr in trials[0].user_attrs)
 
@@ -296,7 +309,7 @@ def assert_resumed(retry: optuna.trial.FrozenTrial, original: optuna.trial.Froze
 def test_a_killed_workers_trial_is_retried_by_another_and_resumes(study_dir: Path) -> None:
     first = start_tuner(study_dir)
     last = study_dir / "runs" / "tiny" / "trial-0000" / "checkpoints" / "last.ckpt"
-    wait_for(last.is_file, "the first checkpoint")
+    wait_for(last.is_file, "the first checkpoint", process=first)
     first.kill()
     first.wait()
     second = start_tuner(study_dir)
@@ -312,7 +325,7 @@ def test_a_killed_workers_trial_is_retried_by_another_and_resumes(study_dir: Pat
 
 def test_sigterm_ends_the_trial_cleanly_and_its_retry_resumes(study_dir: Path) -> None:
     first = start_tuner(study_dir)
-    wait_for(lambda: first_trial_has(study_dir, "start_step"), "training to start")
+    wait_for(lambda: first_trial_has(study_dir, "start_step"), "training to start", process=first)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGTERM
@@ -328,7 +341,7 @@ def test_sigterm_ends_the_trial_cleanly_and_its_retry_resumes(study_dir: Path) -
 
 def test_tuner_reap_fails_a_dead_workers_trial(study_dir: Path) -> None:
     first = start_tuner(study_dir, "--set=study.heartbeat_interval=0")  # no heartbeats: only reap can tell
-    wait_for(lambda: first_trial_has(study_dir, "trial_dir"), "a running trial")
+    wait_for(lambda: first_trial_has(study_dir, "trial_dir"), "a running trial", process=first)
     first.kill()
     first.wait()
     out = subprocess.run([sys.executable, "-m", "tuner", "reap", "--study", "tiny", "--json"], cwd=study_dir,
