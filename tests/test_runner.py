@@ -128,7 +128,9 @@ def test_timeout_stops_after_the_current_trial(study_dir: Path, monkeypatch: pyt
 def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
     run = load_run("tiny", ['study.metric="val_tau"', "study.n_trials=1"])
-    run_study(run, progress=False)
+    with pytest.raises(ConfigError, match="study.metric: the model never logs 'val_tau'"):
+        run_study(run, progress=False)  # the pre-flight check finds it before any trial
+    run_study(run, progress=False, check=False)  # a worker of `--workers` does not check again
     trial = open_study(run).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import TunerError
+from tuner.errors import Interrupted, TunerError
 
 
 def _overrides(items: Sequence[str], section: str | None = None) -> Any:
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(int(threads))
         summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
-                            worker=args.worker_id)
+                            worker=args.worker_id, check=not args.worker_id)  # --workers checked the study
     if not args.worker_id:
         print(_table(trials(run, args.storage)))
     print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "
@@ -347,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:  # SIGINT or SIGTERM outside a trial (the pre-flight check)
+        print(f"tuner: stopped by {err}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("tuner: interrupted", file=sys.stderr)
         return 130

@@ -1,6 +1,8 @@
-"""Errors a user can cause, each with a message that says what to fix."""
+"""Errors a user can cause, each with a message that says what to fix; and the signal that stops a worker."""
 
 from __future__ import annotations
+
+import signal
 
 
 class TunerError(Exception):
@@ -17,3 +19,17 @@ class DataError(TunerError):
 
 class BackboneError(TunerError):
     """A backbone that cannot be found or loaded."""
+
+
+class PreflightError(TunerError):
+    """A study that cannot work, found by the pre-flight check before its first trial."""
+
+
+class Interrupted(BaseException):
+    """Not an error: SIGTERM or SIGINT reached a worker (see :class:`tuner.worker.StopSignals`). A
+    ``BaseException``, like ``KeyboardInterrupt``, so that code catching ``Exception`` (an objective's
+    error handling) lets it through."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -20,9 +20,10 @@ from optuna_integration import PyTorchLightningPruningCallback
 from tuner import distributed, search
 from tuner.config import LRFinderConfig, RunConfig
 from tuner.data import SentenceOrderingData
+from tuner.errors import Interrupted
 from tuner.model import SentenceOrderer
 from tuner.train import ValidationHistory, build_trainer
-from tuner.worker import Interrupted, StopSignals
+from tuner.worker import StopSignals
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
 failed trials that were retried (see :mod:`tuner.worker`): a study run again resumes up to the
 budget and stops there. ``run_study`` is one worker in this process; ``run_workers`` starts several
-local worker processes and shows their combined progress.
+local worker processes and shows their combined progress. Both first run the pre-flight check
+(:func:`tuner.preflight.check`), so a study that cannot work fails before its first trial.
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ def finished(trials: list[FrozenTrial]) -> int:
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
+def _preflight(run: RunConfig) -> None:
+    """:func:`tuner.preflight.check` with SIGINT and SIGTERM handled as in a worker: a signal raises
+    :class:`tuner.errors.Interrupted` rather than Lightning's own exit."""
+    from tuner.preflight import check  # torch is imported here, not for `tuner trials`
+
+    with StopSignals():
+        check(run)
+
+
 @dataclass
 class RunSummary:
     study: str
@@ -130,14 +140,22 @@ def run_study(
     output_dir: str | Path | None = None,
     worker: str | None = None,
     progress: bool | None = None,
+    check: bool = True,
 ) -> RunSummary:
     """Run this process as one worker of ``run``'s study until it holds ``n_trials`` (the study's
-    total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives."""
+    total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives.
+
+    With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
+    its parent ran it). An error of the study found there is raised as a :class:`tuner.errors.TunerError`;
+    a signal during the check raises :class:`tuner.errors.Interrupted`.
+    """
     from tuner.objective import Objective  # torch is imported here, not for `tuner trials`
 
     budget = n_trials or run.study.n_trials
     timeout = timeout if timeout is not None else run.study.timeout
     url = resolve_url(storage, run.study.storage)
+    if check:
+        _preflight(run)  # before the study exists: a study that cannot work creates nothing
     study = open_study(run, storage, worker_index=worker_index())
     lock = SlotLock(url, run.name)
     with lock():
@@ -172,9 +190,12 @@ def run_workers(
     (round-robin). Their output is shown prefixed with the worker's label, with a combined progress
     line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
     cleanly. The storage URL reaches them in the environment, never on a command line.
+
+    The pre-flight check runs here, once, before any worker starts; the workers skip it.
     """
     url = resolve_url(storage, run.study.storage)
     check_sqlite_for_workers(url, workers)
+    _preflight(run)  # once, here: the workers skip it
     study = open_study(run, storage)  # the schema and the study exist before any worker starts
     before = finished(study.get_trials(deepcopy=False))
     budget = n_trials or run.study.n_trials

@@ -36,21 +36,13 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.errors import Interrupted
 from tuner.storage import SlotLock
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT reached the worker. A ``BaseException``, like ``KeyboardInterrupt``, so that
-    code catching ``Exception`` (an objective's error handling) lets it through."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class StopSignals:
