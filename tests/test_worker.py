@@ -20,6 +20,8 @@ from trivial_worker import open_trivial_study
 
 from tuner import storage as storage_module
 from tuner.config import RunConfig, SamplerConfig
+from tuner.errors import DataError
+from tuner.runner import _progress_line
 from tuner.search import build_sampler
 from tuner.storage import SlotLock, StorageError, check_sqlite_for_workers, retrying
 from tuner.worker import StopSignals, fail_stale, reap, requeue, used_slots, work
@@ -152,6 +154,34 @@ def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> 
     assert result.interrupted == "SIGTERM"
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+
+
+def test_an_error_of_the_study_stops_the_worker_and_spends_no_budget(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "study-error")
+    study.enqueue_trial({"x": 1.0}, user_attrs={"baseline": True})
+
+    def missing_data(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        raise DataError("data file train.txt does not exist")
+
+    with StopSignals() as signals, pytest.raises(DataError, match="train.txt does not exist"):
+        work(study, missing_data, 3, lock=SlotLock(url, "study-error"), signals=signals)
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["study_error"]
+    assert failed.user_attrs["fail_reason"] == "DataError: data file train.txt does not exist"
+    assert queued.state == TrialState.WAITING and queued.params == {"x": 1.0} and queued.user_attrs["baseline"]
+    assert used_slots(study.trials) == 1  # the queued trial; the failure is not counted
+    with StopSignals() as signals:  # the data are back: the study runs to its budget
+        result = work(study, lambda t: t.suggest_float("x", -10, 10), 3, lock=SlotLock(url, "study-error"),
+                      signals=signals)
+    assert result.ran == 3
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    retry = study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["baseline"] and retry.params == {"x": 1.0}
+    assert not retry.user_attrs.get("study_error") and not retry.user_attrs.get("fail_reason")
+    assert used_slots(study.trials) == 3
+    assert _progress_line(study.trials, 3) == "3/3 finished (3 complete, 0 pruned, 0 failed), 0 running"
 
 
 def test_grid_exhaustion_ends_the_worker(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Studies and their workers: open a study in its storage, run workers on it, summarise it.
 
 The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
-failed trials that were retried (see :mod:`tuner.worker`): a study run again resumes up to the
-budget and stops there. ``run_study`` is one worker in this process; ``run_workers`` starts several
-local worker processes and shows their combined progress. Both first run the pre-flight check
-(:func:`tuner.preflight.check`), so a study that cannot work fails before its first trial.
+failed trials that were retried and trials failed by an error of the study itself (see
+:mod:`tuner.worker`): a study run again resumes up to the budget and stops there. ``run_study`` is one
+worker in this process; ``run_workers`` starts several local worker processes and shows their combined
+progress. Both first run the pre-flight check (:func:`tuner.preflight.check`), so a study that cannot
+work fails before its first trial.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def counted(study: optuna.Study) -> int:
 
 
 def finished(trials: list[FrozenTrial]) -> int:
-    """Trials that ended and count towards the budget: a failed trial that was retried does not."""
+    """Trials that ended and count towards the budget: a failed trial that was retried does not, nor one
+    failed by an error of the study itself."""
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
@@ -146,8 +148,8 @@ def run_study(
     total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives.
 
     With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
-    its parent ran it). An error of the study found there is raised as a :class:`tuner.errors.TunerError`;
-    a signal during the check raises :class:`tuner.errors.Interrupted`.
+    its parent ran it). An error of the study, found there or raised inside a trial, is raised as a
+    :class:`tuner.errors.TunerError`; a signal during the check raises :class:`tuner.errors.Interrupted`.
     """
     from tuner.objective import Objective  # torch is imported here, not for `tuner trials`
 
@@ -257,9 +259,12 @@ def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budg
 
 
 def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
+    """The study's progress; the finished trials are the complete, pruned and failed ones that count."""
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
-    return (f"{finished(trials)}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
-            f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed), "
+    done = finished(trials)
+    failed = done - states[TrialState.COMPLETE] - states[TrialState.PRUNED]
+    return (f"{done}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
+            f"{states[TrialState.PRUNED]} pruned, {failed} failed), "
             f"{states[TrialState.RUNNING]} running")
 
 

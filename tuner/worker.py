@@ -14,6 +14,10 @@ nothing else. The rules that keep the study whole:
   spent waits while other workers' trials run, so a trial orphaned late is still retried.
 - Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
   queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever.
+- Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
+  gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
+  is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
+  and the error stops the worker.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import Interrupted
+from tuner.errors import Interrupted, TunerError
 from tuner.storage import SlotLock
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
+STUDY_ERROR_ATTR = "study_error"  # user attribute of a trial failed by an error of the study itself
 
 
 class StopSignals:
@@ -107,10 +112,18 @@ def retry_history(trial: FrozenTrial) -> list[int]:
     return list(trial.system_attrs.get("retry_history", []))
 
 
+def is_study_error(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed because of an error of the study itself (bad data, an unusable backbone),
+    not of its own settings."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(STUDY_ERROR_ATTR))
+
+
 def used_slots(trials: list[FrozenTrial]) -> int:
-    """How much of the budget ``trials`` use: all of them but failed trials that have a retry."""
+    """How much of the budget ``trials`` use: all of them but failed trials that have a retry, and trials
+    failed by an error of the study itself (which would otherwise spend the budget until it is fixed)."""
     retried = {retry_history(t)[-1] for t in trials if retry_history(t)}
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+    return sum(1 for t in trials
+               if not (t.state == TrialState.FAIL and (t.number in retried or is_study_error(t))))
 
 
 def _retries_left(trial: FrozenTrial, max_retries: int) -> bool:
@@ -284,7 +297,9 @@ def work(
 
     Args:
         objective: ``trial -> value``; raising ``optuna.TrialPruned`` prunes the trial, any other
-            exception fails it with the message as ``fail_reason`` (unless the objective set one).
+            exception fails it with the message as ``fail_reason`` (unless the objective set one). A
+            :class:`tuner.errors.TunerError` fails it as an error of the study (see the module
+            docstring), queues it again and is raised here.
         lock: the study's lock; see the module docstring.
         signals: the installed signal handlers; a signal ends the running trial and returns.
         timeout: seconds after which no new trial starts (the running one finishes).
@@ -370,6 +385,8 @@ def _label(trial: optuna.Trial, worker: str) -> None:
     if history:
         trial.set_user_attr("retry_of", history[-1])
         trial.set_user_attr("fail_reason", None)
+        if trial._cached_frozen_trial.user_attrs.get(STUDY_ERROR_ATTR):
+            trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
 
 def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
@@ -388,11 +405,15 @@ def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted,
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
                signals: StopSignals, max_retries: int, interval: int | None) -> FrozenTrial:
-    """Run ``objective`` on ``trial`` under a heartbeat and store its outcome; re-raises
-    :class:`Interrupted` once the trial is stored as failed."""
+    """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
+
+    Re-raises :class:`Interrupted` once the trial is stored as failed, and a
+    :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again.
+    """
     value: float | None = None
     state = TrialState.FAIL
     reason: str | None = None
+    study_error: TunerError | None = None
     with _Heartbeat(study._storage, trial._trial_id, interval):
         try:
             signals.check()
@@ -409,16 +430,27 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             with signals.deferred():
                 _end_interrupted(study, trial, interrupted, max_retries)
             raise interrupted from None
-        except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study
+        except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
             message = str(err).splitlines()[0] if str(err) else ""
             reason = f"{type(err).__name__}: {message}"
+            if isinstance(err, TunerError):
+                study_error = err
     with signals.deferred():
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
             recorded = trial.user_attrs.get("fail_reason")
             if not recorded:
                 trial.set_user_attr("fail_reason", reason)
-            log.warning("trial %d failed: %s", trial.number, recorded or reason)
+            if study_error is not None:
+                trial.set_user_attr(STUDY_ERROR_ATTR, True)
+            else:  # an error of the study is raised, and reported by the caller
+                log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
             return study.tell(trial, value, skip_if_finished=True)
-        return study.tell(trial, state=state, skip_if_finished=True)
+        frozen = study.tell(trial, state=state, skip_if_finished=True)
+        if study_error is not None:
+            # not counted (see used_slots) and run again once the study is fixed: the same settings, and
+            # the baseline stays the baseline
+            requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
+            raise study_error
+    return frozen
