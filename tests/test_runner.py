@@ -168,6 +168,25 @@ def test_an_error_of_the_study_in_a_trial_stops_the_run_and_spends_nothing(
     assert baseline.state == sampled.state == optuna.trial.TrialState.COMPLETE
 
 
+def test_the_same_failure_three_times_in_a_row_stops_the_run(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.model import SentenceOrderer
+
+    def broken(self: SentenceOrderer) -> None:
+        raise RuntimeError("the optimizer is broken on purpose")
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.setattr(SentenceOrderer, "configure_optimizers", broken)  # training only: the check passes
+    code = main(["run", "--study", "tiny", "--set", "study.n_trials=5", *QUICK])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines()[-1] == ("tuner: error: 3 trials in a row failed with the same error: "
+                                             "RuntimeError: the optimizer is broken on purpose; stopping")
+    assert "3/5 trials finished, 3 run now" in captured.out
+    trials = open_study(load_run("tiny")).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3
+
+
 def test_a_new_storage_never_overwrites_an_earlier_studys_trials(study_dir: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)

@@ -175,13 +175,32 @@ def test_an_error_of_the_study_stops_the_worker_and_spends_no_budget(tmp_path: P
     with StopSignals() as signals:  # the data are back: the study runs to its budget
         result = work(study, lambda t: t.suggest_float("x", -10, 10), 3, lock=SlotLock(url, "study-error"),
                       signals=signals)
-    assert result.ran == 3
+    assert result.ran == 3 and result.repeated_failure is None
     assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
     retry = study.trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["baseline"] and retry.params == {"x": 1.0}
     assert not retry.user_attrs.get("study_error") and not retry.user_attrs.get("fail_reason")
     assert used_slots(study.trials) == 3
     assert _progress_line(study.trials, 3) == "3/3 finished (3 complete, 0 pruned, 0 failed), 0 running"
+
+
+def test_the_same_failure_three_times_in_a_row_stops_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "same-failure")
+    errors = iter(["one", "two", "one", None, "one", "one", "one", "one"])
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        error = next(errors)
+        if error is not None:
+            raise RuntimeError(f"{error}\nsecond line")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 20, lock=SlotLock(url, "same-failure"), signals=signals)
+    assert result.ran == 7  # "one" after "two", or after a success, starts the count again
+    assert result.repeated_failure == "3 trials in a row failed with the same error: RuntimeError: one"
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 6
 
 
 def test_grid_exhaustion_ends_the_worker(tmp_path: Path) -> None:

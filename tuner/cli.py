@@ -91,6 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.failed_workers:
         print(f"tuner: error: workers exited abnormally: {', '.join(summary.failed_workers)}", file=sys.stderr)
         return 1
+    if summary.repeated_failure:
+        print(f"tuner: error: {summary.repeated_failure}; stopping", file=sys.stderr)
+        return 1
     if summary.interrupted:
         print(f"tuner: stopped by {summary.interrupted}; the interrupted trial is failed and queued for retry",
               file=sys.stderr)

@@ -115,6 +115,7 @@ class RunSummary:
     best: dict[str, Any] | None
     interrupted: str | None = None  # the signal that stopped the worker
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
+    repeated_failure: str | None = None  # trials failed in a row with the same error: the worker stopped
 
 
 WORKER_INDEX_VARIABLES = ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
@@ -145,7 +146,8 @@ def run_study(
     check: bool = True,
 ) -> RunSummary:
     """Run this process as one worker of ``run``'s study until it holds ``n_trials`` (the study's
-    total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives.
+    total), ``timeout`` seconds pass (after the running trial), SIGTERM/SIGINT arrives, or trials keep
+    failing with the same error (``repeated_failure`` says so).
 
     With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
     its parent ran it). An error of the study, found there or raised inside a trial, is raised as a
@@ -171,7 +173,8 @@ def run_study(
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
                       on_end=lines.finished)
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
-                      best_trial(study, run), interrupted=result.interrupted)
+                      best_trial(study, run), interrupted=result.interrupted,
+                      repeated_failure=result.repeated_failure)
 
 
 _TRIAL_LINE = re.compile(r"^trial \d+: ")

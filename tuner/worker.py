@@ -17,7 +17,7 @@ nothing else. The rules that keep the study whole:
 - Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
   gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
   is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
-  and the error stops the worker.
+  and the error stops the worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
+SAME_FAILURES_TO_STOP = 3  # this many trials in a row failing with the same error stop the worker
 STUDY_ERROR_ATTR = "study_error"  # user attribute of a trial failed by an error of the study itself
 
 
@@ -277,6 +278,7 @@ class WorkResult:
     ran: int = 0
     interrupted: str | None = None  # the signal's name when a signal stopped the worker
     timed_out: bool = False
+    repeated_failure: str | None = None  # why the worker stopped after failures with the same error
 
 
 def work(
@@ -292,8 +294,10 @@ def work(
     on_start: Callable[[int], None] | None = None,
     on_end: Callable[[FrozenTrial], None] | None = None,
     poll_s: float | None = None,
+    same_failures: int = SAME_FAILURES_TO_STOP,
 ) -> WorkResult:
-    """Run trials of ``study`` until it holds ``budget`` finished trials, a signal, or ``timeout``.
+    """Run trials of ``study`` until it holds ``budget`` finished trials, a signal, ``timeout``, or
+    ``same_failures`` trials in a row failed with the same error.
 
     Args:
         objective: ``trial -> value``; raising ``optuna.TrialPruned`` prunes the trial, any other
@@ -309,12 +313,16 @@ def work(
         poll_s: the longest an idle worker waits between looks for ended or orphaned trials (default: the
             heartbeat interval). It looks again after ``IDLE_FIRST_LOOK_S``, then at doubling waits up to
             this, so it ends soon after short trials and looks rarely while long ones run.
+        same_failures: stop after this many trials in a row failed with the same exception type and
+            message (the study is likely broken; 0: never), with ``repeated_failure`` saying so.
     """
     result = WorkResult()
     started = time.monotonic()
     interval = _heartbeat_interval(study)
     trial: optuna.Trial | None = None
     idle_wait = IDLE_FIRST_LOOK_S
+    last_error: str | None = None  # the exception that failed the last trial, as "Type: message"
+    repeats = 0  # how many trials in a row failed with it
     # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
     # Optuna allows only inside its own optimize loop; this loop plays that part.
     study._thread_local.in_optimize_loop, study._stop_flag = True, False
@@ -347,10 +355,17 @@ def work(
                     continue
                 break
             idle_wait = IDLE_FIRST_LOOK_S
-            frozen = _run_trial(study, trial, objective, signals, max_retries, interval)
+            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval)
             trial = None
             if on_end is not None:
                 on_end(frozen)
+            repeats = repeats + 1 if error is not None and error == last_error else int(error is not None)
+            last_error = error
+            if same_failures and repeats >= same_failures:
+                reason = frozen.user_attrs.get("fail_reason") or error
+                result.repeated_failure = f"{repeats} trials in a row failed with the same error: {reason}"
+                log.error("%s; stopping", result.repeated_failure)
+                break
     except Interrupted as err:
         result.interrupted = signal.Signals(err.signum).name
         if trial is not None:
@@ -404,9 +419,10 @@ def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted,
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-               signals: StopSignals, max_retries: int, interval: int | None) -> FrozenTrial:
+               signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
     """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
 
+    Returns the stored trial and, when an exception failed it, that exception's type and message.
     Re-raises :class:`Interrupted` once the trial is stored as failed, and a
     :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again.
     """
@@ -446,11 +462,11 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             else:  # an error of the study is raised, and reported by the caller
                 log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
-            return study.tell(trial, value, skip_if_finished=True)
+            return study.tell(trial, value, skip_if_finished=True), None
         frozen = study.tell(trial, state=state, skip_if_finished=True)
         if study_error is not None:
             # not counted (see used_slots) and run again once the study is fixed: the same settings, and
             # the baseline stays the baseline
             requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
             raise study_error
-    return frozen
+    return frozen, reason
