@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
+# how long a signal lets a training step run on, so that it ends at the batch's end with a checkpoint,
+# before the step is abandoned (see tuner.objective.StopMidStep)
+STOP_GRACE_S = 2.0
 SAME_FAILURES_TO_STOP = 3  # this many trials in a row failing with the same error stop the worker
 STUDY_ERROR_ATTR = "study_error"  # user attribute of a trial failed by an error of the study itself
 
@@ -57,10 +60,14 @@ class StopSignals:
     The first signal is recorded and raises :class:`Interrupted` at once, unless the worker is inside
     :meth:`deferred` code (training, where a callback stops at the next batch, or storing a result),
     which calls :meth:`check` when it can stop. Later signals are only recorded.
+
+    Python runs a signal handler only between bytecodes of the main thread: while the main thread is
+    in one long call into C (a backward pass is one), the handler waits for it to return.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.received_at: float | None = None  # time.monotonic() when the signal arrived
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
@@ -84,6 +91,7 @@ class StopSignals:
         if self.signum is not None:
             return
         self.signum = signum
+        self.received_at = time.monotonic()
         self._wake.set()
         log.warning("%s received: ending the current trial and stopping", signal.Signals(signum).name)
         if not self._deferred:
@@ -97,9 +105,11 @@ class StopSignals:
         finally:
             self._deferred -= 1
 
-    def check(self) -> None:
-        """Raise :class:`Interrupted` if a signal arrived."""
-        if self.signum is not None:
+    def check(self, grace: float = 0.0) -> None:
+        """Raise :class:`Interrupted` if a signal arrived (at least ``grace`` seconds ago)."""
+        if self.signum is None:
+            return
+        if grace <= 0 or self.received_at is None or time.monotonic() - self.received_at >= grace:
             raise Interrupted(self.signum)
 
     def sleep(self, seconds: float) -> None:
