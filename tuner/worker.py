@@ -374,7 +374,6 @@ def work(
             if same_failures and repeats >= same_failures:
                 reason = frozen.user_attrs.get("fail_reason") or error
                 result.repeated_failure = f"{repeats} trials in a row failed with the same error: {reason}"
-                log.error("%s; stopping", result.repeated_failure)
                 break
     except Interrupted as err:
         result.interrupted = signal.Signals(err.signum).name
