@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -61,6 +63,22 @@ def test_an_unreachable_hub_is_asked_once(study_dir: Path, monkeypatch: pytest.M
     assert code == 2, err
     assert "cannot look up backbone 'nobody/no-such-model' on the Hugging Face hub" in err and err.count("\n") == 1
     assert time.monotonic() - started < 10
+    assert not (study_dir / "study.db").exists()
+
+
+def test_a_signal_during_the_check_stops_the_command_and_creates_nothing(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner import preflight
+
+    def interrupted(config: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once: no trial to end
+        raise AssertionError("the signal did not stop the check")
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.setattr(preflight, "load_documents", interrupted)
+    assert main(["run", "--study", "tiny"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "tuner: stopped by SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
     assert not (study_dir / "study.db").exists()
 
 
