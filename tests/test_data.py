@@ -18,6 +18,7 @@ from tuner.data import (
     carve_splits,
     collate,
     encode_cached,
+    encode_documents,
     filter_documents,
     load_documents,
     python_docs_corpus,
@@ -213,6 +214,24 @@ def test_truncation_is_per_sentence_and_keeps_every_marker(tmp_path: Path, tiny_
     encoded = module.datasets["train"].documents[0]
     # "short one ." is kept whole, the long ones capped: 3 + 20 + 20 <= 48 - 3 markers - 1 end token
     assert sorted(len(s) for s in encoded) == [3, 20, 20]
+
+
+def test_tokenising_in_chunks_gives_the_ids_of_one_call(tiny_bert: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.backbone import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert)
+    docs = synthetic_documents(7, seed=5)
+    whole = encode_documents(docs, tokenizer, 96)
+    calls: list[int] = []
+
+    def counting(texts: list[str], **options: object) -> object:
+        calls.append(len(texts))
+        return tokenizer(texts, **options)
+
+    monkeypatch.setattr(data_module, "_ENCODE_CHUNK", 4)  # chunks cut across documents
+    assert encode_documents(docs, counting, 96) == whole
+    assert calls == [4] * (len(calls) - 1) + [sum(len(d) for d in docs) - 4 * (len(calls) - 1)]
+    assert len(calls) > len(docs) // 2
 
 
 def test_sentence_budget() -> None:

@@ -14,6 +14,7 @@ import torch
 from test_cli import tuner
 
 from tuner import losses
+from tuner.cli import main
 from tuner.config import LRFinderConfig, load_study
 from tuner.errors import ConfigError, TunerError
 from tuner.objective import judge_finder
@@ -131,10 +132,62 @@ def test_timeout_stops_after_the_current_trial(study_dir: Path, monkeypatch: pyt
 def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
     run = load_run("tiny", ['study.metric="val_tau"', "study.n_trials=1"])
-    run_study(run, progress=False)
+    with pytest.raises(ConfigError, match="study.metric: the model never logs 'val_tau'"):
+        run_study(run, progress=False)  # the pre-flight check finds it before any trial
+    run_study(run, progress=False, check=False)  # a worker of `--workers` does not check again
     trial = open_study(run).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")
+
+
+QUICK = ["--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=2", "--set",
+         "trainer.limit_val_batches=1", "--set", 'study.pruner="none"']
+
+
+def test_an_error_of_the_study_in_a_trial_stops_the_run_and_spends_nothing(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker of `--workers` skips the pre-flight check: a data file gone then fails its first trial, and
+    stops it. Once the file is back, `tuner run` carries on to the budget, the baseline first."""
+    monkeypatch.chdir(study_dir)
+    train = study_dir / "train.lower"
+    train.rename(study_dir / "train.away")
+    code = main(["run", "--study", "tiny", "--worker-id", "w0", "--set", "study.n_trials=2", *QUICK])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[-1] == f"tuner: error: data file {train} does not exist", err
+    run = load_run("tiny")
+    failed, queued = open_study(run).trials
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["study_error"]
+    assert failed.user_attrs["fail_reason"] == f"DataError: data file {train} does not exist"
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["baseline"]
+
+    (study_dir / "train.away").rename(train)
+    assert main(["run", "--study", "tiny", "--set", "study.n_trials=2", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "study tiny in sqlite:///" in out and ": 2/2 trials finished, 2 run now" in out
+    failed, baseline, sampled = open_study(run).trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert baseline.user_attrs["retry_of"] == 0 and baseline.params == {"learning_rate": 3e-5, "batch_size": 8}
+    assert baseline.state == sampled.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_the_same_failure_three_times_in_a_row_stops_the_run(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.model import SentenceOrderer
+
+    def broken(self: SentenceOrderer) -> None:
+        raise RuntimeError("the optimizer is broken on purpose")
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.setattr(SentenceOrderer, "configure_optimizers", broken)  # training only: the check passes
+    code = main(["run", "--study", "tiny", "--set", "study.n_trials=5", *QUICK])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines()[-1] == ("tuner: error: 3 trials in a row failed with the same error: "
+                                             "RuntimeError: the optimizer is broken on purpose; stopping")
+    assert "3/5 trials finished, 3 run now" in captured.out
+    trials = open_study(load_run("tiny")).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3
 
 
 def test_a_new_storage_never_overwrites_an_earlier_studys_trials(study_dir: Path,

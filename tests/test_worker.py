@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from trivial_worker import open_trivial_study
 
 from tuner import storage as storage_module
 from tuner.config import RunConfig, SamplerConfig
-from tuner.errors import TunerError
+from tuner.errors import DataError, TunerError
+from tuner.runner import _progress_line
 from tuner.search import build_sampler
 from tuner.storage import SlotLock, StorageError, check_sqlite_for_workers, retrying
 from tuner.worker import StopSignals, fail_stale, reap, requeue, used_slots, work
@@ -161,6 +163,53 @@ def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> 
     assert result.interrupted == "SIGTERM"
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+
+
+def test_an_error_of_the_study_stops_the_worker_and_spends_no_budget(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "study-error")
+    study.enqueue_trial({"x": 1.0}, user_attrs={"baseline": True})
+
+    def missing_data(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        raise DataError("data file train.txt does not exist")
+
+    with StopSignals() as signals, pytest.raises(DataError, match="train.txt does not exist"):
+        work(study, missing_data, 3, lock=SlotLock(url, "study-error"), signals=signals)
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["study_error"]
+    assert failed.user_attrs["fail_reason"] == "DataError: data file train.txt does not exist"
+    assert queued.state == TrialState.WAITING and queued.params == {"x": 1.0} and queued.user_attrs["baseline"]
+    assert used_slots(study.trials) == 1  # the queued trial; the failure is not counted
+    with StopSignals() as signals:  # the data are back: the study runs to its budget
+        result = work(study, lambda t: t.suggest_float("x", -10, 10), 3, lock=SlotLock(url, "study-error"),
+                      signals=signals)
+    assert result.ran == 3 and result.repeated_failure is None
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    retry = study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["baseline"] and retry.params == {"x": 1.0}
+    assert not retry.user_attrs.get("study_error") and not retry.user_attrs.get("fail_reason")
+    assert used_slots(study.trials) == 3
+    assert _progress_line(study.trials, 3) == "3/3 finished (3 complete, 0 pruned, 0 failed), 0 running"
+
+
+def test_the_same_failure_three_times_in_a_row_stops_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "same-failure")
+    errors = iter(["one", "two", "one", None, "one", "one", "one", "one"])
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        error = next(errors)
+        if error is not None:
+            raise RuntimeError(f"{error}\nsecond line")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 20, lock=SlotLock(url, "same-failure"), signals=signals)
+    assert result.ran == 7  # "one" after "two", or after a success, starts the count again
+    assert result.repeated_failure == "3 trials in a row failed with the same error: RuntimeError: one"
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 6
 
 
 def test_grid_exhaustion_ends_the_worker(tmp_path: Path) -> None:
@@ -351,6 +400,75 @@ def test_tuner_reap_fails_a_dead_workers_trial(study_dir: Path) -> None:
     assert reaped["number"] == 0 and reaped["retried"] and "is no longer running" in reaped["reason"]
     states = [t.state for t in tiny_study(study_dir).trials]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+def slow_backward_orderer(layers: int = 100, rows: int = 4096, width: int = 4096) -> type:
+    """The sentence orderer with a backward pass that runs for seconds inside the autograd engine.
+
+    Each extra layer is a view of a view of its input: no work forward, and backward a (rows x width)
+    zero-fill and sum, in C++ with no Python in between, like a transformer's backward on a CPU (26 s for
+    a 3-layer MiniLM with bf16 autocast where the CPU has no native bf16)."""
+    import torch
+
+    from tuner.model import SentenceOrderer
+
+    class View(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.expand(rows, width)[::rows]
+
+    class SlowBackwardOrderer(SentenceOrderer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.slow_input = torch.nn.Parameter(torch.zeros(1, width))
+            self.slow = torch.nn.Sequential(*[View() for _ in range(layers)])
+
+        def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return super().score(batch) + 0 * self.slow(self.slow_input).sum()
+
+    return SlowBackwardOrderer
+
+
+def main_thread_in(*names: str) -> bool:
+    """Whether the main thread is inside functions of all these names (as the innermost Python frames see it)."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    found = set()
+    while frame is not None:
+        found.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return set(names) <= found
+
+
+@pytest.mark.parametrize(("phase", "finder", "limit"), [("run_finder", "suggest", 2.5), ("_train", "off", 4.5)])
+def test_sigint_inside_a_long_backward_pass_ends_the_run_in_seconds(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], phase: str, finder: str,
+        limit: float) -> None:
+    """SIGINT while the main thread is in the autograd engine, in the LR finder or in training: the run ends
+    within seconds (training: after the grace a step gets to end with a checkpoint), not after the backward."""
+    from tuner import objective
+    from tuner.cli import main
+    from tuner.worker import STOP_GRACE_S
+
+    assert limit < STOP_GRACE_S + 3
+    monkeypatch.chdir(study_dir)
+    monkeypatch.setattr(objective, "SentenceOrderer", slow_backward_orderer())
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        wait_for(lambda: main_thread_in("_engine_run_backward", phase), f"a backward pass in {phase}")
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    code = main(["run", "--study", "tiny", "--set", "study.n_trials=1", "--set", "study.baseline=false",
+                 "--set", f'study.lr_finder={{mode="{finder}", num_training=20}}', "--set", 'study.pruner="none"'])
+    ended = time.monotonic()
+    assert sent, "no SIGINT was sent"
+    assert code == 128 + signal.SIGINT
+    assert ended - sent[0] < limit
+    assert "tuner: stopped by SIGINT" in capsys.readouterr().err
+    interrupted, queued = tiny_study(study_dir).trials
+    assert interrupted.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    assert interrupted.user_attrs["fail_reason"] == "interrupted by SIGINT; queued for retry"
 
 
 def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

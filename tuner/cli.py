@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import TunerError
+from tuner.errors import Interrupted, TunerError
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               n_trials=args.n_trials, timeout=args.timeout)
     else:
         summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
-                            worker=args.worker_id)
+                            worker=args.worker_id, check=not args.worker_id)  # --workers checked the study
     if not args.worker_id:
         print(_table(trials(run, args.storage)))
     print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "
@@ -69,6 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"params={json.dumps(summary.best['params'])}")
     if summary.failed_workers:
         print(f"tuner: error: workers exited abnormally: {', '.join(summary.failed_workers)}", file=sys.stderr)
+        return 1
+    if summary.repeated_failure:
+        print(f"tuner: error: {summary.repeated_failure}; stopping", file=sys.stderr)
         return 1
     if summary.interrupted:
         print(f"tuner: stopped by {summary.interrupted}; the interrupted trial is failed and queued for retry",
@@ -328,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:  # SIGINT or SIGTERM outside a trial (the pre-flight check)
+        print(f"tuner: stopped by {err}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("tuner: interrupted", file=sys.stderr)
         return 130

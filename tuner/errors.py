@@ -1,7 +1,8 @@
-"""Errors a user can cause, each with a message that says what to fix."""
+"""Errors a user can cause, each with a message that says what to fix; and the signal that stops a worker."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -27,3 +28,17 @@ def require_file(path: Path, what: str, error: type[TunerError] = TunerError) ->
         raise error(f"{what} {path} is a directory, not a file")
     if not path.exists():
         raise error(f"{what} {path} does not exist")
+
+
+class PreflightError(TunerError):
+    """A study that cannot work, found by the pre-flight check before its first trial."""
+
+
+class Interrupted(BaseException):
+    """Not an error: SIGTERM or SIGINT reached a worker (see :class:`tuner.worker.StopSignals`). A
+    ``BaseException``, like ``KeyboardInterrupt``, so that code catching ``Exception`` (an objective's
+    error handling) lets it through."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from optuna_integration import PyTorchLightningPruningCallback
 from tuner import distributed, hardware, search
 from tuner.config import LRFinderConfig, RunConfig
 from tuner.data import SentenceOrderingData
+from tuner.errors import Interrupted
 from tuner.model import SentenceOrderer
 from tuner.train import ValidationHistory, build_trainer
-from tuner.worker import Interrupted, StopSignals
+from tuner.worker import STOP_GRACE_S, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,59 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
         return {**self.__dict__, "_trial": None}
 
 
+class StopMidStep:
+    """Lets SIGTERM or SIGINT stop a model inside a forward or backward pass, not only between batches.
+
+    Python runs a signal handler only between bytecodes of the main thread, and a backward pass is
+    a single call into the autograd engine: with bf16 autocast on a CPU without native bf16, one
+    backward of a 3-layer MiniLM took 26 s, and the signal waited for all of it (in the LR finder,
+    before the finder even saw it; in training, before the next batch). Hooks on every submodule run a
+    little Python after each module's forward and as each module's gradient arrives in the backward,
+    where the handler runs and :meth:`StopSignals.check` can raise. Where signals are deferred (the
+    real fit), a step is abandoned only ``grace`` seconds after the signal, so a short step still ends
+    at its batch's end with a checkpoint; elsewhere (the LR finder) the handler raises at the next hook.
+    Stopping inside a forward or backward pass is safe: the weights change only in the optimizer
+    step, which has no hooks.
+    """
+
+    def __init__(self, signals: StopSignals, grace: float = STOP_GRACE_S) -> None:
+        self.signals = signals
+        self.grace = grace
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self.detach()
+        self._handles = [module.register_forward_hook(self._after_forward) for module in model.modules()]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @contextlib.contextmanager
+    def attached(self, model: torch.nn.Module) -> Iterator[None]:
+        self.attach(model)
+        try:
+            yield
+        finally:
+            self.detach()
+
+    def _after_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.signals.check(self.grace)
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(self._on_gradient)
+
+    def _on_gradient(self, gradient: torch.Tensor) -> None:
+        self.signals.check(self.grace)  # returns None: the gradient is left as it is
+
+
 class StopOnSignal(Callback):
     """End training at the next batch once SIGTERM or SIGINT arrived, saving a checkpoint first.
 
     Training runs with signals deferred (see :class:`tuner.worker.StopSignals`), so the model is
     never stopped half way through an optimizer step; the checkpoint lets the trial's retry resume.
+    A step still running :data:`tuner.worker.STOP_GRACE_S` after the signal is abandoned inside its
+    forward or backward pass (:class:`StopMidStep`); the retry then resumes from the last validation.
     It also records the step training started at (above 0 when resuming).
     """
 
@@ -86,11 +136,24 @@ class StopOnSignal(Callback):
         self.signals: StopSignals | None = signals
         self.last = last
         self.trial: optuna.Trial | None = trial
+        self.mid_step: StopMidStep | None = StopMidStep(signals)
 
     def __getstate__(self) -> dict[str, Any]:
         # spawned DDP ranks get neither: they receive the signal themselves (Lightning stops them on
         # SIGTERM) and the trial's process records the interruption
-        return {**self.__dict__, "signals": None, "trial": None}
+        return {**self.__dict__, "signals": None, "trial": None, "mid_step": None}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mid_step is not None:
+            self.mid_step.attach(pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.mid_step is not None:
+            self.mid_step.detach()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.mid_step is not None:
+            self.mid_step.detach()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.trial is not None:
@@ -140,12 +203,14 @@ def judge_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: floa
     return True, f"loss dropped {drop:.1%}"
 
 
-def run_finder(run: RunConfig, model: SentenceOrderer, data: SentenceOrderingData, root: Path) -> dict[str, Any]:
+def run_finder(run: RunConfig, model: SentenceOrderer, data: SentenceOrderingData, root: Path,
+               signals: StopSignals | None = None) -> dict[str, Any]:
     """Lightning's LR finder on a throwaway copy of the trial's model, in the trial's own folder.
 
     The finder writes a temporary ``.lr_find_*.ckpt`` into ``default_root_dir`` (Lightning issue
     #9574), so each trial runs it under its own directory; and it swaps the trainer's callbacks, so
-    this trainer has none of the real fit's callbacks.
+    this trainer has none of the real fit's callbacks. With ``signals``, SIGTERM or SIGINT stops it
+    inside a step (:class:`StopMidStep`): its model is thrown away anyway.
     """
     from lightning.pytorch.tuner import Tuner
 
@@ -158,10 +223,11 @@ def run_finder(run: RunConfig, model: SentenceOrderer, data: SentenceOrderingDat
     trainer = build_trainer(distributed.one_device(run.trainer), finder_root, logger=False, progress=False,
                             max_epochs=math.ceil(config.num_training / per_epoch) + 1)
     started = time.perf_counter()
-    finder = Tuner(trainer).lr_find(
-        model, datamodule=data, min_lr=config.min_lr, max_lr=config.max_lr, num_training=config.num_training,
-        early_stop_threshold=None, update_attr=False,
-    )
+    with StopMidStep(signals).attached(model) if signals is not None else contextlib.nullcontext():
+        finder = Tuner(trainer).lr_find(
+            model, datamodule=data, min_lr=config.min_lr, max_lr=config.max_lr, num_training=config.num_training,
+            early_stop_threshold=None, update_attr=False,
+        )
     lrs = [float(x) for x in finder.results["lr"]] if finder else []
     losses = [float(x) for x in finder.results["loss"]] if finder else []
     suggestion = finder.suggestion() if finder else None
@@ -287,7 +353,7 @@ class Objective:
         cached = trial.study.user_attrs.get(key) if mode == "scale" else None
         ran_here = cached is None
         if cached is None:
-            cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root)
+            cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root, self.signals)
             if mode == "scale":
                 trial.study.set_user_attr(key, cached)
         trial.set_user_attr("finder_s", cached["seconds"] if ran_here else 0.0)

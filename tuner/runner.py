@@ -1,9 +1,11 @@
 """Studies and their workers: open a study in its storage, run workers on it, summarise it.
 
 The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
-failed trials that were retried (see :mod:`tuner.worker`): a study run again resumes up to the
-budget and stops there. ``run_study`` is one worker in this process; ``run_workers`` starts several
-local worker processes and shows their combined progress.
+failed trials that were retried and trials failed by an error of the study itself (see
+:mod:`tuner.worker`): a study run again resumes up to the budget and stops there. ``run_study`` is one
+worker in this process; ``run_workers`` starts several local worker processes and shows their combined
+progress. Both first run the pre-flight check (:func:`tuner.preflight.check`), so a study that cannot
+work fails before its first trial.
 """
 
 from __future__ import annotations
@@ -100,8 +102,18 @@ def counted(study: optuna.Study) -> int:
 
 
 def finished(trials: list[FrozenTrial]) -> int:
-    """Trials that ended and count towards the budget: a failed trial that was retried does not."""
+    """Trials that ended and count towards the budget: a failed trial that was retried does not, nor one
+    failed by an error of the study itself."""
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+
+
+def _preflight(run: RunConfig) -> None:
+    """:func:`tuner.preflight.check` with SIGINT and SIGTERM handled as in a worker: a signal raises
+    :class:`tuner.errors.Interrupted` rather than Lightning's own exit."""
+    from tuner.preflight import check  # torch is imported here, not for `tuner trials`
+
+    with StopSignals():
+        check(run)
 
 
 @dataclass
@@ -114,6 +126,7 @@ class RunSummary:
     best: dict[str, Any] | None
     interrupted: str | None = None  # the signal that stopped the worker
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
+    repeated_failure: str | None = None  # trials failed in a row with the same error: the worker stopped
 
 
 def requested_threads() -> int | None:
@@ -150,9 +163,16 @@ def run_study(
     output_dir: str | Path | None = None,
     worker: str | None = None,
     progress: bool | None = None,
+    check: bool = True,
 ) -> RunSummary:
     """Run this process as one worker of ``run``'s study until it holds ``n_trials`` (the study's
-    total), ``timeout`` seconds pass (after the running trial), or SIGTERM/SIGINT arrives."""
+    total), ``timeout`` seconds pass (after the running trial), SIGTERM/SIGINT arrives, or trials keep
+    failing with the same error (``repeated_failure`` says so).
+
+    With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
+    its parent ran it). An error of the study, found there or raised inside a trial, is raised as a
+    :class:`tuner.errors.TunerError`; a signal during the check raises :class:`tuner.errors.Interrupted`.
+    """
     from tuner import hardware  # torch is imported here, not for `tuner trials`
     from tuner.objective import Objective
 
@@ -161,6 +181,8 @@ def run_study(
     budget = n_trials or run.study.n_trials
     timeout = timeout if timeout is not None else run.study.timeout
     url = resolve_url(storage, run.study.storage)
+    if check:
+        _preflight(run)  # before the study exists: a study that cannot work creates nothing
     study = open_study(run, storage, worker_index=worker_index())
     lock = SlotLock(url, run.name)
     with lock():
@@ -174,7 +196,8 @@ def run_study(
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
                       on_end=lines.finished)
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
-                      best_trial(study, run), interrupted=result.interrupted)
+                      best_trial(study, run), interrupted=result.interrupted,
+                      repeated_failure=result.repeated_failure)
 
 
 _TRIAL_LINE = re.compile(r"^trial \d+: ")
@@ -195,9 +218,12 @@ def run_workers(
     (round-robin). Their output is shown prefixed with the worker's label, with a combined progress
     line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
     cleanly. The storage URL reaches them in the environment, never on a command line.
+
+    The pre-flight check runs here, once, before any worker starts; the workers skip it.
     """
     url = resolve_url(storage, run.study.storage)
     check_sqlite_for_workers(url, workers)
+    _preflight(run)  # once, here: the workers skip it
     study = open_study(run, storage)  # the schema and the study exist before any worker starts
     before = finished(study.get_trials(deepcopy=False))
     budget = n_trials or run.study.n_trials
@@ -261,9 +287,12 @@ def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budg
 
 
 def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
+    """The study's progress; the finished trials are the complete, pruned and failed ones that count."""
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
-    return (f"{finished(trials)}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
-            f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed), "
+    done = finished(trials)
+    failed = done - states[TrialState.COMPLETE] - states[TrialState.PRUNED]
+    return (f"{done}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
+            f"{states[TrialState.PRUNED]} pruned, {failed} failed), "
             f"{states[TrialState.RUNNING]} running")
 
 

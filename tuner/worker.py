@@ -14,6 +14,10 @@ nothing else. The rules that keep the study whole:
   spent waits while other workers' trials run, so a trial orphaned late is still retried.
 - Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
   queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever.
+- Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
+  gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
+  is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
+  and the error stops the worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
 """
 
 from __future__ import annotations
@@ -36,21 +40,18 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.errors import Interrupted, TunerError
 from tuner.storage import SlotLock
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT reached the worker. A ``BaseException``, like ``KeyboardInterrupt``, so that
-    code catching ``Exception`` (an objective's error handling) lets it through."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+# how long a signal lets a training step run on, so that it ends at the batch's end with a checkpoint,
+# before the step is abandoned (see tuner.objective.StopMidStep)
+STOP_GRACE_S = 2.0
+SAME_FAILURES_TO_STOP = 3  # this many trials in a row failing with the same error stop the worker
+STUDY_ERROR_ATTR = "study_error"  # user attribute of a trial failed by an error of the study itself
 
 
 class StopSignals:
@@ -59,10 +60,14 @@ class StopSignals:
     The first signal is recorded and raises :class:`Interrupted` at once, unless the worker is inside
     :meth:`deferred` code (training, where a callback stops at the next batch, or storing a result),
     which calls :meth:`check` when it can stop. Later signals are only recorded.
+
+    Python runs a signal handler only between bytecodes of the main thread: while the main thread is
+    in one long call into C (a backward pass is one), the handler waits for it to return.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.received_at: float | None = None  # time.monotonic() when the signal arrived
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
@@ -86,6 +91,7 @@ class StopSignals:
         if self.signum is not None:
             return
         self.signum = signum
+        self.received_at = time.monotonic()
         self._wake.set()
         log.warning("%s received: ending the current trial and stopping", signal.Signals(signum).name)
         if not self._deferred:
@@ -99,9 +105,11 @@ class StopSignals:
         finally:
             self._deferred -= 1
 
-    def check(self) -> None:
-        """Raise :class:`Interrupted` if a signal arrived."""
-        if self.signum is not None:
+    def check(self, grace: float = 0.0) -> None:
+        """Raise :class:`Interrupted` if a signal arrived (at least ``grace`` seconds ago)."""
+        if self.signum is None:
+            return
+        if grace <= 0 or self.received_at is None or time.monotonic() - self.received_at >= grace:
             raise Interrupted(self.signum)
 
     def sleep(self, seconds: float) -> None:
@@ -115,10 +123,18 @@ def retry_history(trial: FrozenTrial) -> list[int]:
     return list(trial.system_attrs.get("retry_history", []))
 
 
+def is_study_error(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed because of an error of the study itself (bad data, an unusable backbone),
+    not of its own settings."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(STUDY_ERROR_ATTR))
+
+
 def used_slots(trials: list[FrozenTrial]) -> int:
-    """How much of the budget ``trials`` use: all of them but failed trials that have a retry."""
+    """How much of the budget ``trials`` use: all of them but failed trials that have a retry, and trials
+    failed by an error of the study itself (which would otherwise spend the budget until it is fixed)."""
     retried = {retry_history(t)[-1] for t in trials if retry_history(t)}
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+    return sum(1 for t in trials
+               if not (t.state == TrialState.FAIL and (t.number in retried or is_study_error(t))))
 
 
 def _retries_left(trial: FrozenTrial, max_retries: int) -> bool:
@@ -272,6 +288,7 @@ class WorkResult:
     ran: int = 0
     interrupted: str | None = None  # the signal's name when a signal stopped the worker
     timed_out: bool = False
+    repeated_failure: str | None = None  # why the worker stopped after failures with the same error
 
 
 def work(
@@ -287,12 +304,16 @@ def work(
     on_start: Callable[[int], None] | None = None,
     on_end: Callable[[FrozenTrial], None] | None = None,
     poll_s: float | None = None,
+    same_failures: int = SAME_FAILURES_TO_STOP,
 ) -> WorkResult:
-    """Run trials of ``study`` until it holds ``budget`` finished trials, a signal, or ``timeout``.
+    """Run trials of ``study`` until it holds ``budget`` finished trials, a signal, ``timeout``, or
+    ``same_failures`` trials in a row failed with the same error.
 
     Args:
         objective: ``trial -> value``; raising ``optuna.TrialPruned`` prunes the trial, any other
-            exception fails it with the message as ``fail_reason`` (unless the objective set one).
+            exception fails it with the message as ``fail_reason`` (unless the objective set one). A
+            :class:`tuner.errors.TunerError` fails it as an error of the study (see the module
+            docstring), queues it again and is raised here.
         lock: the study's lock; see the module docstring.
         signals: the installed signal handlers; a signal ends the running trial and returns.
         timeout: seconds after which no new trial starts (the running one finishes).
@@ -302,12 +323,16 @@ def work(
         poll_s: the longest an idle worker waits between looks for ended or orphaned trials (default: the
             heartbeat interval). It looks again after ``IDLE_FIRST_LOOK_S``, then at doubling waits up to
             this, so it ends soon after short trials and looks rarely while long ones run.
+        same_failures: stop after this many trials in a row failed with the same exception type and
+            message (the study is likely broken; 0: never), with ``repeated_failure`` saying so.
     """
     result = WorkResult()
     started = time.monotonic()
     interval = _heartbeat_interval(study)
     trial: optuna.Trial | None = None
     idle_wait = IDLE_FIRST_LOOK_S
+    last_error: str | None = None  # the exception that failed the last trial, as "Type: message"
+    repeats = 0  # how many trials in a row failed with it
     # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
     # Optuna allows only inside its own optimize loop; this loop plays that part.
     study._thread_local.in_optimize_loop, study._stop_flag = True, False
@@ -340,10 +365,16 @@ def work(
                     continue
                 break
             idle_wait = IDLE_FIRST_LOOK_S
-            frozen = _run_trial(study, trial, objective, signals, max_retries, interval)
+            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval)
             trial = None
             if on_end is not None:
                 on_end(frozen)
+            repeats = repeats + 1 if error is not None and error == last_error else int(error is not None)
+            last_error = error
+            if same_failures and repeats >= same_failures:
+                reason = frozen.user_attrs.get("fail_reason") or error
+                result.repeated_failure = f"{repeats} trials in a row failed with the same error: {reason}"
+                break
     except Interrupted as err:
         result.interrupted = signal.Signals(err.signum).name
         if trial is not None:
@@ -378,6 +409,8 @@ def _label(trial: optuna.Trial, worker: str) -> None:
     if history:
         trial.set_user_attr("retry_of", history[-1])
         trial.set_user_attr("fail_reason", None)
+        if trial._cached_frozen_trial.user_attrs.get(STUDY_ERROR_ATTR):
+            trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
 
 def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
@@ -395,12 +428,17 @@ def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted,
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-               signals: StopSignals, max_retries: int, interval: int | None) -> FrozenTrial:
-    """Run ``objective`` on ``trial`` under a heartbeat and store its outcome; re-raises
-    :class:`Interrupted` once the trial is stored as failed."""
+               signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
+    """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
+
+    Returns the stored trial and, when an exception failed it, that exception's type and message.
+    Re-raises :class:`Interrupted` once the trial is stored as failed, and a
+    :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again.
+    """
     value: float | None = None
     state = TrialState.FAIL
     reason: str | None = None
+    study_error: TunerError | None = None
     with _Heartbeat(study._storage, trial._trial_id, interval):
         try:
             signals.check()
@@ -417,16 +455,27 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             with signals.deferred():
                 _end_interrupted(study, trial, interrupted, max_retries)
             raise interrupted from None
-        except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study
+        except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
             message = str(err).splitlines()[0] if str(err) else ""
             reason = f"{type(err).__name__}: {message}"
+            if isinstance(err, TunerError):
+                study_error = err
     with signals.deferred():
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
             recorded = trial.user_attrs.get("fail_reason")
             if not recorded:
                 trial.set_user_attr("fail_reason", reason)
-            log.warning("trial %d failed: %s", trial.number, recorded or reason)
+            if study_error is not None:
+                trial.set_user_attr(STUDY_ERROR_ATTR, True)
+            else:  # an error of the study is raised, and reported by the caller
+                log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
-            return study.tell(trial, value, skip_if_finished=True)
-        return study.tell(trial, state=state, skip_if_finished=True)
+            return study.tell(trial, value, skip_if_finished=True), None
+        frozen = study.tell(trial, state=state, skip_if_finished=True)
+        if study_error is not None:
+            # not counted (see used_slots) and run again once the study is fixed: the same settings, and
+            # the baseline stays the baseline
+            requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
+            raise study_error
+    return frozen, reason
