@@ -31,6 +31,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -260,7 +261,7 @@ class ResilientRDBStorage(RDBStorage):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._tried: set[str] = set()  # the tokens of the creations in progress that made an attempt
+        self._creating: dict[str, _Creation] = {}  # the creations in progress, by token
         super().__init__(*args, **kwargs)
 
     def __getattribute__(self, name: str) -> Any:
@@ -276,29 +277,42 @@ class ResilientRDBStorage(RDBStorage):
         """Optuna's, retried, and creating one trial however many attempts it takes (see the class)."""
         template = _with_token(template_trial)
         token = template.system_attrs[TOKEN_ATTR]
+        self._creating[token] = _Creation(bare=template_trial is None)
         try:
             return retrying(super()._create_new_trial, "_create_new_trial", self.url)(study_id, template)
         finally:
-            self._tried.discard(token)
+            del self._creating[token]
 
     def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
         """The new trial's row, in the session that holds the study's row lock; on an attempt after the
         first, the row an earlier attempt committed, if one did."""
-        token = template_trial.system_attrs.get(TOKEN_ATTR) if template_trial is not None else None
-        if token in self._tried:
+        token: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
+        creation = self._creating.get(token)
+        if template_trial is None or creation is None:  # not a creation through _create_new_trial
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        if creation.tried:
             found = _trial_with_token(session, study_id, token)
             if found is not None:
                 log.info("storage %s: trial %d was created by an attempt whose reply was lost; not created again",
                          mask(self.url), found.number)
                 return found
-        elif token is not None:
-            self._tried.add(token)
+        creation.tried = True
+        if creation.bare:
+            template_trial.datetime_start = datetime.now()  # as Optuna starts a trial made without a template
         return super()._get_prepared_new_trial(study_id, template_trial, session)
+
+
+@dataclass
+class _Creation:
+    """A trial creation in progress (:meth:`ResilientRDBStorage._create_new_trial`)."""
+
+    bare: bool  # made without a template: it starts when an attempt stores it
+    tried: bool = False  # an attempt got as far as storing it, and may have committed
 
 
 def _with_token(template: FrozenTrial | None) -> FrozenTrial:
     """A copy of ``template`` carrying a new creation token; without a template, the trial Optuna makes
-    without one: RUNNING, started now (a retried attempt keeps that time), numbered when it is stored.
+    without one: RUNNING, and numbered and started (``datetime_start``) by the attempt that stores it.
 
     A retry queued by ``RetryHeartbeatStaleTrialCallback`` copies the failed trial's system attributes,
     its token among them: the new token replaces it.
