@@ -278,8 +278,8 @@ def replies_lost(engine: Any, failures: int = 1, drop: Callable[[Any], None] | N
         seen[0] += 1
         if inserted[0] and len(failed) < failures:
             failed.append(seen[0])
-            if drop is not None:
-                drop(dbapi_connection)
+            if drop is not None:  # do_commit is given the pool's proxy of the driver's connection
+                drop(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
             raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
 
     event.listen(engine, "after_cursor_execute", watch)
