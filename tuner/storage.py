@@ -275,10 +275,12 @@ class ResilientRDBStorage(RDBStorage):
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Optuna's, retried, and creating one trial however many attempts it takes (see the class)."""
-        template = _with_token(template_trial)
-        token = template.system_attrs[TOKEN_ATTR]
-        self._creating[token] = _Creation(bare=template_trial is None)
+        token = uuid.uuid4().hex
+        plain = _without_token(template_trial)
+        self._creating[token] = _Creation(plain)
         try:
+            # the template carries the token to _get_prepared_new_trial, and into the trial returned
+            template = _with_token(plain, token)
             return retrying(super()._create_new_trial, "_create_new_trial", self.url)(study_id, template)
         finally:
             del self._creating[token]
@@ -286,9 +288,11 @@ class ResilientRDBStorage(RDBStorage):
     def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
         """The new trial's row, in the session that holds the study's row lock; on an attempt after the
         first, the row an earlier attempt committed, if one did."""
+        from optuna.storages._rdb import models
+
         token: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
         creation = self._creating.get(token)
-        if template_trial is None or creation is None:  # not a creation through _create_new_trial
+        if creation is None:  # not a creation through _create_new_trial
             return super()._get_prepared_new_trial(study_id, template_trial, session)
         if creation.tried:
             found = _trial_with_token(session, study_id, token)
@@ -297,33 +301,42 @@ class ResilientRDBStorage(RDBStorage):
                          mask(self.url), found.number)
                 return found
         creation.tried = True
-        if creation.bare:
-            template_trial.datetime_start = datetime.now()  # as Optuna starts a trial made without a template
-        return super()._get_prepared_new_trial(study_id, template_trial, session)
+        # Optuna makes the trial from the caller's template (without one: RUNNING, started now), and the
+        # token goes in with one INSERT: through the template, Optuna would read the trial again and upsert
+        trial = super()._get_prepared_new_trial(study_id, creation.template, session)
+        session.add(models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=TOKEN_ATTR,
+                                                     value_json=json.dumps(token)))
+        return trial
 
 
 @dataclass
 class _Creation:
     """A trial creation in progress (:meth:`ResilientRDBStorage._create_new_trial`)."""
 
-    bare: bool  # made without a template: it starts when an attempt stores it
-    tried: bool = False  # an attempt got as far as storing it, and may have committed
+    template: FrozenTrial | None  # the caller's, without a token
+    tried: bool = False  # an attempt got as far as storing the trial, and may have committed
 
 
-def _with_token(template: FrozenTrial | None) -> FrozenTrial:
-    """A copy of ``template`` carrying a new creation token; without a template, the trial Optuna makes
-    without one: RUNNING, and numbered and started (``datetime_start``) by the attempt that stores it.
+def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
+    """``template`` without a creation token. A retry queued by ``RetryHeartbeatStaleTrialCallback``
+    copies the failed trial's system attributes, its token among them."""
+    if template is None or TOKEN_ATTR not in template.system_attrs:
+        return template
+    plain = copy.copy(template)
+    plain.system_attrs = {key: value for key, value in template.system_attrs.items() if key != TOKEN_ATTR}
+    return plain
 
-    A retry queued by ``RetryHeartbeatStaleTrialCallback`` copies the failed trial's system attributes,
-    its token among them: the new token replaces it.
-    """
+
+def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
+    """A copy of ``template`` carrying ``token``; without a template, of the trial Optuna makes without one
+    (RUNNING: its number and start are set when it is stored)."""
     if template is None:
         template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                                datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
                                intermediate_values={}, trial_id=-1)
     else:
         template = copy.copy(template)
-    template.system_attrs = {**template.system_attrs, TOKEN_ATTR: uuid.uuid4().hex}
+    template.system_attrs = {**template.system_attrs, TOKEN_ATTR: token}
     return template
 
 
