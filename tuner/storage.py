@@ -240,13 +240,13 @@ class ResilientRDBStorage(RDBStorage):
     Optuna turns a dropped connection into ``StorageInternalError`` and the trial's result is lost;
     here the call waits for the database to come back. A retried write may have been committed already,
     its reply lost with the connection. Attributes, intermediate values and heartbeats are written again
-    harmlessly; a state change retried this way can find the trial already finished, and callers that
-    care (``tuner.worker``) check the stored state. Creating a trial is the write whose repeat does harm:
-    a second trial, RUNNING without a heartbeat, which no stale check ever ends and which holds a slot of
-    the budget for ever. So each creating call carries a token, a system attribute (``TOKEN_ATTR``)
-    written in the same transaction as the trial, and every attempt after its first looks for the trial
-    carrying it before making one (:meth:`_get_prepared_new_trial`). That covers this class's retries
-    and Optuna's own, which ``_create_new_trial`` makes after a failed commit.
+    harmlessly. A state change is not covered: repeated, it finds the trial already finished
+    (``UpdateFinishedTrialError``) or, taking up a queued trial, already RUNNING (``False``). Creating a
+    trial is: a repeat would make a second trial, RUNNING without a heartbeat, which no stale check ever
+    ends and which holds a slot of the budget for ever. So each creating call carries a token, a system
+    attribute (``TOKEN_ATTR``) written in the same transaction as the trial, and every attempt after its
+    first looks for the trial carrying it before making one (:meth:`_get_prepared_new_trial`). That
+    covers this class's retries and Optuna's own, which ``_create_new_trial`` makes after a failed commit.
     """
 
     _RETRIED = (
