@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -247,3 +248,54 @@ def open_tmp() -> Iterator[Path]:
         if path.is_dir():
             path.chmod(0o755)
     shutil.rmtree(folder)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A reply lost after its commit: the one database fault whose retry can repeat a write
+
+
+@contextlib.contextmanager
+def replies_lost(engine: Any, failures: int = 1, drop: Callable[[Any], None] | None = None) -> Iterator[list[int]]:
+    """Lose the replies of ``failures`` commits on ``engine``, from the next one that inserts a trial row.
+
+    Each of those commits goes through on the server, then the driver's ``OperationalError`` is raised, as
+    when the connection drops after the server committed but before its reply arrived. ``drop`` is called
+    with the DBAPI connection first (to cut it for real). Yields the numbers of the commits that failed,
+    counting every commit from the start.
+    """
+    from sqlalchemy import event
+
+    dialect = engine.dialect
+    commit = dialect.do_commit
+    inserted, failed, seen = [False], [], [0]
+
+    def watch(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TRIALS "):
+            inserted[0] = True
+
+    def do_commit(dbapi_connection: Any) -> None:
+        commit(dbapi_connection)
+        seen[0] += 1
+        if inserted[0] and len(failed) < failures:
+            failed.append(seen[0])
+            if drop is not None:  # do_commit is given the pool's proxy of the driver's connection
+                drop(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+            raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+
+    event.listen(engine, "after_cursor_execute", watch)
+    dialect.do_commit = do_commit
+    try:
+        yield failed
+    finally:
+        del dialect.do_commit
+        event.remove(engine, "after_cursor_execute", watch)
+
+
+@pytest.fixture()
+def no_optuna_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna retries a failed trial creation itself, after a random sleep of up to 2 s: no sleep here."""
+    import types
+
+    from optuna.storages._rdb import storage
+
+    monkeypatch.setattr(storage, "random", types.SimpleNamespace(random=lambda: 0.0))

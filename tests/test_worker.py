@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+from conftest import replies_lost
 from optuna.trial import TrialState
 from trivial_worker import open_trivial_study
 
@@ -107,6 +108,23 @@ def test_used_slots_leave_out_failures_that_were_retried(tmp_path: Path) -> None
     assert retry.params == first.params
     assert not requeue(study, study.tell(retry, state=TrialState.FAIL), max_retries=1)  # limit reached
     assert used_slots(study.get_trials()) == 1
+
+
+@pytest.mark.parametrize("failures", [1, 6], ids=["optuna-retries", "tuner-retries"])
+@pytest.mark.usefixtures("no_optuna_backoff")
+def test_a_retry_whose_queuing_reply_was_lost_is_queued_once(tmp_path: Path, failures: int) -> None:
+    study = open_trivial_study(f"sqlite:///{tmp_path / 's.db'}", "requeue")
+    first = study.ask()
+    first.suggest_float("x", -10, 10)
+    frozen = study.tell(first, state=TrialState.FAIL)
+    with replies_lost(study._storage._backend.engine, failures) as failed:
+        assert requeue(study, frozen, max_retries=2)
+    assert len(failed) == failures
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert used_slots(study.get_trials()) == 1
+    retry = study.ask()  # the retry, though it inherited the failed trial's creation token
+    assert retry.number == 1 and retry.params == first.params
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
 
 
 def test_a_stale_trial_is_failed_with_its_reason_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

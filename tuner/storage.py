@@ -8,15 +8,18 @@ Passwords never appear in messages: every URL shown goes through :func:`mask`.
 
 Workers outlive database hiccups: every storage call that fails because the connection dropped, the
 server restarted or SQLite stayed locked is retried with backoff for up to ``RETRY_S`` seconds
-(:class:`ResilientRDBStorage`), and :func:`slot_lock` serialises "is there budget left? then start a
+(:class:`ResilientRDBStorage`); a trial is created once however often its creation is retried, and
+:func:`slot_lock` serialises "is there budget left? then start a
 trial" across every worker on every machine, so a study never runs more trials than its budget.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -24,15 +27,19 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
 
@@ -40,6 +47,7 @@ DEFAULT_URL = "sqlite:///tuner.db"
 ENV_VAR = "TUNER_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
 SQLITE_MAX_WORKERS = 8
+TOKEN_ATTR = "tuner:create_token"  # the trial system attribute that names the call that created the trial
 RETRY_S = 120.0  # how long a worker waits out a database outage before giving up
 LOCK_KEEP_S = 5.0  # a SlotLock taken again within this many seconds keeps its server connection
 NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs", "ceph",
@@ -230,26 +238,119 @@ class ResilientRDBStorage(RDBStorage):
     """Optuna's ``RDBStorage`` whose calls are retried through database outages (see :func:`retrying`).
 
     Optuna turns a dropped connection into ``StorageInternalError`` and the trial's result is lost;
-    here the call waits for the database to come back. A write retried after its commit succeeded
-    but before the reply arrived can find the trial already finished: callers that care
-    (``tuner.worker``) check the stored state.
+    here the call waits for the database to come back. A retried write may have been committed already,
+    its reply lost with the connection. Attributes, intermediate values and heartbeats are written again
+    harmlessly. A state change is not covered: repeated, it finds the trial already finished
+    (``UpdateFinishedTrialError``) or, taking up a queued trial, already RUNNING (``False``). Creating a
+    trial is: a repeat would make a second trial, RUNNING without a heartbeat, which no stale check ever
+    ends and which holds a slot of the budget for ever. So each creating call carries a token, a system
+    attribute (``TOKEN_ATTR``) written in the same transaction as the trial, and every attempt after its
+    first looks for the trial carrying it before making one (:meth:`_get_prepared_new_trial`). That
+    covers this class's retries and Optuna's own, which ``_create_new_trial`` makes after a failed commit.
     """
 
     _RETRIED = (
         "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
         "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-        "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+        "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
         "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
         "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
         # what Optuna's caching layer calls on the storage beneath it
-        "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id",
+        "_get_trials", "_set_trial_param", "_get_best_trial_id",
+        # create_new_trial and _create_new_trial retry themselves, with a token
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._creating: dict[str, _Creation] = {}  # the creations in progress, by token
+        super().__init__(*args, **kwargs)
 
     def __getattribute__(self, name: str) -> Any:
         value = super().__getattribute__(name)
         if name in ResilientRDBStorage._RETRIED:
             return retrying(value, name, super().__getattribute__("url"))
         return value
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._create_new_trial(study_id, template_trial)._trial_id
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Optuna's, retried, and creating one trial however many attempts it takes (see the class)."""
+        token = uuid.uuid4().hex
+        plain = _without_token(template_trial)
+        self._creating[token] = _Creation(plain)
+        try:
+            # the template carries the token to _get_prepared_new_trial, and into the trial returned
+            template = _with_token(plain, token)
+            return retrying(super()._create_new_trial, "_create_new_trial", self.url)(study_id, template)
+        finally:
+            del self._creating[token]
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
+        """The new trial's row, in the session that holds the study's row lock; on an attempt after the
+        first, the row an earlier attempt committed, if one did."""
+        from optuna.storages._rdb import models
+
+        token: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
+        creation = self._creating.get(token)
+        if creation is None:  # not a creation through _create_new_trial
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        if creation.tried:
+            found = _trial_with_token(session, study_id, token)
+            if found is not None:
+                log.info("storage %s: trial %d was created by an attempt whose reply was lost; not created again",
+                         mask(self.url), found.number)
+                return found
+        creation.tried = True
+        # Optuna makes the trial from the caller's template (without one: RUNNING, started now), and the
+        # token goes in with one INSERT: through the template, Optuna would read the trial again and upsert
+        trial = super()._get_prepared_new_trial(study_id, creation.template, session)
+        session.add(models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=TOKEN_ATTR,
+                                                     value_json=json.dumps(token)))
+        return trial
+
+
+@dataclass
+class _Creation:
+    """A trial creation in progress (:meth:`ResilientRDBStorage._create_new_trial`)."""
+
+    template: FrozenTrial | None  # the caller's, without a token
+    tried: bool = False  # an attempt got as far as storing the trial, and may have committed
+
+
+def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
+    """``template`` without a creation token. A retry queued by ``RetryHeartbeatStaleTrialCallback``
+    copies the failed trial's system attributes, its token among them."""
+    if template is None or TOKEN_ATTR not in template.system_attrs:
+        return template
+    plain = copy.copy(template)
+    plain.system_attrs = {key: value for key, value in template.system_attrs.items() if key != TOKEN_ATTR}
+    return plain
+
+
+def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
+    """A copy of ``template`` carrying ``token``; without a template, of the trial Optuna makes without one
+    (RUNNING: its number and start are set when it is stored)."""
+    if template is None:
+        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                               datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                               intermediate_values={}, trial_id=-1)
+    else:
+        template = copy.copy(template)
+    template.system_attrs = {**template.system_attrs, TOKEN_ATTR: token}
+    return template
+
+
+def _trial_with_token(session: Any, study_id: int, token: str) -> Any:
+    """The trial row of study ``study_id`` whose creation carried ``token``, or ``None``."""
+    from optuna.storages._rdb import models
+
+    attr = models.TrialSystemAttributeModel
+    return (session.query(models.TrialModel)
+            .join(attr, attr.trial_id == models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study_id, attr.key == TOKEN_ATTR,
+                    attr.value_json == json.dumps(token))
+            .order_by(models.TrialModel.trial_id)
+            .first())
 
 
 def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> Any:

@@ -12,14 +12,17 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy
-from conftest import require_server
+from conftest import replies_lost, require_server
 from optuna.trial import TrialState
 from test_worker import assert_exact_budget, finish, start_trivial_workers, wait_for
 from trivial_worker import open_trivial_study
+
+from tuner.worker import _ask, requeue
 
 
 def test_four_tuner_workers_on_each_backend(study_dir: Path, storage_url: str) -> None:
@@ -69,6 +72,38 @@ def test_dropped_connections_lose_no_result() -> None:
         assert all(t.state == TrialState.COMPLETE and t.value is not None for t in study.trials)
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.mark.parametrize("failures", [1, 6], ids=["optuna-retries", "tuner-retries"])
+@pytest.mark.usefixtures("no_optuna_backoff")
+def test_trials_whose_creation_reply_was_lost_are_created_once(failures: int) -> None:
+    # the server commits, then its session is terminated before the client reads the reply
+    url = require_server("postgresql")
+    name = f"lost-{uuid.uuid4().hex[:8]}"
+    study = open_trivial_study(url, name)
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+    def terminate(dbapi_connection: Any) -> None:
+        pid = dbapi_connection.info.backend_pid
+        with admin.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+
+    engine = study._storage._backend.engine
+    try:
+        with replies_lost(engine, failures, drop=terminate) as lost:
+            trial = _ask(study, waiting=False)  # the worker's own creation, without a template
+        assert len(lost) == failures
+        trial.suggest_float("x", -10, 10)
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        with replies_lost(engine, failures, drop=terminate) as lost:
+            assert requeue(study, frozen, max_retries=2)  # a template, WAITING
+        assert len(lost) == failures
+        trials = optuna.load_study(study_name=name, storage=url).trials
+        assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.WAITING)]
+        assert trials[0]._trial_id == trial._trial_id and trials[1].params == trials[0].params
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
+        admin.dispose()
 
 
 class _Proxy:
