@@ -25,8 +25,8 @@ def test_relative_data_paths_resolve_against_the_study_file() -> None:
 
 def test_demo_trims_minilm() -> None:
     run = load_study(ROOT / "studies" / "demo.toml")
-    assert run.model.backbone == BackboneSpec("sentence-transformers/all-MiniLM-L6-v2", {"num_hidden_layers": 3})
-    assert run.model.backbone.label == "sentence-transformers/all-MiniLM-L6-v2[num_hidden_layers=3]"
+    assert run.model.backbone == BackboneSpec("sentence-transformers/all-MiniLM-L6-v2", {"num_hidden_layers": 2})
+    assert run.model.backbone.label == "sentence-transformers/all-MiniLM-L6-v2[num_hidden_layers=2]"
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -39,7 +39,8 @@ def resolve(name: str) -> str:
             raise BackboneError(f"backbone folder {local} has no config.json; point at a saved Hugging Face model")
         return str(local)
     if _looks_local(name):
-        raise BackboneError(f"backbone folder {local} does not exist; point at a folder saved with save_pretrained()")
+        raise BackboneError(f"backbone folder {local} does not exist; name a backbone by a hub name, a local folder "
+                            f"saved with save_pretrained(), or a packaged one: {', '.join(packaged)}")
     return name
 
 
