@@ -25,6 +25,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check tuner tests bench
 	$(BIN)/mypy tuner
+	$(BIN)/lint-imports  # the import contract in pyproject.toml
 
 bench-quality: setup
 	$(BIN)/python bench/quality_nips.py

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from _common import ROOT, machine, require_shared, write_results
 
-from tuner.config import load_study
-from tuner.train import train
+from tuner.config.loader import load_study
+from tuner.training.trainer import train
 
 RECIPE = [
     'model.loss="pairwise"',

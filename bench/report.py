@@ -26,8 +26,8 @@ from _common import machine, write_results
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.report import write_report
-from tuner.storage import open_storage
+from tuner.report.page import write_report
+from tuner.storage.rdb import open_storage
 
 BACKBONES = ["minilm-l6", "minilm-l6[num_hidden_layers=3]", "distilroberta"]
 DISTRIBUTIONS = {"learning_rate": FloatDistribution(1e-5, 2e-4, log=True),

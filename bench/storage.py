@@ -11,9 +11,10 @@ For each backend and each K, K worker processes share one fresh database and run
 ``x ** 2`` in total, with each method in turn (each goes first in one round of three, so they are
 measured side by side on a shared, noisy machine):
 
-- ``tuner``: each worker opens the study as ``tuner run`` does (:func:`tuner.runner.open_study`:
+- ``tuner``: each worker opens the study as ``tuner run`` does (:func:`tuner.study.runner.open_study`:
   heartbeats every 30 s, stale after 120 s, the storage retrying transient errors) and runs
-  :func:`tuner.worker.work` under :class:`tuner.storage.SlotLock` and :class:`tuner.worker.StopSignals`.
+  :func:`tuner.study.worker.work` under :class:`tuner.storage.lock.SlotLock` and
+  :class:`tuner.training.stopping.StopSignals`.
 - ``optuna``: each worker runs ``study.optimize`` on a plain ``RDBStorage(url)`` with
   ``MaxTrialsCallback(N, states=None)``, the global-budget recipe of Optuna's documentation.
 - ``optuna_heartbeat`` (a reference): the same with Optuna's own heartbeat (30 s, grace 120 s), which
@@ -74,7 +75,7 @@ def objective(trial: Any) -> float:
 
 
 def _tuner_run(url: str, study_name: str, seed: int, n_trials: int) -> Any:
-    from tuner.runner import load_run
+    from tuner.study.runner import load_run
 
     return load_run(str(ROOT / "studies" / "demo.toml"), [
         f'study.name="{study_name}"', f'study.storage="{url}"', f"study.n_trials={n_trials}",
@@ -91,9 +92,10 @@ def _worker(method: str, url: str, study_name: str, n_trials: int, index: int, b
     report: dict[str, Any] = {"index": index, "error": None, "ran": 0, "last_trial_end": None}
     try:
         if method == "tuner":
-            from tuner.runner import open_study
-            from tuner.storage import SlotLock
-            from tuner.worker import StopSignals, work
+            from tuner.storage.lock import SlotLock
+            from tuner.study.runner import open_study
+            from tuner.study.worker import work
+            from tuner.training.stopping import StopSignals
 
             run = _tuner_run(url, study_name, index, n_trials)
             study = open_study(run, url)
@@ -155,7 +157,7 @@ def _create_study(method: str, url: str, study_name: str, n_trials: int) -> None
     import optuna
 
     if method == "tuner":
-        from tuner.runner import open_study
+        from tuner.study.runner import open_study
 
         study = open_study(_tuner_run(url, study_name, 0, n_trials), url)  # what `tuner run --workers` does first
     else:
@@ -302,7 +304,7 @@ def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]
     """What the figures were measured on: SQLite's version and file system, PostgreSQL's version."""
     found: dict[str, Any] = {}
     if "sqlite" in backends:
-        from tuner.storage import file_system_type
+        from tuner.storage.sqlite import file_system_type
 
         found["sqlite"] = {"version": sqlite3.sqlite_version, "journal_mode": "wal",
                            "file_system": file_system_type(folder)}
@@ -369,7 +371,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     ctx = mp.get_context("forkserver")
     # the fork server imports these once; each worker is a clean fork of it with no connection open
-    ctx.set_forkserver_preload(["optuna", "sqlalchemy", "tuner.runner", "tuner.worker", "tuner.storage"])
+    ctx.set_forkserver_preload(["optuna", "sqlalchemy", "tuner.study.runner", "tuner.study.worker",
+                                "tuner.storage.rdb"])
     folder = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     runs: list[dict[str, Any]] = []
     try:
@@ -411,7 +414,8 @@ def main() -> None:
                    "TPE's grows with the number of trials and would measure the sampler, not the storage",
         "objective": "x ** 2, x = trial.suggest_float('x', -10, 10)",
         "methods": {
-            "tuner": "tuner.runner.open_study + tuner.worker.work (heartbeat 30 s, grace 120 s, SlotLock, StopSignals)",
+            "tuner": "tuner.study.runner.open_study + tuner.study.worker.work "
+                     "(heartbeat 30 s, grace 120 s, SlotLock, StopSignals)",
             "optuna": "study.optimize on optuna.storages.RDBStorage(url), MaxTrialsCallback(n_trials, states=None)",
             "optuna_heartbeat": "the same with RDBStorage(url, heartbeat_interval=30, grace_period=120): Optuna's "
                                 "own heartbeat, for reference",

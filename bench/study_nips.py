@@ -17,8 +17,10 @@ from pathlib import Path
 
 from _common import ROOT, machine, require_shared, write_results
 
-from tuner.runner import best_checkpoint, load_run, open_study, run_study, trial_row
-from tuner.train import evaluate
+from tuner.storage.records import trial_row
+from tuner.study.queries import best_checkpoint
+from tuner.study.runner import load_run, open_study, run_study
+from tuner.training.inference import evaluate
 
 DEFAULTS = ["search.max_epochs=[1, 2]"]
 

@@ -5,7 +5,7 @@
 Three ways to train the same model (MiniLM-L6, pairwise loss, AdamW, clipping 1.0) on the same batches:
 
 - ``tuner``: ``SentenceOrderingData`` (dynamic padding, length buckets) + ``SentenceOrderer`` + the Lightning
-  trainer from ``tuner.train.build_trainer`` in the precision ``auto`` resolves to on this machine
+  trainer from ``tuner.training.trainer.build_trainer`` in the precision ``auto`` resolves to on this machine
   (``bf16-mixed`` on a CPU with native bf16, else ``32-true``);
 - ``plain``: a hand-written PyTorch loop over the same data loader, in the same precision (bf16 autocast or
   fp32), ``model.loss_fn``;
@@ -111,7 +111,7 @@ def _pad_to(batch: Batch, length: int, pad_id: int) -> Batch:
 
 
 def _pairwise_per_document(scores: Any, gold: Any, mask: Any) -> Any:
-    """The pairwise logistic loss of :func:`tuner.losses.pairwise_logistic`, one document at a time."""
+    """The pairwise logistic loss of :func:`tuner.model.losses.pairwise_logistic`, one document at a time."""
     import torch
     import torch.nn.functional as F
 
@@ -157,7 +157,7 @@ def _lightning_fit(run: Any, data: Any, model: Any, clock: _Clock) -> None:
     """``trainer.fit`` as the pipeline runs it, timed by a callback, without validation."""
     from lightning.pytorch.callbacks import Callback
 
-    from tuner.train import build_trainer
+    from tuner.training.trainer import build_trainer
 
     class Timer(Callback):
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Batch, batch_idx: int) -> None:
@@ -181,8 +181,8 @@ def _worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from tuner import hardware
-    from tuner.data import SentenceOrderingData
-    from tuner.model import SentenceOrderer
+    from tuner.data.module import SentenceOrderingData
+    from tuner.model.orderer import SentenceOrderer
 
     run = _study(args.max_documents)
     data = SentenceOrderingData(run.data, run.model.backbone.name)
@@ -211,7 +211,7 @@ def _worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _study(max_documents: int | None) -> Any:
-    from tuner.config import load_study
+    from tuner.config.loader import load_study
 
     nips = require_shared("nips_abstracts")
     overrides = [
@@ -297,7 +297,7 @@ def main() -> None:
         parser.error(f"unknown method {unknown[0]!r} in --methods; use some of {','.join(METHODS)}")
 
     if args.worker:
-        from tuner.train import quiet_lightning
+        from tuner.training.trainer import quiet_lightning
 
         logging.basicConfig(level=logging.WARNING)
         quiet_lightning()

@@ -7,12 +7,17 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("TUNER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+if TYPE_CHECKING:
+    from tuner.data.module import SentenceOrderingData
 
+# the known study of the report's tests, with its `storage` and `snapshot` fixtures
+pytest_plugins = ("report_study",)
+
+SHARED_DATA = Path(os.environ.get("TUNER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def require_shared(*parts: str) -> Path:
@@ -299,3 +304,17 @@ def no_optuna_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     from optuna.storages._rdb import storage
 
     monkeypatch.setattr(storage, "random", types.SimpleNamespace(random=lambda: 0.0))
+
+
+def data_module(tmp_path: Path, backbone: str, docs: list[list[str]] | None = None, **options: object
+                ) -> SentenceOrderingData:
+    """A set-up data module over synthetic documents (or ``docs``), split 50/25/25, batches of 4."""
+    from tuner.config.schema import DataConfig
+    from tuner.data.module import SentenceOrderingData
+
+    path = write_lines(tmp_path / "all.lower", docs or synthetic_documents(200))
+    config = DataConfig(path=str(path), separator=" <eos> ", split=(0.25, 0.25), batch_size=4,
+                        **options)  # type: ignore[arg-type]
+    module = SentenceOrderingData(config, backbone)
+    module.setup()
+    return module

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import ORDINALS, synthetic_documents, write_lines
+from processes import run_tuner
 
 from tuner.cli import main
-
-
-def tuner(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True,
-                          input=stdin, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ precision = "32-true"
 accelerator = "cpu"
 output_dir = "{folder / 'runs'}"
 """)
-    result = tuner("train", "--study", str(study), "--json", "--set", "trainer.seed=1")
+    result = run_tuner("train", "--study", str(study), "--json", "--set", "trainer.seed=1")
     assert result.returncode == 0, result.stderr
     return {"result": json.loads(result.stdout), "folder": folder, "study": study}
 
@@ -66,7 +58,7 @@ def test_train_learns_and_saves_the_best_checkpoint(trained: dict) -> None:
 
 def test_evaluate_reproduces_the_test_metrics(trained: dict) -> None:
     result = trained["result"]
-    out = tuner("evaluate", "--checkpoint", result["best_checkpoint"], "--json")
+    out = run_tuner("evaluate", "--checkpoint", result["best_checkpoint"], "--json")
     assert out.returncode == 0, out.stderr
     metrics = json.loads(out.stdout)["test"]
     assert metrics["kendall_tau"] == pytest.approx(result["test"]["kendall_tau"], abs=1e-4)
@@ -77,7 +69,8 @@ def test_evaluate_runs_in_the_precision_best_here_not_the_checkpoints(
         trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from tuner import hardware, train
+    from tuner import hardware
+    from tuner.training import inference
 
     # a checkpoint trained in bf16 on a machine with native bf16, evaluated on a CPU without it
     stored = torch.load(trained["result"]["best_checkpoint"], map_location="cpu", weights_only=False)
@@ -87,15 +80,15 @@ def test_evaluate_runs_in_the_precision_best_here_not_the_checkpoints(
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     used = []
-    build = train.build_trainer
+    build = inference.build_trainer
 
     def spy(*args: object, **kwargs: object) -> object:
         trainer = build(*args, **kwargs)  # type: ignore[arg-type]
         used.append(trainer.precision)
         return trainer
 
-    monkeypatch.setattr(train, "build_trainer", spy)
-    metrics = train.evaluate(checkpoint)["test"]
+    monkeypatch.setattr(inference, "build_trainer", spy)
+    metrics = inference.evaluate(checkpoint)["test"]
     assert used == ["32-true"] and hardware.best_precision("cpu") == "32-true"
     assert metrics["kendall_tau"] == pytest.approx(trained["result"]["test"]["kendall_tau"], abs=1e-4)
 
@@ -103,7 +96,7 @@ def test_evaluate_runs_in_the_precision_best_here_not_the_checkpoints(
 def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Path) -> None:
     tsv = write_lines(tmp_path / "more.tsv", synthetic_documents(20, seed=99), separator=" | ")  # --set wins
     bar = write_lines(tmp_path / "more.txt.lines", synthetic_documents(20, seed=99), separator=" | ")
-    out = tuner("evaluate", "--checkpoint", trained["result"]["best_checkpoint"], "--data", str(tsv),
+    out = run_tuner("evaluate", "--checkpoint", trained["result"]["best_checkpoint"], "--data", str(tsv),
                 "--data", str(bar), "--set", "data.separator= | ", "--json")
     assert out.returncode == 0, out.stderr
     metrics = json.loads(out.stdout)
@@ -115,14 +108,14 @@ def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Pa
 def test_order_puts_a_shuffled_document_in_order(trained: dict, tmp_path: Path) -> None:
     document = synthetic_documents(1, seed=1234, sizes=(5, 5))[0]
     shuffled = [document[i] for i in (3, 0, 4, 2, 1)]
-    out = tuner("order", "--checkpoint", trained["result"]["best_checkpoint"], stdin="\n".join(shuffled) + "\n")
+    out = run_tuner("order", "--checkpoint", trained["result"]["best_checkpoint"], stdin="\n".join(shuffled) + "\n")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert sorted(lines) == sorted(document)
     assert [line.split()[0] for line in lines][:2] == ORDINALS[:2]
     path = tmp_path / "doc.txt"
     path.write_text("\n".join(shuffled))
-    assert tuner("order", "--checkpoint", trained["result"]["best_checkpoint"], str(path)).stdout == out.stdout
+    assert run_tuner("order", "--checkpoint", trained["result"]["best_checkpoint"], str(path)).stdout == out.stdout
 
 
 @pytest.mark.parametrize(
@@ -135,7 +128,7 @@ def test_order_puts_a_shuffled_document_in_order(trained: dict, tmp_path: Path) 
     ],
 )
 def test_bad_input_is_one_clear_line(args: tuple[str, ...], message: str) -> None:
-    out = tuner(*args, cwd=Path(__file__).resolve().parents[1])
+    out = run_tuner(*args, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
@@ -147,7 +140,7 @@ def test_train_on_a_bad_data_file_names_the_line(tmp_path: Path, tiny_bert: str)
     study = tmp_path / "s.toml"
     study.write_text(f'[data]\ntrain = "bad.lower"\nvalidation = "bad.lower"\nseparator = " <eos> "\n'
                      f'[model]\nbackbone = "{tiny_bert}"\n')
-    out = tuner("train", "--study", str(study))
+    out = run_tuner("train", "--study", str(study))
     assert out.returncode == 2
     assert f"{bad}:2: not valid UTF-8" in out.stderr
 
@@ -262,3 +255,11 @@ def test_order_refuses_stdin_that_is_not_utf8(capsys: pytest.CaptureFixture[str]
     monkeypatch.setattr("sys.stdin", stdin)
     err = one_line_error(capsys, ["order", "--checkpoint", "missing.ckpt"])
     assert "standard input:2: not valid UTF-8 (byte 0xff at column 8); re-encode it as UTF-8" in err
+
+
+def test_bad_cli_flags_and_storage(study_dir: Path) -> None:
+    out = run_tuner("run", "--study", "tiny", "--n-trials", "zero", cwd=study_dir)
+    assert out.returncode == 2 and "expected a whole number, got 'zero'" in out.stderr
+    out = run_tuner("run", "--study", "tiny", "--storage", "postgresql://u:hunter2@127.0.0.1:1/x", cwd=study_dir)
+    assert out.returncode == 2 and "cannot open storage postgresql://u:***@127.0.0.1:1/x" in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout

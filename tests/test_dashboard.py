@@ -18,13 +18,14 @@ from conftest import ARTIFACTS
 
 from tuner.dashboard import study_path
 from tuner.errors import TunerError
-from tuner.storage import open_reader, open_storage
+from tuner.storage.rdb import open_storage
+from tuner.storage.reader import open_reader
 
 # A worker as tuner runs one: the same storage settings, trials finishing one after another.
 WRITER = """
 import sys, time
 import optuna
-from tuner.storage import open_storage
+from tuner.storage.rdb import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1], create_schema=False))

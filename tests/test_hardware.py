@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tuner import hardware
-from tuner.config import TrainerConfig, parse_study
+from tuner.config.loader import parse_study
+from tuner.config.schema import TrainerConfig
 from tuner.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ def test_auto_is_the_default_and_the_shipped_studies_use_it() -> None:
     assert TrainerConfig().precision == "auto"
     from pathlib import Path
 
-    from tuner.config import load_study
+    from tuner.config.loader import load_study
 
     for path in sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml")):
         assert load_study(path).trainer.precision == "auto", path

@@ -13,8 +13,10 @@ import time
 
 import optuna
 
-from tuner.storage import SlotLock, open_storage
-from tuner.worker import StopSignals, work
+from tuner.storage.lock import SlotLock
+from tuner.storage.rdb import open_storage
+from tuner.study.worker import work
+from tuner.training.stopping import StopSignals
 
 HEARTBEAT_S, GRACE_S = 1, 10
 

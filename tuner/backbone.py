@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tuner.config import MINILM, BackboneSpec
+from tuner.config.schema import MINILM, BackboneSpec
 from tuner.errors import BackboneError
 
 
@@ -182,14 +182,4 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(repr((marker_id(tokenizer), end_id(tokenizer), tokenizer.pad_token_id)).encode())
     return digest.hexdigest()[:16]
-
-
-def max_positions(config: Any) -> int:
-    """How many tokens the backbone can take."""
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            # RoBERTa reserves two positions for the padding offset.
-            return value - 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else value
-    return 512
 

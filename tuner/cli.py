@@ -21,8 +21,8 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from tuner.config import find_study, load_study
-    from tuner.train import train
+    from tuner.config.loader import find_study, load_study
+    from tuner.training.trainer import train
 
     run = load_study(find_study(args.study), args.set)
     result = train(run, output_dir=args.output)
@@ -42,7 +42,8 @@ def _checkpoint(args: argparse.Namespace) -> str:
         return str(args.checkpoint)
     if not args.study:
         raise TunerError("give --checkpoint PATH or --study NAME")
-    from tuner.runner import best_checkpoint, load_run
+    from tuner.study.queries import best_checkpoint
+    from tuner.study.runner import load_run
 
     return best_checkpoint(load_run(args.study), args.storage)
 
@@ -50,8 +51,9 @@ def _checkpoint(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
-    from tuner.config import find_study
-    from tuner.runner import load_run, run_study, run_workers, trials
+    from tuner.config.loader import find_study
+    from tuner.study.queries import trials
+    from tuner.study.runner import load_run, run_study, run_workers
 
     run = load_run(args.study, args.set)
     if args.workers > 1:
@@ -81,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from tuner.runner import load_run, reap_study
+    from tuner.study.runner import load_run, reap_study
 
     reaped = reap_study(load_run(args.study), args.storage, args.older_than)
     if args.json:
@@ -117,7 +119,8 @@ def _num(value: Any, spec: str = ".2e") -> str:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from tuner.runner import load_run, trials
+    from tuner.study.queries import trials
+    from tuner.study.runner import load_run
 
     rows = trials(load_run(args.study), args.storage)
     print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
@@ -125,7 +128,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from tuner.runner import best, load_run
+    from tuner.study.queries import best
+    from tuner.study.runner import load_run
 
     row = best(load_run(args.study), args.storage)
     if args.json:
@@ -138,7 +142,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from tuner.runner import list_studies
+    from tuner.storage.studies import list_studies
 
     found = list_studies(args.storage)
     if args.json:
@@ -155,13 +159,14 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tuner.config import section_overrides
-    from tuner.train import evaluate
+    from tuner.config.loader import section_overrides
+    from tuner.training.inference import evaluate
 
     data_overrides = section_overrides(args.set, "data", "tuner evaluate")
     results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides)
     if args.study and not args.data and args.split == "test":
-        from tuner.runner import load_run, record_test
+        from tuner.study.queries import record_test
+        from tuner.study.runner import load_run
 
         record_test(load_run(args.study), results["test"], args.storage)
     if args.json:
@@ -173,8 +178,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_order(args: argparse.Namespace) -> int:
-    from tuner.data import decode_lines
-    from tuner.train import order_sentences
+    from tuner.data.readers import decode_lines
+    from tuner.training.inference import order_sentences
 
     if args.file in (None, "-"):
         lines = decode_lines(sys.stdin.buffer.read(), "standard input")
@@ -193,7 +198,7 @@ def cmd_order(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tuner.report import write_report
+    from tuner.report.page import write_report
 
     path, seconds = write_report(args.study, args.output, storage=args.storage, compare=args.compare)
     print(f"wrote {path} in {seconds:.1f} s")

@@ -1,7 +1,7 @@
 """A live dashboard over a study's storage: optuna-dashboard's web UI, served read-only on localhost.
 
 optuna-dashboard (a maintained web UI for Optuna) is given a storage from
-:func:`tuner.storage.open_reader` rather than the URL: on SQLite that is a read-only connection,
+:func:`tuner.storage.reader.open_reader` rather than the URL: on SQLite that is a read-only connection,
 so the dashboard's polling can never hold the write lock that running workers need (the "database
 is locked" crash of optuna-dashboard issue #545), and it never creates a schema. Its editing
 features (notes, deleting a study) fail with "readonly database" instead of touching the study.
@@ -45,7 +45,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def build_app(storage: Any) -> Any:
-    """optuna-dashboard's WSGI application over an opened storage (see :func:`tuner.storage.open_reader`)."""
+    """optuna-dashboard's WSGI application over an opened storage (see :func:`tuner.storage.reader.open_reader`)."""
     try:
         from optuna_dashboard import wsgi
     except ImportError:
@@ -55,7 +55,7 @@ def build_app(storage: Any) -> Any:
 
 def study_path(storage: Any, name: str, url: str) -> str:
     """The dashboard page of study ``name`` (``/dashboard/studies/ID``)."""
-    from tuner.runner import find_study_id
+    from tuner.storage.studies import find_study_id
 
     return f"/dashboard/studies/{find_study_id(storage, name, url)}"
 
@@ -68,8 +68,9 @@ def serve(study: str, storage: str | None = None, host: str = "127.0.0.1", port:
         host: the address to bind; anything but localhost is warned about, since the dashboard has no login.
         port: the TCP port; 0 picks a free one.
     """
-    from tuner.runner import locate_study
-    from tuner.storage import mask, open_reader
+    from tuner.storage.reader import open_reader
+    from tuner.storage.studies import locate_study
+    from tuner.storage.urls import mask
 
     name, url, _ = locate_study(study, storage)
     backend = open_reader(url)

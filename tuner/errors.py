@@ -35,10 +35,17 @@ class PreflightError(TunerError):
 
 
 class Interrupted(BaseException):
-    """Not an error: SIGTERM or SIGINT reached a worker (see :class:`tuner.worker.StopSignals`). A
+    """Not an error: SIGTERM or SIGINT reached a worker (see :class:`tuner.training.stopping.StopSignals`). A
     ``BaseException``, like ``KeyboardInterrupt``, so that code catching ``Exception`` (an objective's
     error handling) lets it through."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class TrialFailed(Exception):
+    """A trial that cannot give a value (a NaN loss, a metric never logged), with the reason recorded on the trial.
+
+    Not a :class:`TunerError`: it is the trial's own failure, and the study goes on.
+    """

@@ -19,10 +19,11 @@ import pytest
 import sqlalchemy
 from conftest import replies_lost, require_server
 from optuna.trial import TrialState
-from test_worker import assert_exact_budget, finish, start_trivial_workers, wait_for
+from processes import assert_exact_budget, finish, start_trivial_workers, wait_for
 from trivial_worker import open_trivial_study
 
-from tuner.worker import _ask, requeue
+from tuner.study.recovery import requeue
+from tuner.study.worker import _ask
 
 
 def test_four_tuner_workers_on_each_backend(study_dir: Path, storage_url: str) -> None:

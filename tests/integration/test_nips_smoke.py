@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import require_shared
 
-from tuner.config import parse_study
-from tuner.train import train
+from tuner.config.loader import parse_study
+from tuner.training.trainer import train
 
 
 def test_brief_training_on_nips_beats_random_order(tmp_path: Path) -> None:

@@ -1,0 +1,172 @@
+"""Study files: shipped ones load, bad ones are named by file, section, key or --set item."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.config.loader import find_study, load_study, parse_study, section_overrides
+from tuner.config.schema import BackboneSpec, RunConfig
+from tuner.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_DATA = "[data]\nbuiltin = 'python-docs'\n"
+
+
+@pytest.mark.parametrize("name", ["demo", "nips", "rocstories"])
+def test_shipped_studies_load(name: str) -> None:
+    run = load_study(find_study(name, root=ROOT))
+    assert run.name == name
+    assert run.model.loss in ("pairwise", "listmle", "mse")
+
+
+def test_relative_data_paths_resolve_against_the_study_file() -> None:
+    run = load_study(ROOT / "studies" / "nips.toml")
+    assert run.data.train == str((ROOT.parent / "shared/data/nips_abstracts/train.lower").resolve())
+
+
+def test_demo_trims_minilm() -> None:
+    run = load_study(ROOT / "studies" / "demo.toml")
+    assert run.model.backbone == BackboneSpec("sentence-transformers/all-MiniLM-L6-v2", {"num_hidden_layers": 2})
+    assert run.model.backbone.label == "sentence-transformers/all-MiniLM-L6-v2[num_hidden_layers=2]"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[data]\nbuiltin = 'python-docs'\nbatch_sise = 4\n", "unknown key 'batch_sise'"),
+        ("[model]\nlearning_rate = 'fast'\n", "model.learning_rate: expected a number"),
+        ("[model]\nloss = 'hinge'\n", "model.loss: unknown loss 'hinge'"),
+        ("[trainer]\nmax_epochs = 0\n", "trainer.max_epochs: must be positive"),
+        ("[trainer]\nmax_epochs = 2.5\n", "trainer.max_epochs: expected a whole number"),
+        ("[trainer]\ndevices = 0\n", "trainer.devices: is the number of devices per trial, 1 or more, got 0"),
+        ("[trainer]\ndevices = 'auto'\n", "trainer.devices: expected a whole number, got 'auto'"),
+        ("[trainer]\nstrategy = 'fsdp'\n", "trainer.strategy: unknown strategy 'fsdp'; use 'auto'"),
+        ("[data]\ntrain = 'a'\n", "data.validation: required with data.train"),
+        ("[data]\npath = 'a'\nhub = 'b'\n", "give exactly one source"),
+        ("[data]\npath = 'a'\nsplit = [0.6, 0.5]\n", "data.split"),
+        ("[data]\npath = 'a'\noverflow = 'drop'\n", "data.overflow: 'drop' is not one of"),
+        ("[modle]\n", "unknown section or key 'modle'"),
+        ("[model]\nbackbone = {name = 'x', layers = 3}\n", "unknown key 'layers'"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_bad_study_files_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text if "[data]" in text else DEMO_DATA + text)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, DEMO_DATA)
+    run = load_study(path, ["model.learning_rate=5e-5", "trainer.max_epochs=7", "data.separator= <eos> "])
+    assert run.model.learning_rate == 5e-5
+    assert run.trainer.max_epochs == 7
+    assert run.data.separator == " <eos> "
+    with pytest.raises(ConfigError, match="model.learning_rate"):
+        load_study(path, ["model.learning_rate=-1"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_study(path, ["learning_rate=1"])
+
+
+def test_missing_study_lists_known_ones(tmp_path: Path) -> None:
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "alpha.toml").write_text("")
+    with pytest.raises(ConfigError, match="known studies: alpha"):
+        find_study("beta", root=tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_study(str(tmp_path / "nothing.toml"))
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "[model]\nloss = 'listmle'\n"])
+def test_a_study_without_data_is_refused(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value) == (f"study file {path} has no [data] section: give data.path, data.train (with "
+                              "data.validation), data.hub, or data.builtin = \"python-docs\" (the offline demo corpus)")
+    with pytest.raises(ConfigError, match="give exactly one source"):
+        parse_study({"data": {}}, name="x")
+    assert load_study(path, ["data.builtin=python-docs"]).data.builtin == "python-docs"
+
+
+def test_a_directory_is_not_a_study_file(tmp_path: Path) -> None:
+    for folder in (tmp_path / "dir.toml", tmp_path / "dir", tmp_path / "studies" / "named.toml"):
+        folder.mkdir(parents=True)
+    for given, folder in ((str(tmp_path / "dir.toml"), tmp_path / "dir.toml"),
+                          (str(tmp_path / "dir"), tmp_path / "dir"), ("named", tmp_path / "studies" / "named.toml")):
+        with pytest.raises(ConfigError) as err:
+            find_study(given, root=tmp_path)
+        assert str(err.value) == f"study file {folder} is a directory, not a file"
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_study(tmp_path / "dir.toml")
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["trainer.nope=1"], "--set trainer.nope=1: [trainer] unknown key 'nope'; known keys: max_epochs"),
+        (["model.learning_rate=1e-4", "model.loss=hinge"], "--set model.loss=hinge: model.loss: unknown loss 'hinge'"),
+        (["modle.loss=1"], "--set modle.loss=1: unknown section or key 'modle'"),
+        (["data.path=x.lines"], "--set data.path=x.lines: data: give exactly one source"),
+        (["trainer.max_epochs=0", "trainer.max_epochs=2"], None),  # the last one wins
+        (["trainer.max_epochs=2", "trainer.max_epochs=0"], "--set trainer.max_epochs=0: trainer.max_epochs: must be"),
+    ],
+)
+def test_set_errors_name_the_set_item(tmp_path: Path, items: list[str], message: str | None) -> None:
+    path = _write(tmp_path, "[data]\ntrain = 'a'\nvalidation = 'b'\n")
+    if message is None:
+        assert load_study(path, items).trainer.max_epochs == 2
+        return
+    with pytest.raises(ConfigError) as err:
+        load_study(path, items)
+    assert str(err.value).startswith(message), err.value
+    assert str(path) not in str(err.value)
+
+
+def test_the_file_is_blamed_for_its_own_errors_and_set_can_fix_them(tmp_path: Path) -> None:
+    path = _write(tmp_path, DEMO_DATA + "[trainer]\nmax_epochs = 0\n")
+    with pytest.raises(ConfigError, match=f"^{path}: trainer.max_epochs: must be positive"):
+        load_study(path, ["model.learning_rate=1e-4"])
+    assert load_study(path, ["trainer.max_epochs=1"]).trainer.max_epochs == 1
+
+
+def test_check_errors_are_blamed_like_the_files(tmp_path: Path) -> None:
+    path = _write(tmp_path, DEMO_DATA)
+
+    def check(run: RunConfig) -> None:
+        if run.model.loss == "mse":
+            raise ConfigError("model.loss: not with this search")
+
+    with pytest.raises(ConfigError, match="^--set model.loss=mse: model.loss: not with this search$"):
+        load_study(path, ["model.loss=mse"], check=check)
+    with pytest.raises(ConfigError, match=f"^{path}: model.loss: not with this search$"):
+        load_study(_write(tmp_path, DEMO_DATA + "[model]\nloss = 'mse'\n"), check=check)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["model.dropout=0.2"], "--set model.dropout=0.2: only data.* keys apply to tuner evaluate"),
+        (["data.nope=1"], "--set data.nope=1: [data] unknown key 'nope'"),
+        (["batch_size=big"], "--set batch_size=big: data.batch_size: expected a whole number, got 'big'"),
+    ],
+)
+def test_section_overrides_name_the_set_item(items: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        section_overrides(items, "data", "tuner evaluate")
+    assert str(err.value).startswith(message), err.value
+
+
+def test_section_overrides_take_short_keys() -> None:
+    assert section_overrides(["separator= | ", "data.batch_size=4"], "data", "tuner evaluate") == {
+        "separator": " | ", "batch_size": 4}

@@ -1,0 +1,71 @@
+"""The objective, through real studies on SQLite: failures recorded, a missing metric, finder results kept."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from tuner.errors import ConfigError
+from tuner.model import losses
+from tuner.study.runner import load_run, open_study, run_study
+
+
+def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def nan_loss(scores: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return scores.sum() * math.nan
+
+    def broken(scores: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the loss exploded on purpose")
+
+    monkeypatch.setitem(losses.LOSSES, "mse", nan_loss)
+    monkeypatch.setitem(losses.LOSSES, "listmle", broken)
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ['study.sampler={type="grid", learning_rate=[2e-3]}', "study.baseline=false",
+                            'search.loss=["pairwise", "mse", "listmle"]', "search.batch_size=[8]",
+                            "study.n_trials=3"])
+    run_study(run, progress=False)
+    by_loss = {t.params["loss"]: t for t in open_study(run).trials}
+    assert by_loss["pairwise"].state == optuna.trial.TrialState.COMPLETE
+    assert by_loss["mse"].state == optuna.trial.TrialState.FAIL
+    assert by_loss["mse"].user_attrs["fail_reason"].startswith("training loss is nan")
+    assert by_loss["listmle"].state == optuna.trial.TrialState.FAIL
+    assert by_loss["listmle"].user_attrs["fail_reason"] == "RuntimeError: the loss exploded on purpose"
+
+
+@pytest.mark.parametrize("mode", ["suggest", "scale"])
+def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", [f'study.lr_finder={{mode="{mode}", num_training=20}}', "study.n_trials=3",
+                            "search.batch_size=[8]", 'study.pruner="none"'])
+    run_study(run, progress=False)
+    study = open_study(run)
+    finders = [t.user_attrs["lr_finder"] for t in study.trials]
+    assert finders[0]["used"] == "baseline"
+    for info, trial in zip(finders[1:], study.trials[1:], strict=True):
+        assert info["mode"] == mode and "reliable" in info and "suggestion" in info
+        # in suggest mode no study attribute holds the curve: the trial keeps it, for reports
+        assert ("lr" in info and len(info["lr"]) == len(info["loss"]) > 0) == (mode == "suggest")
+        expected = trial.params["learning_rate"] if not info["reliable"] else info["suggestion"] * info.get(
+            "multiplier", 1.0)
+        assert trial.user_attrs["lr_used"] == pytest.approx(expected)
+    cached = [k for k in study.user_attrs if k.startswith("lr_finder:")]
+    assert len(cached) == (1 if mode == "scale" else 0)
+    if cached:
+        curve: dict[str, Any] = study.user_attrs[cached[0]]
+        assert len(curve["lr"]) == len(curve["loss"]) > 0
+
+
+def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ['study.metric="val_tau"', "study.n_trials=1"])
+    with pytest.raises(ConfigError, match="study.metric: the model never logs 'val_tau'"):
+        run_study(run, progress=False)  # the pre-flight check finds it before any trial
+    run_study(run, progress=False, check=False)  # a worker of `--workers` does not check again
+    trial = open_study(run).trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")

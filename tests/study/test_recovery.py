@@ -1,0 +1,100 @@
+"""Recovery: slots, retries queued once, stale trials failed and retried, and reaping dead workers' trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import replies_lost
+from optuna.trial import TrialState
+from processes import first_trial_has, start_tuner, tiny_study, wait_for
+from trivial_worker import open_trivial_study
+
+from tuner.study.recovery import fail_stale, reap, requeue, used_slots
+
+
+def test_used_slots_leave_out_failures_that_were_retried(tmp_path: Path) -> None:
+    study = open_trivial_study(f"sqlite:///{tmp_path / 's.db'}", "slots")
+    first = study.ask()
+    first.suggest_float("x", -10, 10)
+    frozen = study.tell(first, state=TrialState.FAIL)
+    assert used_slots(study.get_trials()) == 1
+    assert requeue(study, frozen, max_retries=1)
+    assert used_slots(study.get_trials()) == 1  # the retry holds the failed trial's slot
+    retry = study.ask()
+    assert retry.params == first.params
+    assert not requeue(study, study.tell(retry, state=TrialState.FAIL), max_retries=1)  # limit reached
+    assert used_slots(study.get_trials()) == 1
+
+
+@pytest.mark.parametrize("failures", [1, 6], ids=["optuna-retries", "tuner-retries"])
+@pytest.mark.usefixtures("no_optuna_backoff")
+def test_a_retry_whose_queuing_reply_was_lost_is_queued_once(tmp_path: Path, failures: int) -> None:
+    study = open_trivial_study(f"sqlite:///{tmp_path / 's.db'}", "requeue")
+    first = study.ask()
+    first.suggest_float("x", -10, 10)
+    frozen = study.tell(first, state=TrialState.FAIL)
+    with replies_lost(study._storage._backend.engine, failures) as failed:
+        assert requeue(study, frozen, max_retries=2)
+    assert len(failed) == failures
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert used_slots(study.get_trials()) == 1
+    retry = study.ask()  # the retry, though it inherited the failed trial's creation token
+    assert retry.number == 1 and retry.params == first.params
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_a_stale_trial_is_failed_with_its_reason_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "stale")
+    trial = study.ask()
+    trial.suggest_float("x", -10, 10)
+    trial.set_user_attr("worker", "w9")
+    study._storage.record_heartbeat(trial._trial_id)
+    assert fail_stale(study, max_retries=2) == []  # the heartbeat is fresh
+    monkeypatch.setattr(type(study._storage._backend), "_get_stale_trial_ids", lambda self, study_id: [trial._trial_id])
+    assert fail_stale(study, max_retries=2) == [trial.number]
+    failed, retry = study.get_trials()
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("stale: the heartbeat of "
+                                                                                           "worker w9")
+    assert retry.state == TrialState.WAITING and retry.params == failed.params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed.number
+
+
+def test_reap_fails_trials_of_dead_workers_and_old_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "reap")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, old, alive = study.ask(), study.ask(), study.ask()
+    for trial, pid in ((dead, gone.pid), (old, os.getpid()), (alive, os.getpid())):
+        trial.suggest_float("x", -10, 10)
+        trial.set_user_attr("host", os.uname().nodename)
+        trial.set_user_attr("pid", pid)
+    reaped = reap(study, max_retries=2)
+    assert [r["number"] for r in reaped] == [dead.number] and reaped[0]["retried"]
+    assert "is no longer running" in reaped[0]["reason"]
+    reaped = reap(study, max_retries=0, older_than=1e-9)
+    assert sorted(r["number"] for r in reaped) == [old.number, alive.number]
+    assert not any(r["retried"] for r in reaped)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[old.number].user_attrs["fail_reason"].endswith("retry limit of 0 reached")
+
+
+def test_tuner_reap_fails_a_dead_workers_trial(study_dir: Path) -> None:
+    first = start_tuner(study_dir, "--set=study.heartbeat_interval=0")  # no heartbeats: only reap can tell
+    wait_for(lambda: first_trial_has(study_dir, "trial_dir"), "a running trial", process=first)
+    first.kill()
+    first.wait()
+    out = subprocess.run([sys.executable, "-m", "tuner", "reap", "--study", "tiny", "--json"], cwd=study_dir,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    [reaped] = json.loads(out.stdout)
+    assert reaped["number"] == 0 and reaped["retried"] and "is no longer running" in reaped["reason"]
+    states = [t.state for t in tiny_study(study_dir).trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]

@@ -1,0 +1,217 @@
+"""Studies end to end on a temporary SQLite file, with the tiny backbone, and --workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from processes import LONG_TRIAL, assert_exact_budget, first_trial_has, tiny_study, wait_for
+
+from tuner.cli import main
+from tuner.errors import ConfigError, TunerError
+from tuner.study.queries import trials
+from tuner.study.runner import load_run, open_study, run_study
+
+
+def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.study.runner import load_run, open_study, worker_index
+
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ['study.storage="sqlite:///:memory:"'])
+
+    def first_learning_rates(index: int) -> list[float]:
+        study = open_study(run, worker_index=index)
+        return [study.ask().suggest_float("learning_rate", 1e-5, 3e-3, log=True) for _ in range(3)]
+
+    assert first_learning_rates(0) == first_learning_rates(0)  # one worker alone stays reproducible
+    assert first_learning_rates(0) != first_learning_rates(1)
+    for variable in ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(variable, raising=False)
+    assert worker_index() == 0
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert worker_index() == 3
+    monkeypatch.setenv("TUNER_WORKER_INDEX", "5")
+    assert worker_index() == 5
+
+
+def start_pool(study_dir: Path, n_trials: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tuner", "run", "--study", "tiny", "--workers", "2", *LONG_TRIAL,
+                             f"--set=study.n_trials={n_trials}"],
+                            cwd=study_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def running_pids(study_dir: Path) -> list[int]:
+    if not first_trial_has(study_dir):
+        return []
+    return [t.user_attrs["pid"] for t in tiny_study(study_dir).get_trials(states=(TrialState.RUNNING,))
+            if "start_step" in t.user_attrs]
+
+
+def test_workers_flag_forwards_ctrl_c_and_every_trial_is_requeued(study_dir: Path) -> None:
+    pool = start_pool(study_dir, n_trials=4)
+    pids = wait_for(lambda: running_pids(study_dir), "a running trial", timeout=300)
+    pool.send_signal(signal.SIGINT)
+    out, err = pool.communicate(timeout=180)
+    assert pool.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in out + err
+    for pid in pids:  # type: ignore[union-attr]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = tiny_study(study_dir).trials
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert interrupted, ([(t.state, t.user_attrs.get("fail_reason")) for t in trials], out, err)
+    assert all(t.user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry" for t in interrupted)
+    assert sum(t.state == TrialState.WAITING for t in trials) == len(interrupted)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert "[w0] " in out and "[w1] " in out
+
+
+def test_workers_flag_reports_a_dead_worker_and_the_other_finishes_its_trial(study_dir: Path) -> None:
+    pool = start_pool(study_dir, n_trials=2)
+    pids = wait_for(lambda: running_pids(study_dir), "a running trial", timeout=300)
+    os.kill(pids[0], signal.SIGKILL)  # type: ignore[index]
+    out, err = pool.communicate(timeout=600)
+    assert pool.returncode == 1
+    assert "workers exited abnormally" in err and "(exit -9)" in err
+    study = tiny_study(study_dir)
+    assert_exact_budget(study, 2)
+    stale = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(stale) == 1 and stale[0].user_attrs["fail_reason"].startswith("stale:")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    assert "progress: 2/2 finished" in out
+
+
+def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny")
+    summary = run_study(run, progress=False)
+    assert summary.finished == 5 and summary.trials_run == 5
+    study = open_study(run)
+    states = [t.state for t in study.trials]
+    assert len(states) == 5 and optuna.trial.TrialState.PRUNED in states
+    baseline = study.trials[0]
+    assert baseline.user_attrs["baseline"] and baseline.params == {"learning_rate": 3e-5, "batch_size": 8}
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        assert {"val_kendall_tau", "val_pmr", "val_acc", "val_loss", "epochs", "lr_used", "lr_finder", "wall_s",
+                "host", "pid", "worker", "seed", "data_fingerprint", "checkpoint", "versions"} <= set(attrs)
+        assert attrs["versions"]["optuna"] == optuna.__version__
+        # the study asks 32-true; the machine it ran on is recorded with what decided
+        assert attrs["hardware"]["precision"] == "32-true" and attrs["hardware"]["precision_asked"] == "32-true"
+        assert {"cpu_model", "cpu_capability", "amx", "avx512_bf16", "torch_threads", "gpu"} <= set(attrs["hardware"])
+        assert Path(attrs["checkpoint"]).is_file()
+        assert trial.value == max(r["val_kendall_tau"] for r in attrs["history"])
+        # two validations per epoch, each reported at its own step (no collisions at step = epoch)
+        assert sorted(trial.intermediate_values) == list(range(len(attrs["history"])))
+        assert len(attrs["history"]) == 2 * attrs["epochs"]
+        assert (Path(attrs["trial_dir"]) / "logs" / "metrics.csv").is_file()
+    # a second run resumes to the budget and no further
+    assert run_study(run, progress=False).trials_run == 0
+    assert run_study(run, n_trials=6, progress=False).trials_run == 1
+    assert len(open_study(run).trials) == 6
+
+
+def test_timeout_stops_after_the_current_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    summary = run_study(load_run("tiny"), timeout=0.05, progress=False)  # any trial takes longer
+    assert summary.trials_run == 1 and summary.finished == 1
+
+
+QUICK = ["--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=2", "--set",
+         "trainer.limit_val_batches=1", "--set", 'study.pruner="none"']
+
+
+def test_an_error_of_the_study_in_a_trial_stops_the_run_and_spends_nothing(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker of `--workers` skips the pre-flight check: a data file gone then fails its first trial, and
+    stops it. Once the file is back, `tuner run` carries on to the budget, the baseline first."""
+    monkeypatch.chdir(study_dir)
+    train = study_dir / "train.lower"
+    train.rename(study_dir / "train.away")
+    code = main(["run", "--study", "tiny", "--worker-id", "w0", "--set", "study.n_trials=2", *QUICK])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[-1] == f"tuner: error: data file {train} does not exist", err
+    run = load_run("tiny")
+    failed, queued = open_study(run).trials
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["study_error"]
+    assert failed.user_attrs["fail_reason"] == f"DataError: data file {train} does not exist"
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["baseline"]
+
+    (study_dir / "train.away").rename(train)
+    assert main(["run", "--study", "tiny", "--set", "study.n_trials=2", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "study tiny in sqlite:///" in out and ": 2/2 trials finished, 2 run now" in out
+    failed, baseline, sampled = open_study(run).trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert baseline.user_attrs["retry_of"] == 0 and baseline.params == {"learning_rate": 3e-5, "batch_size": 8}
+    assert baseline.state == sampled.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_the_same_failure_three_times_in_a_row_stops_the_run(
+        study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.model.orderer import SentenceOrderer
+
+    def broken(self: SentenceOrderer) -> None:
+        raise RuntimeError("the optimizer is broken on purpose")
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.setattr(SentenceOrderer, "configure_optimizers", broken)  # training only: the check passes
+    code = main(["run", "--study", "tiny", "--set", "study.n_trials=5", *QUICK])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines()[-1] == ("tuner: error: 3 trials in a row failed with the same error: "
+                                             "RuntimeError: the optimizer is broken on purpose; stopping")
+    assert "3/5 trials finished, 3 run now" in captured.out
+    trials = open_study(load_run("tiny")).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3
+
+
+def test_a_new_storage_never_overwrites_an_earlier_studys_trials(study_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    first = load_run("tiny", ["study.n_trials=1"])
+    run_study(first, progress=False)
+    second = load_run("tiny", ["study.n_trials=1", f'study.storage="sqlite:///{study_dir / "other.db"}"'])
+    run_study(second, progress=False)
+    old, new = open_study(first).trials[0].user_attrs, open_study(second).trials[0].user_attrs
+    assert old["trial_dir"] != new["trial_dir"] and new["trial_dir"].endswith("trial-0000-2")
+    assert Path(old["checkpoint"]).is_file() and Path(new["checkpoint"]).is_file()
+
+
+def test_reopening_with_another_metric_is_refused(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    open_study(load_run("tiny"))
+    with pytest.raises(TunerError, match="optimises val_kendall_tau, not val_pmr"):
+        open_study(load_run("tiny", ['study.metric="val_pmr"']))
+    with pytest.raises(TunerError, match="is to maximize, not minimize"):
+        open_study(load_run("tiny", ['study.direction="minimize"']))
+    with pytest.raises(TunerError, match="no study 'other'"):
+        trials(load_run("tiny", ['study.name="other"']))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('study.sampler="annealing"', "unknown sampler 'annealing'"),
+        ('study.pruner="early"', "unknown pruner 'early'"),
+        ('study.pruner={type="median", warmup=3}', "study.pruner: median does not take these options"),
+        ("search.batch_size=[]", "search.batch_size: the list of choices is empty"),
+        ("search.learning_rate=[1e-3, 1e-5]", "search.learning_rate: needs 0 < low <= high"),
+        ('study.lr_finder="maybe"', "unknown mode 'maybe'"),
+        ("study.n_trials=0", "study.n_trials: must be positive"),
+        ("study.colour=1", "unknown key 'colour'"),
+    ],
+)
+def test_bad_study_sections_name_file_and_key(study_dir: Path, monkeypatch: pytest.MonkeyPatch, override: str,
+                                              message: str) -> None:
+    monkeypatch.chdir(study_dir)
+    with pytest.raises(ConfigError) as err:
+        load_run("tiny", [override])
+    assert message in str(err.value) and str(err.value).startswith(f"--set {override}: ")

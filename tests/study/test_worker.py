@@ -1,0 +1,185 @@
+"""The worker loop: exact budgets across processes, signals, errors of the study, and resuming a retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from processes import (
+    assert_exact_budget,
+    assert_resumed,
+    finish,
+    first_trial_has,
+    start_trivial_workers,
+    start_tuner,
+    tiny_study,
+    wait_for,
+)
+from trivial_worker import open_trivial_study
+
+from tuner.errors import DataError
+from tuner.storage.lock import SlotLock
+from tuner.study.recovery import used_slots
+from tuner.study.runner import _progress_line
+from tuner.study.worker import work
+from tuner.training.stopping import StopSignals
+
+
+def test_four_workers_share_one_budget_exactly(storage_url: str) -> None:
+    name = f"budget-{uuid.uuid4().hex[:8]}"
+    study = open_trivial_study(storage_url, name)
+    try:
+        results = finish(start_trivial_workers(storage_url, name, 40, k=4, seconds=0.02))
+        assert all(code == 0 for code, _, _ in results), results
+        assert sum(json.loads(out)["ran"] for _, out, _ in results) == 40
+        assert_exact_budget(study, 40)
+        assert all(t.state == TrialState.COMPLETE for t in study.trials)
+        workers = {t.user_attrs["pid"] for t in study.trials}
+        assert len(workers) > 1  # the work was shared
+    finally:
+        optuna.delete_study(study_name=name, storage=storage_url)
+
+
+def test_eight_sqlite_workers_never_see_a_locked_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    study = open_trivial_study(url, "busy")
+    results = finish(start_trivial_workers(url, "busy", 120, k=8))
+    assert all(code == 0 for code, _, _ in results), results
+    assert not [err for _, _, err in results if "locked" in err]
+    assert_exact_budget(study, 120)
+
+
+def test_the_worker_loop_stops_on_a_signal_and_requeues_the_trial(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "signal")
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if trial.number == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted: the handler raises at once outside deferred code
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 10, lock=SlotLock(url, "signal"), signals=signals)
+    assert result.interrupted == "SIGTERM" and result.ran == 2
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "lightning-exit")
+    with StopSignals() as signals:
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.suggest_float("x", -10, 10)
+            with signals.deferred():  # as inside training, where Lightning may see the signal first
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise SIGTERMException  # a SystemExit
+
+        result = work(study, objective, 10, lock=SlotLock(url, "lightning-exit"), signals=signals)
+    assert result.interrupted == "SIGTERM"
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+
+
+def test_an_error_of_the_study_stops_the_worker_and_spends_no_budget(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "study-error")
+    study.enqueue_trial({"x": 1.0}, user_attrs={"baseline": True})
+
+    def missing_data(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        raise DataError("data file train.txt does not exist")
+
+    with StopSignals() as signals, pytest.raises(DataError, match="train.txt does not exist"):
+        work(study, missing_data, 3, lock=SlotLock(url, "study-error"), signals=signals)
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["study_error"]
+    assert failed.user_attrs["fail_reason"] == "DataError: data file train.txt does not exist"
+    assert queued.state == TrialState.WAITING and queued.params == {"x": 1.0} and queued.user_attrs["baseline"]
+    assert used_slots(study.trials) == 1  # the queued trial; the failure is not counted
+    with StopSignals() as signals:  # the data are back: the study runs to its budget
+        result = work(study, lambda t: t.suggest_float("x", -10, 10), 3, lock=SlotLock(url, "study-error"),
+                      signals=signals)
+    assert result.ran == 3 and result.repeated_failure is None
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    retry = study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["baseline"] and retry.params == {"x": 1.0}
+    assert not retry.user_attrs.get("study_error") and not retry.user_attrs.get("fail_reason")
+    assert used_slots(study.trials) == 3
+    assert _progress_line(study.trials, 3) == "3/3 finished (3 complete, 0 pruned, 0 failed), 0 running"
+
+
+def test_the_same_failure_three_times_in_a_row_stops_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "same-failure")
+    errors = iter(["one", "two", "one", None, "one", "one", "one", "one"])
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        error = next(errors)
+        if error is not None:
+            raise RuntimeError(f"{error}\nsecond line")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 20, lock=SlotLock(url, "same-failure"), signals=signals)
+    assert result.ran == 7  # "one" after "two", or after a success, starts the count again
+    assert result.repeated_failure == "3 trials in a row failed with the same error: RuntimeError: one"
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 6
+
+
+def test_grid_exhaustion_ends_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_trivial_study(url, "unused")._storage
+    study = optuna.create_study(study_name="grid", storage=storage,
+                                sampler=optuna.samplers.GridSampler({"x": [1.0, 2.0, 3.0]}))
+    with StopSignals() as signals:
+        result = work(study, lambda t: t.suggest_float("x", 0, 5), 10, lock=SlotLock(url, "grid"), signals=signals)
+    assert result.ran == 3 and len(study.trials) == 3
+
+
+def test_a_killed_workers_trial_is_retried_by_another_and_resumes(study_dir: Path) -> None:
+    first = start_tuner(study_dir)
+    last = study_dir / "runs" / "tiny" / "trial-0000" / "checkpoints" / "last.ckpt"
+    wait_for(last.is_file, "the first checkpoint", process=first)
+    first.kill()
+    first.wait()
+    second = start_tuner(study_dir)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    original, retry = tiny_study(study_dir).trials
+    assert original.state == TrialState.FAIL
+    assert original.user_attrs["fail_reason"].startswith("stale: the heartbeat of worker")
+    assert original.user_attrs["fail_reason"].endswith("queued for retry")
+    assert_resumed(retry, original)
+    assert "1/1 trials finished" in out
+
+
+def test_sigterm_ends_the_trial_cleanly_and_its_retry_resumes(study_dir: Path) -> None:
+    first = start_tuner(study_dir)
+    wait_for(lambda: first_trial_has(study_dir, "start_step"), "training to start", process=first)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    interrupted, queued = tiny_study(study_dir).trials
+    assert interrupted.user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+    assert interrupted.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    second = start_tuner(study_dir)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    assert_resumed(tiny_study(study_dir).trials[1], interrupted)

@@ -1,0 +1,1 @@
+"""One Optuna trial: the search space, the objective, the pruning callback and the judged LR finder."""

@@ -1,0 +1,236 @@
+"""One Optuna trial: sample settings, find a learning rate, train with pruning, record everything.
+
+:class:`Objective` is what a worker calls with each trial. It resumes a retried trial from its
+checkpoint, records the settings, the hardware and the validation history as user attributes, and
+turns a trial that cannot give a value into :class:`tuner.errors.TrialFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from tuner import hardware
+from tuner.config.schema import RunConfig
+from tuner.data.module import SentenceOrderingData
+from tuner.errors import Interrupted, TrialFailed
+from tuner.hpo import search
+from tuner.hpo.lr_finder import run_finder
+from tuner.hpo.pruning import ReportingPruningCallback
+from tuner.keys import FINDER_ATTR
+from tuner.model.orderer import SentenceOrderer
+from tuner.training import distributed
+from tuner.training.stopping import StopOnSignal, StopSignals
+from tuner.training.trainer import ValidationHistory, build_trainer
+
+log = logging.getLogger(__name__)
+
+
+class NaNGuard(Callback):
+    """Stop a trial as soon as the training loss is NaN or infinite."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise TrialFailed(f"training loss is {float(loss)} at step {trainer.global_step}")
+
+
+class Objective:
+    """``trial -> best validation tau``, for ``study.optimize``.
+
+    Args:
+        run: the study file's settings (with ``[study]`` and ``[search]``).
+        output_dir: where each trial's folder is made (``trial-0007/``).
+        progress: show Lightning's progress bar inside each trial.
+        signals: the worker's signal handling; training stops cleanly at the next batch on a signal.
+    """
+
+    def __init__(self, run: RunConfig, output_dir: Path, progress: bool = False,
+                 signals: StopSignals | None = None) -> None:
+        self.run = run
+        self.output_dir = output_dir
+        self.progress = progress
+        self.signals = signals or StopSignals()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        resume = _resume_point(trial)
+        root = _fresh_dir(self.output_dir / f"trial-{trial.number:04d}")
+        trial.set_user_attr("trial_dir", str(root))
+        trial.set_user_attr("versions", _versions())
+        try:
+            return self._train(trial, root, started, resume)
+        except (optuna.TrialPruned, Interrupted):
+            trial.set_user_attr("wall_s", time.perf_counter() - started)
+            raise
+        except TrialFailed as err:
+            self._fail(trial, str(err), started)
+            raise
+        except torch.cuda.OutOfMemoryError as err:
+            self._fail(trial, f"out of memory (infeasible): {str(err).splitlines()[0]}", started)
+            raise
+        except Exception as err:
+            if self.signals.signum is not None:
+                # stopped by the signal in its own way (Lightning's SIGTERMException, a DDP rank's error)
+                raise Interrupted(self.signals.signum) from err
+            message = str(err).splitlines()[0] if str(err) else ""
+            reason = f"{type(err).__name__}: {message}"
+            if "out of memory" in message.lower():
+                reason = f"out of memory (infeasible): {message}"
+            self._fail(trial, reason, started)
+            raise
+
+    def _fail(self, trial: optuna.Trial, reason: str, started: float) -> None:
+        trial.set_user_attr("fail_reason", reason)  # the worker logs it as it stores the failure
+        trial.set_user_attr("wall_s", time.perf_counter() - started)
+
+    def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:
+        run = search.sample(trial, self.run)
+        seed = run.trainer.seed + trial.number
+        pl.seed_everything(seed, workers=True, verbose=False)
+        trial.set_user_attr("seed", seed)
+        # what the trial ran on, and the precision that decided: figures differ many times between CPUs
+        trial.set_user_attr("hardware", hardware.describe(run.trainer.precision, run.trainer.accelerator))
+        data = SentenceOrderingData(run.data, run.model.backbone.name)
+        data.setup("fit")
+        trial.set_user_attr("data_fingerprint", data.fingerprint)
+        model = SentenceOrderer.from_config(run.model)
+        trial.set_user_attr("setup_s", time.perf_counter() - started)
+        if resume is not None and "lr_used" in trial.user_attrs:
+            # a retry resuming its predecessor's checkpoint trains on with the same learning rate
+            learning_rate, finder = float(trial.user_attrs["lr_used"]), trial.user_attrs.get("lr_finder", {})
+        else:
+            learning_rate, finder = self._learning_rate(trial, run, data, root)
+        model.learning_rate = learning_rate
+        model.hparams["learning_rate"] = learning_rate
+        trial.set_user_attr("lr_used", learning_rate)
+        trial.set_user_attr("lr_finder", finder)
+        model.run_settings = {"study": run.name, "trial": trial.number, "trainer": asdict(run.trainer)}
+
+        history = ValidationHistory()
+        # `last.ckpt` (every validation, and on a signal) is what a retry of this trial resumes from
+        checkpoint = ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="best", save_last=True,
+                                     monitor=run.study.metric, mode=run.study.direction[:3], save_top_k=1)
+        pruning = ReportingPruningCallback(trial, run.study.metric)
+        stop = StopOnSignal(self.signals, root / "checkpoints" / "last.ckpt", trial)
+        trainer = build_trainer(run.trainer, root, [checkpoint, history, pruning, NaNGuard(), stop],
+                                logger=_loggers(root), progress=self.progress)
+        if resume is not None:
+            trial.set_user_attr("resumed_from", str(resume))
+        fit_started = time.perf_counter()
+        try:
+            with self.signals.deferred():
+                # trainer.fit, with pruning across DDP ranks
+                distributed.fit(trainer, model, data, trial, ckpt_path=str(resume) if resume else None)
+            self.signals.check()
+        finally:
+            trial.set_user_attr("fit_s", time.perf_counter() - fit_started)
+            trial.set_user_attr("epochs", trainer.current_epoch)
+            trial.set_user_attr("history", history.records)
+            trial.set_user_attr("checkpoint", checkpoint.best_model_path or None)
+            trial.set_user_attr("wall_s", time.perf_counter() - started)
+        if not history.records:
+            raise TrialFailed("no validation ran; check trainer.limit_val_batches and val_check_interval")
+        chosen = history.best(run.study.metric) if run.study.objective == "best" else history.records[-1]
+        for key, value in chosen.items():
+            if key.startswith("val_"):
+                trial.set_user_attr(key, value)
+        value = float(chosen[run.study.metric])
+        if math.isnan(value):
+            raise TrialFailed(f"{run.study.metric} is NaN")
+        return value
+
+    def _learning_rate(self, trial: optuna.Trial, run: RunConfig, data: SentenceOrderingData,
+                       root: Path) -> tuple[float, dict[str, Any]]:
+        """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
+        sampled = run.model.learning_rate
+        mode = run.study.lr_finder.mode
+        if mode == "off" or trial.user_attrs.get("baseline"):
+            # the baseline trial keeps the original design's learning rate, whatever the mode
+            return sampled, {"mode": mode, "used": "sampled" if mode == "off" else "baseline"}
+        key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
+        cached = trial.study.user_attrs.get(key) if mode == "scale" else None
+        ran_here = cached is None
+        if cached is None:
+            cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root, self.signals)
+            if mode == "scale":
+                trial.study.set_user_attr(key, cached)
+        trial.set_user_attr("finder_s", cached["seconds"] if ran_here else 0.0)
+        info = {"mode": mode, "key": key, "cached": not ran_here,
+                **{k: cached[k] for k in ("suggestion", "reliable", "reason", "seconds")}}
+        if mode == "suggest":
+            # no study attribute holds this trial's curve: keep it here for `tuner report`
+            info.update(lr=cached["lr"], loss=cached["loss"])
+        if not cached["reliable"]:
+            log.warning("LR finder unreliable for %s (%s); using the sampled learning rate %.3g",
+                        key, cached["reason"], sampled)
+            return sampled, {**info, "used": "sampled (finder unreliable)"}
+        if mode == "suggest":
+            return float(cached["suggestion"]), {**info, "used": "suggestion"}
+        multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
+        return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
+                                                            "multiplier": multiplier}
+
+
+def _resume_point(trial: optuna.Trial) -> Path | None:
+    """The checkpoint a retry resumes from: the newest ``last.ckpt`` among the trials it replaces.
+
+    A retry starts with a copy of the failed trial's attributes, so ``trial_dir`` still names the
+    failed trial's folder here, and ``resume_dirs`` the folders of earlier attempts.
+    """
+    attrs = trial.user_attrs
+    if "retry_of" not in attrs:
+        return None
+    folders = [attrs["trial_dir"]] if attrs.get("trial_dir") else []
+    folders += [f for f in attrs.get("resume_dirs", []) if f not in folders]
+    trial.set_user_attr("resume_dirs", folders)
+    for folder in folders:
+        last = Path(folder) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last
+    return None
+
+
+def _fresh_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... when an earlier study of the same name left files there."""
+    candidate, n = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("tuner", "torch", "lightning", "optuna", "optuna-integration", "transformers", "datasets"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _loggers(root: Path) -> list[Logger]:
+    """CSV logs always; TensorBoard too when it is installed (one TensorBoard can open the whole study)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers: list[Logger] = [CSVLogger(str(root), name="logs", version="")]
+    try:
+        loggers.append(TensorBoardLogger(str(root), name="tensorboard", version=""))
+    except ModuleNotFoundError:
+        log.debug("tensorboard is not installed: CSV logs only")
+    return loggers

@@ -1,0 +1,104 @@
+"""The search space: Optuna samplers and pruners from the study file, and sampling one trial's settings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import optuna
+
+from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
+from tuner.errors import ConfigError
+
+BASELINE_LEARNING_RATE = 3e-5  # the original design's learning rate, enqueued as trial 0
+
+
+def build_sampler(config: SamplerConfig, run: RunConfig) -> optuna.samplers.BaseSampler:
+    """The configured sampler. TPE is multivariate with a constant liar (parallel workers spread out)."""
+    options = dict(config.options)
+    try:
+        if config.type == "tpe":
+            options.setdefault("multivariate", True)
+            options.setdefault("constant_liar", True)
+            return optuna.samplers.TPESampler(seed=config.seed, **options)
+        if config.type == "random":
+            return optuna.samplers.RandomSampler(seed=config.seed, **options)
+        if config.type == "gp":
+            return optuna.samplers.GPSampler(seed=config.seed, **options)
+        return optuna.samplers.GridSampler(_grid(run, options.pop("learning_rate", None)), seed=config.seed, **options)
+    except TypeError as err:
+        raise ConfigError(f"study.sampler: {config.type} does not take these options: {err}") from None
+
+
+def _grid(run: RunConfig, learning_rates: Any) -> dict[str, list[Any]]:
+    if not isinstance(learning_rates, list) or not learning_rates:
+        raise ConfigError("study.sampler: the grid sampler needs learning_rate = [values, ...] among its options")
+    grid: dict[str, list[Any]] = {"learning_rate": [float(v) for v in learning_rates]}
+    for key, values in choices(run).items():
+        grid[key] = list(values)
+    return grid
+
+
+def build_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner; ``patient`` wraps a median pruner."""
+    options = dict(config.options)
+    try:
+        if config.type == "median":
+            return optuna.pruners.MedianPruner(**options)
+        if config.type == "percentile":
+            return optuna.pruners.PercentilePruner(options.pop("percentile", 25.0), **options)
+        if config.type == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(**options)
+        if config.type == "hyperband":
+            return optuna.pruners.HyperbandPruner(**options)
+        if config.type == "patient":
+            return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(), patience=options.pop("patience", 1),
+                                                **options)
+        return optuna.pruners.NopPruner()
+    except TypeError as err:
+        raise ConfigError(f"study.pruner: {config.type} does not take these options: {err}") from None
+
+
+def choices(run: RunConfig) -> dict[str, tuple[Any, ...]]:
+    """The categorical parameters searched, with backbones as their labels."""
+    space = run.search
+    found: dict[str, tuple[Any, ...]] = {}
+    if space.backbone:
+        found["backbone"] = tuple(b.label for b in space.backbone)
+    for key in ("batch_size", "loss", "max_epochs"):
+        if getattr(space, key):
+            found[key] = tuple(getattr(space, key))
+    return found
+
+
+def baseline_params(run: RunConfig) -> dict[str, Any]:
+    """The original design's defaults: learning rate 3e-5 with the first of every choice."""
+    params: dict[str, Any] = {"learning_rate": BASELINE_LEARNING_RATE}
+    params.update({key: values[0] for key, values in choices(run).items()})
+    return params
+
+
+def sample(trial: optuna.Trial, run: RunConfig) -> RunConfig:
+    """The trial's settings: ``run`` with every searched key replaced by a sampled value.
+
+    The learning rate is sampled here too; :mod:`tuner.hpo.lr_finder` may replace it with the LR
+    finder's result (see ``study.lr_finder.mode``).
+    """
+    space = run.search
+    model, data, trainer = run.model, run.data, run.trainer
+    picked = {key: trial.suggest_categorical(key, values) for key, values in choices(run).items()}
+    if "backbone" in picked:
+        model = replace(model, backbone=next(b for b in space.backbone if b.label == picked["backbone"]))
+    if "loss" in picked:
+        model = replace(model, loss=picked["loss"])
+    if "batch_size" in picked:
+        data = replace(data, batch_size=picked["batch_size"])
+    if "max_epochs" in picked:
+        trainer = replace(trainer, max_epochs=picked["max_epochs"])
+    if space.weight_decay is not None:
+        model = replace(model, weight_decay=trial.suggest_float("weight_decay", *space.weight_decay))
+    if space.warmup is not None:
+        model = replace(model, warmup=trial.suggest_float("warmup", *space.warmup))
+    learning_rate = trial.suggest_float("learning_rate", *space.learning_rate, log=True)
+    model = replace(model, learning_rate=learning_rate)
+    return replace(run, model=model, data=data, trainer=trainer)

@@ -1,0 +1,27 @@
+"""Names that several layers share: the attributes a trial or a study carries, and the default metric.
+
+Each value has this one owner. Writers (the objective, the worker, the storage) and readers (the
+report, the CLI) import it from here, so a report never needs the module that wrote an attribute.
+"""
+
+from __future__ import annotations
+
+# The metric a study optimises unless its `[study] metric` says otherwise, and the metric names that
+# training logs for each split (`val_kendall_tau`, `test_pmr`, ...).
+OBJECTIVE = "val_kendall_tau"
+METRICS = ("kendall_tau", "pmr", "acc", "loss")
+
+# The losses a study may choose (`[model] loss`, `[search] loss`); tuner.model.losses implements each.
+PAIRWISE, LISTMLE, MSE = "pairwise", "listmle", "mse"
+LOSSES = (PAIRWISE, LISTMLE, MSE)
+
+# Study user attributes
+FINDER_ATTR = "lr_finder:"  # prefix of cached LR-finder results, by backbone and batch size (scale mode)
+TEST_ATTR = "test:"  # prefix of a trial's test metrics, set by `tuner evaluate --study`
+
+# Trial user attributes
+STUDY_ERROR_ATTR = "study_error"  # a trial failed by an error of the study itself
+RANKS_ATTR = "ddp_ranks"  # one fingerprint per DDP rank
+
+# Trial system attributes
+TOKEN_ATTR = "tuner:create_token"  # names the storage call that created the trial (see tuner.storage.rdb)

@@ -1,0 +1,1 @@
+"""The sentence-ordering LightningModule (:mod:`.orderer`), its losses and its metrics."""

@@ -1,0 +1,287 @@
+"""The report's data: pure functions from trials to plain values, which the tests check.
+
+Computing and drawing are apart, as in ``optuna.visualization``: the ``*_data`` functions here and in
+:mod:`tuner.report.tables` take ``FrozenTrial`` lists (and the study's attributes) and return plain
+values; :mod:`tuner.report.figures` draws them. Nothing in the report imports torch, so ``tuner
+report`` starts in a second. This module holds the headline, history, learning curves, pruning savings
+and LR-finder data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.keys import FINDER_ATTR, TEST_ATTR
+from tuner.report.snapshot import DEFAULT_LABEL, StudySnapshot
+from tuner.storage.records import best_trial
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (attributes may hold anything, NaN included)."""
+    return float(value) if finite(value) else None
+
+
+def duration_s(trial: FrozenTrial, now: datetime | None = None) -> float | None:
+    """Compute time of a trial: its recorded ``wall_s``, else start to end (to ``now`` while running)."""
+    wall = _number(trial.user_attrs.get("wall_s"))
+    if wall is not None:
+        return wall
+    end = trial.datetime_complete or (now if trial.state == TrialState.RUNNING else None)
+    if trial.datetime_start and end:
+        return max(0.0, (end - trial.datetime_start).total_seconds())
+    return None
+
+
+def choice(trial: FrozenTrial, key: str, defaults: Mapping[str, Any]) -> Any:
+    """A sampled parameter, else the study file's fixed setting, else a plain placeholder."""
+    if key in trial.params:
+        return trial.params[key]
+    return defaults.get(key, DEFAULT_LABEL)
+
+
+def state_label(trial: FrozenTrial) -> str:
+    """The state name, with failures of a lost worker (``stale``) or a stopped one (``interrupted``) told apart."""
+    if trial.state == TrialState.FAIL:
+        reason = str(trial.user_attrs.get("fail_reason") or "")
+        for kind in ("stale", "interrupted"):
+            if reason.startswith(kind):
+                return f"FAIL ({kind})"
+    return trial.state.name
+
+
+def _better(direction: str) -> Any:
+    return max if direction == "maximize" else min
+
+
+def summary_data(snapshot: StudySnapshot) -> dict[str, Any]:
+    """The header: trial counts by state, the best trial, its test metrics if evaluated, total compute."""
+    trials = snapshot.trials
+    counts = Counter(t.state.name for t in trials)
+    best = best_trial(trials, snapshot.direction)
+    compute = sum(d for t in trials if (d := duration_s(t, snapshot.taken_at)) is not None)
+    finished = sum(counts[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
+    result: dict[str, Any] = {
+        "study": snapshot.name, "storage": snapshot.storage, "metric": snapshot.metric,
+        "direction": snapshot.direction, "trials": len(trials), "finished": finished,
+        "states": {s.name: counts[s.name] for s in TrialState if counts[s.name]},
+        "compute_s": compute, "best": None, "test": None,
+    }
+    if best is not None:
+        params = dict(best.params)
+        if finite(best.user_attrs.get("lr_used")):
+            params["learning_rate"] = best.user_attrs["lr_used"]
+        for key in ("backbone", "batch_size"):
+            params.setdefault(key, choice(best, key, snapshot.defaults))
+        result["best"] = {"number": best.number, "value": best.value, "params": params,
+                          "val_pmr": best.user_attrs.get("val_pmr")}
+        result["test"] = _test_metrics(best, snapshot.user_attrs)
+    return result
+
+
+def _test_metrics(trial: FrozenTrial, study_attrs: Mapping[str, Any]) -> dict[str, float] | None:
+    recorded = study_attrs.get(f"{TEST_ATTR}{trial.number}")
+    if isinstance(recorded, Mapping) and finite(recorded.get("kendall_tau")):
+        return {k: float(v) for k, v in recorded.items() if finite(v)}
+    if finite(trial.user_attrs.get("test_tau")):
+        found = {"kendall_tau": float(trial.user_attrs["test_tau"])}
+        if finite(trial.user_attrs.get("test_pmr")):
+            found["pmr"] = float(trial.user_attrs["test_pmr"])
+        return found
+    return None
+
+
+def history_data(trials: Sequence[FrozenTrial], direction: str = "maximize") -> dict[str, list[Any]]:
+    """Each complete or pruned trial's value by number, and the best complete value so far."""
+    points: dict[str, list[Any]] = {"complete": [], "pruned": [], "best": []}
+    better = _better(direction)
+    best: float | None = None
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.value is None or not finite(trial.value):
+            continue
+        if trial.state == TrialState.COMPLETE:
+            points["complete"].append((trial.number, float(trial.value)))
+            best = float(trial.value) if best is None else better(best, float(trial.value))
+            points["best"].append((trial.number, best))
+        elif trial.state == TrialState.PRUNED:
+            points["pruned"].append((trial.number, float(trial.value)))
+    return points
+
+
+def validations_per_epoch(trials: Iterable[FrozenTrial]) -> int:
+    """How many validations ran per epoch: the most any trial's history holds for one epoch."""
+    most = 1
+    for trial in trials:
+        counts = Counter(r.get("epoch") for r in _history(trial))
+        most = max(most, *counts.values()) if counts else most
+    return most
+
+
+def _history(trial: FrozenTrial) -> list[Mapping[str, Any]]:
+    history = trial.user_attrs.get("history")
+    return [r for r in history if isinstance(r, Mapping)] if isinstance(history, list) else []
+
+
+def curve_points(trial: FrozenTrial, metric: str, per_epoch: int) -> list[tuple[float, float]]:
+    """``(epochs trained, metric)`` at each of the trial's validations.
+
+    The history records each validation's epoch index; the ``k``-th of ``per_epoch`` validations of
+    epoch ``e`` ran after ``e + k / per_epoch`` epochs of training.
+    """
+    seen: Counter[Any] = Counter()
+    points = []
+    for record in _history(trial):
+        epoch = record.get("epoch")
+        if not isinstance(epoch, int):
+            continue
+        seen[epoch] += 1
+        value = _number(record.get(metric))
+        if value is not None:
+            points.append((epoch + seen[epoch] / per_epoch, value))
+    return points
+
+
+def learning_curves_data(trials: Sequence[FrozenTrial], metric: str,
+                         defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validation ``metric`` by epoch for every trial, grouped by backbone, and where pruned trials stopped."""
+    per_epoch = validations_per_epoch(trials)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    stops = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        points = curve_points(trial, metric, per_epoch)
+        if not points:
+            continue
+        backbone = str(choice(trial, "backbone", defaults or {}))
+        groups[backbone].append({"number": trial.number, "state": trial.state.name, "points": points})
+        if trial.state == TrialState.PRUNED:
+            stops.append({"number": trial.number, "backbone": backbone, "x": points[-1][0], "y": points[-1][1]})
+    return {"per_epoch": per_epoch, "backbones": dict(groups), "pruned": stops}
+
+
+def epochs_run(trial: FrozenTrial, per_epoch: int = 1) -> float:
+    """Epochs a trial trained: from its last validation, else its ``epochs`` attribute."""
+    history = _history(trial)
+    if history:
+        epoch = history[-1].get("epoch")
+        if isinstance(epoch, int):
+            last = sum(1 for r in history if r.get("epoch") == epoch)
+            return epoch + last / per_epoch
+    return _number(trial.user_attrs.get("epochs")) or 0.0
+
+
+def pruning_savings_data(trials: Sequence[FrozenTrial], max_epochs: int | None = None) -> dict[str, Any]:
+    """Epochs and compute time the study ran, against what it would have run without pruning.
+
+    A pruned trial would have trained to its planned epochs (its sampled ``max_epochs``, else the
+    study's ``max_epochs``, else the most any complete trial ran), at the speed it trained before it
+    was stopped; its set-up time (``wall_s - fit_s``) stays as it was. Complete and failed trials
+    cost the same either way. Running and waiting trials are left out.
+
+    Args:
+        max_epochs: the study's epochs per trial (``trainer.max_epochs``), where known.
+    """
+    per_epoch = validations_per_epoch(trials)
+    finished = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)),
+                      key=lambda t: t.number)
+    if max_epochs is None:
+        ran = [epochs_run(t, per_epoch) for t in finished if t.state == TrialState.COMPLETE]
+        max_epochs = math.ceil(max(ran)) if ran else None
+    rows: list[dict[str, Any]] = []
+    for trial in finished:
+        run = epochs_run(trial, per_epoch)
+        planned_attr = trial.params.get("max_epochs", max_epochs)
+        planned = float(planned_attr) if trial.state == TrialState.PRUNED and planned_attr else run
+        planned = max(planned, run)
+        seconds = duration_s(trial) or 0.0
+        fit = _number(trial.user_attrs.get("fit_s"))
+        fit = seconds if fit is None else fit
+        seconds_planned = seconds
+        if planned > run and run > 0:
+            seconds_planned = seconds - fit + fit * planned / run
+        rows.append({"number": trial.number, "state": trial.state.name, "epochs": run, "epochs_planned": planned,
+                     "seconds": seconds, "seconds_planned": seconds_planned})
+    keys = ("epochs", "epochs_planned", "seconds", "seconds_planned")
+    totals: dict[str, float] = {key: float(sum(r[key] for r in rows)) for key in keys}
+    planned_total = totals["epochs_planned"]
+    totals["epochs_saved_fraction"] = (1 - totals["epochs"] / planned_total) if planned_total else 0.0
+    totals["seconds_saved"] = totals["seconds_planned"] - totals["seconds"]
+    cumulative: dict[str, list[float]] = {key: [] for key in keys}
+    for key, values in cumulative.items():
+        total = 0.0
+        for row in rows:
+            total += float(row[key])
+            values.append(total)
+    return {"rows": rows, "totals": totals, "cumulative": cumulative, "numbers": [r["number"] for r in rows],
+            "pruned": sum(1 for r in rows if r["state"] == "PRUNED")}
+
+
+def _parse_finder_key(key: str) -> tuple[str, str]:
+    body = key[len(FINDER_ATTR):] if key.startswith(FINDER_ATTR) else key
+    backbone, _, batch = body.rpartition("|")
+    return (backbone, batch) if backbone else (body, "")
+
+
+def lr_finder_data(trials: Sequence[FrozenTrial], study_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each (backbone, batch size) finder curve with its suggestion, and the learning rates trials used.
+
+    Curves come from the study's cached results (``scale`` mode) and, where a trial stored its own
+    curve (``suggest`` mode), from the first trial that ran it.
+    """
+    curves: dict[str, dict[str, Any]] = {}
+
+    def add(key: str, result: Mapping[str, Any]) -> None:
+        if key in curves:
+            return
+        pairs = [(float(lr), float(loss)) for lr, loss in zip(result.get("lr") or [], result.get("loss") or [],
+                                                              strict=False) if finite(lr) and finite(loss) and lr > 0]
+        backbone, batch = _parse_finder_key(key)
+        suggestion = result.get("suggestion")
+        curves[key] = {"key": key, "backbone": backbone, "batch_size": batch, "lr": [p[0] for p in pairs],
+                       "loss": [p[1] for p in pairs], "suggestion": _number(suggestion),
+                       "reliable": bool(result.get("reliable")), "reason": str(result.get("reason") or ""),
+                       "used": []}
+
+    for key in sorted(study_attrs):
+        if key.startswith(FINDER_ATTR) and isinstance(study_attrs[key], Mapping):
+            add(key, study_attrs[key])
+    ordered = sorted(trials, key=lambda t: t.number)
+    for trial in ordered:
+        info = trial.user_attrs.get("lr_finder")
+        if isinstance(info, Mapping) and info.get("key") and info.get("lr"):
+            add(str(info["key"]), info)
+    for trial in ordered:
+        info = trial.user_attrs.get("lr_finder")
+        if not isinstance(info, Mapping) or str(info.get("key")) not in curves:
+            continue
+        used = _number(trial.user_attrs.get("lr_used"))
+        if used is not None:
+            curves[str(info["key"])]["used"].append({"number": trial.number, "lr": used,
+                                                     "state": trial.state.name, "how": str(info.get("used", ""))})
+    return list(curves.values())
+
+
+def loss_at(lrs: Sequence[float], losses: Sequence[float], lr: float) -> float | None:
+    """The finder's loss at ``lr``, interpolated on log(lr) and clamped to the curve's ends."""
+    if not lrs:
+        return None
+    pairs = sorted(zip(lrs, losses, strict=True))
+    if lr <= pairs[0][0]:
+        return pairs[0][1]
+    for (x0, y0), (x1, y1) in zip(pairs, pairs[1:], strict=False):
+        if x0 <= lr <= x1:
+            span = math.log(x1) - math.log(x0)
+            weight = (math.log(lr) - math.log(x0)) / span if span else 0.0
+            return y0 + weight * (y1 - y0)
+    return pairs[-1][1]
+
+
+Figure = dict[str, Any]

@@ -1,0 +1,1 @@
+"""Where studies live: URLs, engines and their retries, the study lock, read-only readers, trial records."""

@@ -1,0 +1,131 @@
+"""The study lock: one worker at a time decides "is there budget left? then start a trial".
+
+:class:`SlotLock` serialises that step across every worker on every machine, so a study never runs
+more trials than its budget: a PostgreSQL advisory lock, a MySQL ``GET_LOCK``, or a lock file beside
+a SQLite database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tuner.storage.rdb import RETRY_S, retrying
+from tuner.storage.sqlite import check_writable, sqlite_path
+from tuner.storage.urls import StorageError, mask, missing_driver, parse_url, unknown_dialect, unreachable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LOCK_KEEP_S = 5.0  # a SlotLock taken again within this many seconds keeps its server connection
+
+
+class SlotLock:
+    """A lock shared by every worker of one study, on any machine that reaches its storage.
+
+    PostgreSQL and MySQL hold it on the server (``pg_advisory_lock``, ``GET_LOCK``), so it is released
+    when a holder's connection dies; SQLite, which only local workers share, uses ``flock`` on a file
+    next to the database. Hold it only for a few queries. A server lock taken again within
+    ``LOCK_KEEP_S`` of its last use keeps its connection open for the next; one used less often (a
+    worker on long trials, a one-off lock) closes it, so it holds no idle connection on the server.
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        from sqlalchemy.exc import NoSuchModuleError
+
+        self.url = url
+        parsed = parse_url(url)
+        self.backend = parsed.get_backend_name()
+        digest = hashlib.sha256(f"tuner:{study_name}".encode()).digest()
+        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        self._name = f"tuner:{digest.hex()[:40]}"
+        self._thread_lock = threading.Lock()
+        self._last_use = -math.inf
+        self._engine: Any = None
+        self._path: Path | None = None
+        if self.backend == "sqlite":
+            database = sqlite_path(url)
+            if database is not None:
+                check_writable(url, database)
+                self._path = database.with_name(database.name + ".lock")
+        elif self.backend in ("postgresql", "mysql", "mariadb"):
+            import sqlalchemy
+
+            try:
+                # a connection kept between frequent uses: a new one for every trial made taking the lock
+                # cost 5 ms instead of 0.7 on local PostgreSQL; pre-ping replaces one the server dropped
+                self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+                # closed with this object, not whenever the garbage collector reaches the engine's cycles
+                weakref.finalize(self, self._engine.dispose)
+            except ImportError as err:
+                raise missing_driver(url, err) from None
+            except NoSuchModuleError:
+                raise unknown_dialect(url, parsed.drivername) from None
+
+    @contextlib.contextmanager
+    def __call__(self, retry: bool = True) -> Iterator[None]:
+        """Hold the lock; ``retry=False`` fails at once, with a clear error, when the server is down."""
+        with self._thread_lock:
+            if self._engine is not None:
+                keep = time.monotonic() - self._last_use < LOCK_KEEP_S
+                connection, release = retrying(self._acquire, "lock", self.url)() if retry else self._first()
+                try:
+                    yield
+                finally:
+                    try:
+                        connection.execute(*release)
+                        connection.commit()
+                    except Exception:  # noqa: BLE001 - closing the session releases the lock, if it holds it
+                        with contextlib.suppress(Exception):
+                            connection.invalidate()  # never back to the pool while it may hold the lock
+                    with contextlib.suppress(Exception):
+                        connection.close()
+                        if not keep:
+                            self._engine.dispose()
+                    self._last_use = time.monotonic()
+            elif self._path is not None:
+                import fcntl
+
+                with open(self._path, "a+b") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+            else:  # an in-memory database: only this process can see it
+                yield
+
+    def _first(self) -> tuple[Any, tuple[Any, dict[str, Any]]]:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._acquire()
+        except SQLAlchemyError as err:
+            raise unreachable(err, self.url) from None
+
+    def _acquire(self) -> tuple[Any, tuple[Any, dict[str, Any]]]:
+        import sqlalchemy
+
+        connection = self._engine.connect()
+        try:
+            if self.backend == "postgresql":
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+                return connection, (sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, :wait)"),
+                                     {"name": self._name, "wait": int(RETRY_S)}).scalar()
+            if got != 1:
+                raise StorageError(f"storage {mask(self.url)}: could not take the study lock in {RETRY_S:.0f} s")
+            return connection, (sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": self._name})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.invalidate()  # an interrupted wait may yet be granted the lock: drop the session
+            connection.close()
+            raise

@@ -1,0 +1,222 @@
+"""Opening a study's storage for a worker: Optuna's RDB storage, made to outlive database hiccups.
+
+PostgreSQL and MySQL URLs are used as given, with ``pool_pre_ping`` so a connection the server dropped
+during a long trial is replaced rather than failing the next query. Every storage call that fails
+because the connection dropped, the server restarted or SQLite stayed locked is retried with backoff
+for up to ``RETRY_S`` seconds (:class:`ResilientRDBStorage`), and a trial is created once however often
+its creation is retried.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import sqlite3
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.keys import TOKEN_ATTR
+from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
+from tuner.storage.urls import mask, missing_driver, parse_url, scrub, unknown_dialect, unreachable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRY_S = 120.0  # how long a worker waits out a database outage before giving up
+
+
+def _transient(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) is a lost connection, a server restart or a locked database."""
+    from sqlalchemy import exc
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (exc.OperationalError, exc.InterfaceError)):
+            return True
+        if isinstance(seen, exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and "locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RETRY_S) -> Callable[..., T]:
+    """``call``, retried with exponential backoff while it fails transiently, for up to ``deadline_s``."""
+
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        started, delay = time.monotonic(), 0.1
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - re-raised unless transient
+                if not _transient(err) or time.monotonic() - started + delay > deadline_s:
+                    raise
+                reason = scrub(str(getattr(err, "orig", None) or err.__cause__ or err).strip().splitlines()[0], url)
+                log.warning("storage %s: %s failed (%s); retrying in %.1f s", mask(url), what, reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose calls are retried through database outages (see :func:`retrying`).
+
+    Optuna turns a dropped connection into ``StorageInternalError`` and the trial's result is lost;
+    here the call waits for the database to come back. A retried write may have been committed already,
+    its reply lost with the connection. Attributes, intermediate values and heartbeats are written again
+    harmlessly. A state change is not covered: repeated, it finds the trial already finished
+    (``UpdateFinishedTrialError``) or, taking up a queued trial, already RUNNING (``False``). Creating a
+    trial is: a repeat would make a second trial, RUNNING without a heartbeat, which no stale check ever
+    ends and which holds a slot of the budget for ever. So each creating call carries a token, a system
+    attribute (``TOKEN_ATTR``) written in the same transaction as the trial, and every attempt after its
+    first looks for the trial carrying it before making one (:meth:`_get_prepared_new_trial`). That
+    covers this class's retries and Optuna's own, which ``_create_new_trial`` makes after a failed commit.
+    """
+
+    _RETRIED = (
+        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+        "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+        "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+        "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+        "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+        # what Optuna's caching layer calls on the storage beneath it
+        "_get_trials", "_set_trial_param", "_get_best_trial_id",
+        # create_new_trial and _create_new_trial retry themselves, with a token
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._creating: dict[str, _Creation] = {}  # the creations in progress, by token
+        super().__init__(*args, **kwargs)
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in ResilientRDBStorage._RETRIED:
+            return retrying(value, name, super().__getattribute__("url"))
+        return value
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._create_new_trial(study_id, template_trial)._trial_id
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Optuna's, retried, and creating one trial however many attempts it takes (see the class)."""
+        token = uuid.uuid4().hex
+        plain = _without_token(template_trial)
+        self._creating[token] = _Creation(plain)
+        try:
+            # the template carries the token to _get_prepared_new_trial, and into the trial returned
+            template = _with_token(plain, token)
+            return retrying(super()._create_new_trial, "_create_new_trial", self.url)(study_id, template)
+        finally:
+            del self._creating[token]
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
+        """The new trial's row, in the session that holds the study's row lock; on an attempt after the
+        first, the row an earlier attempt committed, if one did."""
+        from optuna.storages._rdb import models
+
+        token: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
+        creation = self._creating.get(token)
+        if creation is None:  # not a creation through _create_new_trial
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        if creation.tried:
+            found = _trial_with_token(session, study_id, token)
+            if found is not None:
+                log.info("storage %s: trial %d was created by an attempt whose reply was lost; not created again",
+                         mask(self.url), found.number)
+                return found
+        creation.tried = True
+        # Optuna makes the trial from the caller's template (without one: RUNNING, started now), and the
+        # token goes in with one INSERT: through the template, Optuna would read the trial again and upsert
+        trial = super()._get_prepared_new_trial(study_id, creation.template, session)
+        session.add(models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=TOKEN_ATTR,
+                                                     value_json=json.dumps(token)))
+        return trial
+
+
+@dataclass
+class _Creation:
+    """A trial creation in progress (:meth:`ResilientRDBStorage._create_new_trial`)."""
+
+    template: FrozenTrial | None  # the caller's, without a token
+    tried: bool = False  # an attempt got as far as storing the trial, and may have committed
+
+
+def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
+    """``template`` without a creation token. A retry queued by ``RetryHeartbeatStaleTrialCallback``
+    copies the failed trial's system attributes, its token among them."""
+    if template is None or TOKEN_ATTR not in template.system_attrs:
+        return template
+    plain = copy.copy(template)
+    plain.system_attrs = {key: value for key, value in template.system_attrs.items() if key != TOKEN_ATTR}
+    return plain
+
+
+def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
+    """A copy of ``template`` carrying ``token``; without a template, of the trial Optuna makes without one
+    (RUNNING: its number and start are set when it is stored)."""
+    if template is None:
+        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                               datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                               intermediate_values={}, trial_id=-1)
+    else:
+        template = copy.copy(template)
+    template.system_attrs = {**template.system_attrs, TOKEN_ATTR: token}
+    return template
+
+
+def _trial_with_token(session: Any, study_id: int, token: str) -> Any:
+    """The trial row of study ``study_id`` whose creation carried ``token``, or ``None``."""
+    from optuna.storages._rdb import models
+
+    attr = models.TrialSystemAttributeModel
+    return (session.query(models.TrialModel)
+            .join(attr, attr.trial_id == models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study_id, attr.key == TOKEN_ATTR,
+                    attr.value_json == json.dumps(token))
+            .order_by(models.TrialModel.trial_id)
+            .first())
+
+
+def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> Any:
+    """An Optuna ``RDBStorage`` for ``url``, with clear errors for bad URLs and unreachable servers.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql://...``, ``mysql+pymysql://...``).
+        create_schema: create the database and Optuna's tables. Do it once, before workers start:
+            concurrent creation on a fresh file races (Optuna issue #4621). With ``False`` a SQLite file
+            must exist already (:class:`NoDatabase`), and nothing is created.
+        rdb_kwargs: passed to ``RDBStorage`` (heartbeat settings).
+    """
+    from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
+
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not create_schema:
+            existing_sqlite(url)
+        prepare_sqlite(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
+            return ResilientRDBStorage(
+                url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create_schema, **rdb_kwargs
+            )
+    except ImportError as err:
+        raise missing_driver(url, err) from None
+    except NoSuchModuleError:
+        raise unknown_dialect(url, parsed.drivername) from None
+    except SQLAlchemyError as err:
+        raise unreachable(err, url) from None

@@ -1,0 +1,78 @@
+"""What a stored trial says about itself: its retry links, whether the study failed it, its JSON row, the best one.
+
+Pure functions of Optuna's ``FrozenTrial``, shared by the worker, the CLI and the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config.schema import RunConfig
+from tuner.keys import STUDY_ERROR_ATTR
+
+
+def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete trials with a finite value."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the trials this one retries, oldest first (empty for a first attempt)."""
+    return list(trial.system_attrs.get("retry_history", []))
+
+
+def is_study_error(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed because of an error of the study itself (bad data, an unusable backbone),
+    not of its own settings."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(STUDY_ERROR_ATTR))
+
+
+def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any]:
+    """One trial as a stable JSON object (see README, "JSON output")."""
+    params = dict(trial.params)
+    if "lr_used" in trial.user_attrs:
+        params["learning_rate"] = trial.user_attrs["lr_used"]
+    if run is not None:
+        params.setdefault("backbone", run.model.backbone.label)
+        params.setdefault("batch_size", run.data.batch_size)
+    duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if (
+        trial.datetime_complete and trial.datetime_start) else None
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": params,
+        "duration_s": duration,
+        "attrs": dict(trial.user_attrs),
+    }
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the trial this one retries: tuner's ``retry_of``, else Optuna's retry callback's link."""
+    value = trial.user_attrs.get("retry_of")
+    if value is None:
+        # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads, without its experimental warning
+        value = trial.system_attrs.get("failed_trial")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def best_trial(trials: Iterable[FrozenTrial], direction: str = "maximize") -> FrozenTrial | None:
+    """The best complete trial (the lowest number on ties), or ``None``."""
+    complete = sorted(complete_trials(trials), key=lambda t: t.number)
+    if not complete:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    return max(complete, key=lambda t: (sign * float(t.value or 0.0), -t.number))
+
+
+def best_row(study: optuna.Study, run: RunConfig | None = None) -> dict[str, Any] | None:
+    """The study's best complete trial as a JSON row (see :func:`trial_row`), or ``None`` before any completed."""
+    direction = "maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize"
+    best = best_trial(study.get_trials(deepcopy=False), direction)
+    return None if best is None else trial_row(best, run)

@@ -1,0 +1,341 @@
+"""Studies and their workers: open a study in its storage, run workers on it, summarise it.
+
+The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
+failed trials that were retried and trials failed by an error of the study itself (see
+:mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there. ``run_study`` is one
+worker in this process; ``run_workers`` starts several local worker processes and shows their combined
+progress. Both first run the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot
+work fails before its first trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config.loader import find_study, load_study
+from tuner.config.schema import RunConfig
+from tuner.errors import TunerError
+from tuner.hpo import search
+from tuner.storage.lock import SlotLock
+from tuner.storage.rdb import open_storage
+from tuner.storage.records import best_row
+from tuner.storage.sqlite import check_sqlite_for_workers
+from tuner.storage.urls import mask, resolve_url
+from tuner.study.recovery import reap, used_slots
+from tuner.study.worker import work
+from tuner.training.stopping import StopSignals
+
+log = logging.getLogger(__name__)
+
+
+def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A study file by name or path, validated, with its sampler and pruner checked too."""
+    return load_study(find_study(study), overrides, check=_check_search)
+
+
+def _check_search(run: RunConfig) -> None:
+    """The sampler's and pruner's options are checked by building them."""
+    search.build_sampler(run.study.sampler, run)
+    search.build_pruner(run.study.pruner)
+
+
+def open_study(run: RunConfig, storage: str | None = None, create: bool = True, worker_index: int = 0
+               ) -> optuna.Study:
+    """The run's study in its storage, created if absent (with ``create=False``, refused, and nothing is
+    created). A study that exists with another metric or direction is refused rather than mixed.
+
+    ``worker_index`` offsets the sampler's seed: workers with one seed would sample the same settings.
+    """
+    url = resolve_url(storage, run.study.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    interval = run.study.heartbeat_interval or None
+    heartbeat: dict[str, Any] = {"heartbeat_interval": interval,
+                                 "grace_period": run.study.grace_period if interval else None}
+    if create:
+        # creating the schema concurrently on a fresh database races (Optuna issue #4621): one at a time
+        with SlotLock(url, "schema")(retry=False):
+            backend = open_storage(url, **heartbeat)
+    else:
+        backend = open_storage(url, create_schema=False, **heartbeat)
+    config = run.study.sampler
+    if worker_index and config.seed is not None:
+        config = dataclasses.replace(config, seed=config.seed + worker_index)
+    sampler = search.build_sampler(config, run)
+    pruner = search.build_pruner(run.study.pruner)
+    names = {s.study_name for s in optuna.study.get_all_study_summaries(backend)}
+    if run.name not in names and not create:
+        raise TunerError(f"no study {run.name!r} in {mask(url)}; studies there: {sorted(names) or 'none'}")
+    study = optuna.create_study(study_name=run.name, storage=backend, sampler=sampler, pruner=pruner,
+                                direction=run.study.direction, load_if_exists=True)
+    metric = study.user_attrs.get("metric")
+    if metric is None:
+        study.set_user_attr("metric", run.study.metric)
+    elif metric != run.study.metric:
+        raise TunerError(f"study {run.name!r} in {mask(url)} optimises {metric}, not {run.study.metric}; "
+                         "use another study name or storage")
+    if study.direction.name.lower() != run.study.direction:
+        raise TunerError(f"study {run.name!r} in {mask(url)} is to {study.direction.name.lower()}, "
+                         f"not {run.study.direction}; use another study name or storage")
+    return study
+
+
+def counted(study: optuna.Study) -> int:
+    """The trials that use the budget (see :func:`tuner.study.recovery.used_slots`)."""
+    return used_slots(study.get_trials(deepcopy=False))
+
+
+def finished(trials: list[FrozenTrial]) -> int:
+    """Trials that ended and count towards the budget: a failed trial that was retried does not, nor one
+    failed by an error of the study itself."""
+    return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+
+
+def _preflight(run: RunConfig) -> None:
+    """:func:`tuner.study.preflight.check` with SIGINT and SIGTERM handled as in a worker: a signal raises
+    :class:`tuner.errors.Interrupted` rather than Lightning's own exit."""
+    from tuner.study.preflight import check
+
+    with StopSignals():
+        check(run)
+
+
+@dataclass
+class RunSummary:
+    study: str
+    storage: str
+    trials_run: int
+    finished: int
+    n_trials: int
+    best: dict[str, Any] | None
+    interrupted: str | None = None  # the signal that stopped the worker
+    failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
+    repeated_failure: str | None = None  # trials failed in a row with the same error: the worker stopped
+
+
+def requested_threads() -> int | None:
+    """The CPU threads per worker the user asked for: ``$TUNER_NUM_THREADS``, else ``$OMP_NUM_THREADS``."""
+    for variable in ("TUNER_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+WORKER_INDEX_VARIABLES = ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+
+
+def worker_index() -> int:
+    """This worker's index among its peers: set by ``--workers``, a Slurm array or an indexed Kubernetes Job
+    (0 when none is set)."""
+    for variable in WORKER_INDEX_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def default_worker() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_study(
+    run: RunConfig,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    output_dir: str | Path | None = None,
+    worker: str | None = None,
+    progress: bool | None = None,
+    check: bool = True,
+) -> RunSummary:
+    """Run this process as one worker of ``run``'s study until it holds ``n_trials`` (the study's
+    total), ``timeout`` seconds pass (after the running trial), SIGTERM/SIGINT arrives, or trials keep
+    failing with the same error (``repeated_failure`` says so).
+
+    With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
+    its parent ran it). An error of the study, found there or raised inside a trial, is raised as a
+    :class:`tuner.errors.TunerError`; a signal during the check raises :class:`tuner.errors.Interrupted`.
+    """
+    from tuner import hardware
+    from tuner.hpo.objective import Objective
+
+    # `--workers` gives each worker process its share in TUNER_NUM_THREADS, having warned already
+    hardware.set_threads(1, requested_threads())
+    budget = n_trials or run.study.n_trials
+    timeout = timeout if timeout is not None else run.study.timeout
+    url = resolve_url(storage, run.study.storage)
+    if check:
+        _preflight(run)  # before the study exists: a study that cannot work creates nothing
+    study = open_study(run, storage, worker_index=worker_index())
+    lock = SlotLock(url, run.name)
+    with lock():
+        if run.study.baseline and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
+    interactive = sys.stderr.isatty() if progress is None else progress
+    lines = _Progress(budget, counted(study), interactive)
+    with StopSignals() as signals:
+        objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), interactive, signals)
+        result = work(study, objective, budget, lock=lock, signals=signals, max_retries=run.study.max_retries,
+                      timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
+                      on_end=lines.finished)
+    return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
+                      best_row(study, run), interrupted=result.interrupted,
+                      repeated_failure=result.repeated_failure)
+
+
+_TRIAL_LINE = re.compile(r"^trial \d+: ")
+
+
+def run_workers(
+    run: RunConfig,
+    study_file: str | Path,
+    workers: int,
+    overrides: list[str] | tuple[str, ...] = (),
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+) -> RunSummary:
+    """Start ``workers`` local worker processes (``tuner run``) on the study and wait for them.
+
+    Each worker gets an even share of the CPU threads and, where GPUs are visible, one of them
+    (round-robin). Their output is shown prefixed with the worker's label, with a combined progress
+    line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
+    cleanly. The storage URL reaches them in the environment, never on a command line.
+
+    The pre-flight check runs here, once, before any worker starts; the workers skip it.
+    """
+    url = resolve_url(storage, run.study.storage)
+    check_sqlite_for_workers(url, workers)
+    _preflight(run)  # once, here: the workers skip it
+    study = open_study(run, storage)  # the schema and the study exist before any worker starts
+    before = finished(study.get_trials(deepcopy=False))
+    budget = n_trials or run.study.n_trials
+    from tuner import hardware
+
+    threads = hardware.thread_share(workers, requested_threads())
+    gpus = _visible_gpus()
+    command = [sys.executable, "-m", "tuner", "run", "--study", str(Path(study_file).resolve()),
+               *(f"--set={item}" for item in overrides), "--n-trials", str(budget)]
+    if timeout is not None:
+        command += ["--timeout", str(timeout)]
+    processes: dict[str, subprocess.Popen[str]] = {}
+    for index in range(workers):
+        label = f"w{index}"
+        env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
+               "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
+               "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        processes[label] = subprocess.Popen(
+            [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,  # our signals are forwarded, not shared
+        )
+    print(f"started {workers} workers on {mask(url)} ({threads} CPU threads each"
+          + (f", GPUs {', '.join(gpus)}" if gpus else "") + ")", flush=True)
+    forwarded: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        forwarded.append(signum)
+        print(f"{signal.Signals(signum).name}: stopping the workers after their trials end cleanly", flush=True)
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    readers = [threading.Thread(target=_relay, args=(label, process, study, budget), daemon=True)
+               for label, process in processes.items()]
+    try:
+        for reader in readers:
+            reader.start()
+        codes = {label: process.wait() for label, process in processes.items()}
+        for reader in readers:
+            reader.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stopped = {128 + signal.SIGTERM, 128 + signal.SIGINT} if forwarded else set()
+    failed = [f"{label} (exit {code})" for label, code in codes.items() if code != 0 and code not in stopped]
+    after = finished(study.get_trials(deepcopy=False))
+    return RunSummary(run.name, mask(url), after - before, after, budget, best_row(study, run),
+                      interrupted=signal.Signals(forwarded[0]).name if forwarded else None, failed_workers=failed)
+
+
+def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budget: int) -> None:
+    """Print a worker's output prefixed with its label, and the study's progress after each trial."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        print(f"[{label}] {line.rstrip()}", flush=True)
+        if _TRIAL_LINE.match(line):
+            print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
+
+
+def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
+    """The study's progress; the finished trials are the complete, pruned and failed ones that count."""
+    states = {state: sum(t.state == state for t in trials) for state in TrialState}
+    done = finished(trials)
+    failed = done - states[TrialState.COMPLETE] - states[TrialState.PRUNED]
+    return (f"{done}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
+            f"{states[TrialState.PRUNED]} pruned, {failed} failed), "
+            f"{states[TrialState.RUNNING]} running")
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs to share among workers: ``CUDA_VISIBLE_DEVICES`` if set, else every CUDA device."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
+    """Fail the study's stale RUNNING trials and queue their retries (see :func:`tuner.study.recovery.reap`)."""
+    study = open_study(run, storage, create=False)
+    with SlotLock(resolve_url(storage, run.study.storage), run.name)():
+        return reap(study, run.study.max_retries, older_than)
+
+
+class _Progress:
+    """Trial-level progress: a bar line as each trial starts (on a terminal), a plain line as it ends.
+
+    Lightning draws its own live progress for epochs under the bar line; a second live bar for trials
+    would fight it for the terminal, so the trial bar is redrawn as a line when each trial starts.
+    """
+
+    def __init__(self, total: int, done: int, interactive: bool) -> None:
+        self.total, self.done, self.interactive = total, done, interactive
+
+    def start(self, number: int) -> None:
+        if self.interactive:
+            width = 30
+            filled = width * min(self.done, self.total) // max(self.total, 1)
+            print(f"trials [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}: "
+                  f"starting trial {number}", file=sys.stderr, flush=True)
+
+    def finished(self, trial: FrozenTrial) -> None:
+        self.done += 1
+        print(f"trial {trial.number}: {_line(trial)}", flush=True)
+
+
+def _line(trial: FrozenTrial) -> str:
+    value = "" if trial.value is None else f" value={trial.value:.4f}"
+    reason = trial.user_attrs.get("fail_reason") if trial.state == TrialState.FAIL else None
+    epochs = trial.user_attrs.get("epochs", "-")
+    return f"{trial.state.name}{value} epochs={epochs}" + (f" ({reason})" if reason else "")

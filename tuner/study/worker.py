@@ -1,0 +1,248 @@
+"""A worker's loop over a shared study: take a slot, run a trial under a heartbeat, end it cleanly.
+
+Any number of workers, on one machine or many, run :func:`work` against one storage; they share
+nothing else. The rules that keep the study whole:
+
+- Slots. The budget ``n_trials`` counts every trial except a failed one that was retried (its retry
+  holds the slot). A worker checks the count and starts its trial under the study's lock
+  (:class:`tuner.storage.lock.SlotLock`), so finished trials end equal to ``n_trials`` whatever the number
+  of workers.
+- Heartbeats. A running trial's worker records a heartbeat every ``heartbeat_interval`` seconds. A
+  trial whose heartbeat is older than ``grace_period`` belongs to a dead worker (SIGKILL, power
+  loss, a lost node): the next worker to look fails it, with the reason, and queues a retry with
+  Optuna's ``RetryHeartbeatStaleTrialCallback`` up to ``max_retries`` times. A worker whose budget is
+  spent waits while other workers' trials run, so a trial orphaned late is still retried.
+- Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
+  queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever.
+- Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
+  gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
+  is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
+  and the error stops the worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import Interrupted, TunerError
+from tuner.keys import STUDY_ERROR_ATTR
+from tuner.storage.lock import SlotLock
+from tuner.storage.records import retry_history
+from tuner.study.heartbeat import Heartbeat
+from tuner.study.recovery import fail_stale, heartbeat_interval, requeue, retry_note, used_slots
+from tuner.training.stopping import StopSignals
+
+log = logging.getLogger(__name__)
+
+
+IDLE_FIRST_LOOK_S = 0.1  # an idle worker's first wait for others' trials; it doubles up to the poll interval
+SAME_FAILURES_TO_STOP = 3  # this many trials in a row failing with the same error stop the worker
+
+
+@dataclass
+class WorkResult:
+    """What one call of :func:`work` did."""
+
+    ran: int = 0
+    interrupted: str | None = None  # the signal's name when a signal stopped the worker
+    timed_out: bool = False
+    repeated_failure: str | None = None  # why the worker stopped after failures with the same error
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    budget: int,
+    *,
+    lock: SlotLock,
+    signals: StopSignals,
+    max_retries: int = 2,
+    timeout: float | None = None,
+    worker: str = "0",
+    on_start: Callable[[int], None] | None = None,
+    on_end: Callable[[FrozenTrial], None] | None = None,
+    poll_s: float | None = None,
+    same_failures: int = SAME_FAILURES_TO_STOP,
+) -> WorkResult:
+    """Run trials of ``study`` until it holds ``budget`` finished trials, a signal, ``timeout``, or
+    ``same_failures`` trials in a row failed with the same error.
+
+    Args:
+        objective: ``trial -> value``; raising ``optuna.TrialPruned`` prunes the trial, any other
+            exception fails it with the message as ``fail_reason`` (unless the objective set one). A
+            :class:`tuner.errors.TunerError` fails it as an error of the study (see the module
+            docstring), queues it again and is raised here.
+        lock: the study's lock; see the module docstring.
+        signals: the installed signal handlers; a signal ends the running trial and returns.
+        timeout: seconds after which no new trial starts (the running one finishes).
+        worker: this worker's label, recorded on its trials with its host and pid.
+        on_start: called with the trial number as each trial starts.
+        on_end: called with each finished trial.
+        poll_s: the longest an idle worker waits between looks for ended or orphaned trials (default: the
+            heartbeat interval). It looks again after ``IDLE_FIRST_LOOK_S``, then at doubling waits up to
+            this, so it ends soon after short trials and looks rarely while long ones run.
+        same_failures: stop after this many trials in a row failed with the same exception type and
+            message (the study is likely broken; 0: never), with ``repeated_failure`` saying so.
+    """
+    result = WorkResult()
+    started = time.monotonic()
+    interval = heartbeat_interval(study)
+    trial: optuna.Trial | None = None
+    idle_wait = IDLE_FIRST_LOOK_S
+    last_error: str | None = None  # the exception that failed the last trial, as "Type: message"
+    repeats = 0  # how many trials in a row failed with it
+    # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
+    # Optuna allows only inside its own optimize loop; this loop plays that part.
+    study._thread_local.in_optimize_loop, study._stop_flag = True, False
+    try:
+        while not study._stop_flag:
+            signals.check()
+            if timeout is not None and time.monotonic() - started >= timeout:
+                log.info("timeout of %.0f s reached after %d trials", timeout, result.ran)
+                result.timed_out = True
+                break
+            with signals.deferred():
+                with lock():
+                    fail_stale(study, max_retries)
+                    trials = study.get_trials(deepcopy=False)
+                    waiting = any(t.state == TrialState.WAITING for t in trials)
+                    running = sum(t.state == TrialState.RUNNING for t in trials)
+                    trial = _ask(study, waiting) if waiting or used_slots(trials) < budget else None
+                if trial is not None:
+                    result.ran += 1
+                    _label(trial, worker)
+                    if on_start is not None:
+                        on_start(trial.number)
+            if trial is None:
+                if running and interval:
+                    # other workers' trials may still die and need a retry; a dead worker's trial is
+                    # only noticed by a live one
+                    idle_wait = min(idle_wait, poll_s or interval)
+                    signals.sleep(idle_wait)
+                    idle_wait *= 2
+                    continue
+                break
+            idle_wait = IDLE_FIRST_LOOK_S
+            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval)
+            trial = None
+            if on_end is not None:
+                on_end(frozen)
+            repeats = repeats + 1 if error is not None and error == last_error else int(error is not None)
+            last_error = error
+            if same_failures and repeats >= same_failures:
+                reason = frozen.user_attrs.get("fail_reason") or error
+                result.repeated_failure = f"{repeats} trials in a row failed with the same error: {reason}"
+                break
+    except Interrupted as err:
+        result.interrupted = signal.Signals(err.signum).name
+        if trial is not None:
+            with signals.deferred():
+                _end_interrupted(study, trial, err, max_retries)
+    finally:
+        study._thread_local.in_optimize_loop = False
+    return result
+
+
+def _ask(study: optuna.Study, waiting: bool) -> optuna.Trial:
+    """``study.ask()``, which looks for a queued retry only when ``waiting`` (the trials just read hold one).
+
+    Optuna's ask reads the study's trials again to look for one; under the slot lock every other worker
+    waits for that read, a fifth of the time the lock is held (bench/storage.py). A retry queued since
+    the read (by an interrupted worker, which queues outside the lock) is taken by the next ask.
+    """
+    if waiting:
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+def _label(trial: optuna.Trial, worker: str) -> None:
+    """Record who runs ``trial``; a retry, which starts as a copy of the failed trial's attributes, is
+    linked to that trial and its failure cleared."""
+    # the trial as `ask` read it, after popping a queued retry: reading it again costs a query per trial
+    history = retry_history(trial._cached_frozen_trial)
+    trial.set_user_attr("worker", worker)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    if history:
+        trial.set_user_attr("retry_of", history[-1])
+        trial.set_user_attr("fail_reason", None)
+        if trial._cached_frozen_trial.user_attrs.get(STUDY_ERROR_ATTR):
+            trial.set_user_attr(STUDY_ERROR_ATTR, None)
+
+
+def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
+    """Fail an interrupted trial with the signal as its reason and queue its retry."""
+    storage = study._storage
+    current = storage.get_trial(trial._trial_id)
+    if current.state != TrialState.RUNNING:
+        return current
+    reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
+    trial.set_user_attr("fail_reason", reason)
+    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    log.warning("trial %d failed: %s", trial.number, reason)
+    requeue(study, storage.get_trial(trial._trial_id), max_retries)
+    return frozen
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
+               signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
+    """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
+
+    Returns the stored trial and, when an exception failed it, that exception's type and message.
+    Re-raises :class:`Interrupted` once the trial is stored as failed, and a
+    :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again.
+    """
+    value: float | None = None
+    state = TrialState.FAIL
+    reason: str | None = None
+    study_error: TunerError | None = None
+    with Heartbeat(study._storage, trial._trial_id, interval):
+        try:
+            signals.check()
+            value = objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except (Interrupted, SystemExit) as err:
+            # Lightning answers SIGTERM with its own SIGTERMException, a SystemExit, when it sees the
+            # signal before the objective's own check does
+            if not isinstance(err, Interrupted) and signals.signum is None:
+                raise
+            interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.signum or signal.SIGTERM)
+            with signals.deferred():
+                _end_interrupted(study, trial, interrupted, max_retries)
+            raise interrupted from None
+        except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
+            message = str(err).splitlines()[0] if str(err) else ""
+            reason = f"{type(err).__name__}: {message}"
+            if isinstance(err, TunerError):
+                study_error = err
+    with signals.deferred():
+        if state == TrialState.FAIL:
+            # the objective's own reason, when it gave one, says more than the exception's type
+            recorded = trial.user_attrs.get("fail_reason")
+            if not recorded:
+                trial.set_user_attr("fail_reason", reason)
+            if study_error is not None:
+                trial.set_user_attr(STUDY_ERROR_ATTR, True)
+            else:  # an error of the study is raised, and reported by the caller
+                log.warning("trial %d failed: %s", trial.number, recorded or reason)
+        if state == TrialState.COMPLETE:
+            return study.tell(trial, value, skip_if_finished=True), None
+        frozen = study.tell(trial, state=state, skip_if_finished=True)
+        if study_error is not None:
+            # not counted (see used_slots) and run again once the study is fixed: the same settings, and
+            # the baseline stays the baseline
+            requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
+            raise study_error
+    return frozen, reason
