@@ -8,12 +8,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# after a failed beat, the next try comes this soon rather than an interval later: once the database is
+# back, the trial must beat again before a worker coming back too finds it stale
+RETRY_BEAT_S = 1.0
+
 
 class Heartbeat:
     """Records a trial's heartbeat every ``interval`` seconds in a thread while the trial runs.
 
-    A failed write (the database restarting) is logged and tried again at the next beat: the thread
-    must outlive outages, or a live trial would look dead to the other workers.
+    A failed write (the database restarting) is logged and tried again within ``RETRY_BEAT_S``: the thread
+    must outlive outages, and beat soon after one, or a live trial would look dead to the other workers.
     """
 
     def __init__(self, storage: Any, trial_id: int, interval: int | None) -> None:
@@ -23,8 +27,9 @@ class Heartbeat:
 
     def __enter__(self) -> None:
         if self.interval:
-            self._beat()
-            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
+            beaten = self._beat()
+            self._thread = threading.Thread(target=self._run, args=(beaten,), name=f"heartbeat-{self.trial_id}",
+                                            daemon=True)
             self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -32,13 +37,15 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join()
 
-    def _run(self) -> None:
+    def _run(self, beaten: bool) -> None:
         assert self.interval
-        while not self._stop.wait(self.interval):
-            self._beat()
+        while not self._stop.wait(self.interval if beaten else min(self.interval, RETRY_BEAT_S)):
+            beaten = self._beat()
 
-    def _beat(self) -> None:
+    def _beat(self) -> bool:
         try:
             self.storage.record_heartbeat(self.trial_id)
-        except Exception as err:  # noqa: BLE001 - logged; the next beat tries again
+        except Exception as err:  # noqa: BLE001 - logged; tried again soon
             log.warning("heartbeat of trial %d not recorded: %s", self.trial_id, str(err).splitlines()[0])
+            return False
+        return True

@@ -31,7 +31,7 @@ from tuner.config.schema import RunConfig
 from tuner.errors import TunerError
 from tuner.hpo import search
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import open_storage
+from tuner.storage.rdb import open_storage, retry_deadline
 from tuner.storage.records import best_row
 from tuner.storage.sqlite import check_sqlite_for_workers
 from tuner.storage.urls import mask, resolve_url
@@ -181,7 +181,7 @@ def run_study(
     if check:
         _preflight(run)  # before the study exists: a study that cannot work creates nothing
     study = open_study(run, storage, worker_index=worker_index())
-    lock = SlotLock(url, run.name)
+    lock = SlotLock(url, run.name, retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
     with lock():
         if run.study.baseline and not study.get_trials(deepcopy=False):
             study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
@@ -308,7 +308,9 @@ def _visible_gpus() -> list[str]:
 def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
     """Fail the study's stale RUNNING trials and queue their retries (see :func:`tuner.study.recovery.reap`)."""
     study = open_study(run, storage, create=False)
-    with SlotLock(resolve_url(storage, run.study.storage), run.name)():
+    lock = SlotLock(resolve_url(storage, run.study.storage), run.name,
+                    retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
+    with lock():
         return reap(study, run.study.max_retries, older_than)
 
 
