@@ -44,6 +44,12 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+class TrialAbandoned(BaseException):
+    """Not an error: another worker ended this worker's running trial (it failed it as stale after a database
+    outage, and queued its retry), so this worker stops the trial and stores nothing more on it. A
+    ``BaseException``, like :class:`Interrupted`, so that an objective's error handling lets it through."""
+
+
 class TrialFailed(Exception):
     """A trial that cannot give a value (a NaN loss, a metric never logged), with the reason recorded on the trial.
 

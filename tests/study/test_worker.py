@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from processes import (
     assert_exact_budget,
     assert_resumed,
@@ -26,7 +26,8 @@ from trivial_worker import open_trivial_study
 
 from tuner.errors import DataError
 from tuner.storage.lock import SlotLock
-from tuner.study.recovery import used_slots
+from tuner.study import recovery
+from tuner.study.recovery import fail_stale, used_slots
 from tuner.study.runner import _progress_line
 from tuner.study.worker import work
 from tuner.training.stopping import StopSignals
@@ -93,6 +94,44 @@ def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> 
     assert result.interrupted == "SIGTERM"
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+
+
+def test_a_trial_another_worker_failed_as_stale_is_stopped_at_once_and_left_to_its_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker coming back from a database outage can find a live trial's heartbeat stale (see
+    # tuner.config.schema.outage_wait_s); it fails the trial and queues its retry. The trial's own worker
+    # must stop it (its retry resumes from its checkpoint) and store nothing more on it.
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "stale-alive")
+    other = open_trivial_study(url, "stale-alive")  # the other worker's connection
+    failed: list[FrozenTrial] = []
+    waited: list[float] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if trial.number == 0:
+            with monkeypatch.context() as patch:
+                patch.setattr(recovery, "_stale_ids", lambda study: [trial._trial_id])
+                assert fail_stale(other, max_retries=2) == [0]
+            failed.append(other._storage.get_trial(trial._trial_id))
+            started = time.monotonic()
+            try:
+                signals.sleep(20)  # training, which checks the signals at each batch
+            finally:
+                waited.append(time.monotonic() - started)
+            raise AssertionError("the trial was not stopped")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 2, lock=SlotLock(url, "stale-alive"), signals=signals)
+    assert waited[0] < 5  # a heartbeat interval is 1 s
+    assert result.ran == 3 and result.interrupted is None
+    trials = study.get_trials()
+    assert trials[0] == failed[0]  # as the other worker left it: no tell, no attribute
+    assert trials[0].user_attrs["fail_reason"].startswith("stale: ")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.number for t in trials if t.user_attrs.get("retry_of") == 0] == [1]  # one retry
+    assert used_slots(trials) == 2
 
 
 def test_an_error_of_the_study_stops_the_worker_and_spends_no_budget(tmp_path: Path) -> None:

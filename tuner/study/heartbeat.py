@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
+
+from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +21,15 @@ class Heartbeat:
 
     A failed write (the database restarting) is logged and tried again within ``RETRY_BEAT_S``: the thread
     must outlive outages, and beat soon after one, or a live trial would look dead to the other workers.
+
+    After each beat it reads the trial's state: a trial no longer RUNNING was failed as stale by another
+    worker, which queued its retry (a worker can come back from an outage and find a live trial stale:
+    :func:`tuner.config.schema.outage_wait_s`). The thread then calls ``on_ended`` and stops beating.
     """
 
-    def __init__(self, storage: Any, trial_id: int, interval: int | None) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    def __init__(self, storage: Any, trial_id: int, interval: int | None,
+                 on_ended: Callable[[], None] | None = None) -> None:
+        self.storage, self.trial_id, self.interval, self.on_ended = storage, trial_id, interval, on_ended
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -41,6 +49,10 @@ class Heartbeat:
         assert self.interval
         while not self._stop.wait(self.interval if beaten else min(self.interval, RETRY_BEAT_S)):
             beaten = self._beat()
+            if beaten and self._ended():
+                if self.on_ended is not None:
+                    self.on_ended()
+                return
 
     def _beat(self) -> bool:
         try:
@@ -49,3 +61,9 @@ class Heartbeat:
             log.warning("heartbeat of trial %d not recorded: %s", self.trial_id, str(err).splitlines()[0])
             return False
         return True
+
+    def _ended(self) -> bool:
+        try:
+            return bool(self.storage.get_trial(self.trial_id).state != TrialState.RUNNING)
+        except Exception:  # noqa: BLE001 - unknown: the next beat reads it again
+            return False

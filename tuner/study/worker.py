@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import Interrupted, TunerError
+from tuner.errors import Interrupted, TrialAbandoned, TunerError
 from tuner.keys import STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.records import retry_history
@@ -201,18 +201,22 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
     Returns the stored trial and, when an exception failed it, that exception's type and message.
     Re-raises :class:`Interrupted` once the trial is stored as failed, and a
     :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again.
+    A trial that another worker failed while it ran (as stale, queuing its retry: see
+    :class:`tuner.study.heartbeat.Heartbeat`) is stopped and returned as that worker stored it.
     """
     value: float | None = None
     state = TrialState.FAIL
     reason: str | None = None
     study_error: TunerError | None = None
-    with Heartbeat(study._storage, trial._trial_id, interval):
+    with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon):
         try:
             signals.check()
             value = objective(trial)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
+        except TrialAbandoned:
+            pass
         except (Interrupted, SystemExit) as err:
             # Lightning answers SIGTERM with its own SIGTERMException, a SystemExit, when it sees the
             # signal before the objective's own check does
@@ -228,6 +232,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             if isinstance(err, TunerError):
                 study_error = err
     with signals.deferred():
+        ended = _ended_elsewhere(study, trial, state, signals)
+        if ended is not None:
+            return ended, None
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
             recorded = trial.user_attrs.get("fail_reason")
@@ -246,3 +253,20 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
             raise study_error
     return frozen, reason
+
+
+def _ended_elsewhere(study: optuna.Study, trial: optuna.Trial, state: TrialState,
+                     signals: StopSignals) -> FrozenTrial | None:
+    """``trial`` as stored, if another worker ended it while it ran (it takes no more writes); else ``None``.
+
+    Its heartbeat tells (``signals.abandoned``), or, when the objective failed before the heartbeat looked
+    (writing to the ended trial fails), the stored state."""
+    if not signals.abandoned and state != TrialState.FAIL:
+        return None  # a result's tell skips a trial ended meanwhile by itself
+    signals.forget_abandoned()
+    stored = study._storage.get_trial(trial._trial_id)
+    if stored.state == TrialState.RUNNING:
+        return None
+    log.warning("trial %d was ended by another worker while it ran, and not stored here: %s", trial.number,
+                stored.user_attrs.get("fail_reason") or stored.state.name)
+    return stored

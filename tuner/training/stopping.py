@@ -22,7 +22,7 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tuner.errors import Interrupted
+from tuner.errors import Interrupted, TrialAbandoned
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,14 @@ class StopSignals:
 
     Python runs a signal handler only between bytecodes of the main thread: while the main thread is
     in one long call into C (a backward pass is one), the handler waits for it to return.
+
+    :meth:`abandon` stops the running trial the same way, from any thread, with :class:`TrialAbandoned`.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.received_at: float | None = None  # time.monotonic() when the signal arrived
+        self.abandoned = False  # the running trial was ended elsewhere: see abandon()
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
@@ -86,8 +89,22 @@ class StopSignals:
         finally:
             self._deferred -= 1
 
+    def abandon(self) -> None:
+        """Stop the running trial at the next :meth:`check`, with :class:`TrialAbandoned` (from any thread)."""
+        self.abandoned = True
+        self._wake.set()
+
+    def forget_abandoned(self) -> None:
+        """Done with the abandoned trial: the next one runs."""
+        self.abandoned = False
+        if self.signum is None:
+            self._wake.clear()
+
     def check(self, grace: float = 0.0) -> None:
-        """Raise :class:`Interrupted` if a signal arrived (at least ``grace`` seconds ago)."""
+        """Raise :class:`TrialAbandoned` if the trial was abandoned, and :class:`Interrupted` if a signal
+        arrived (at least ``grace`` seconds ago)."""
+        if self.abandoned:
+            raise TrialAbandoned
         if self.signum is None:
             return
         if grace <= 0 or self.received_at is None or time.monotonic() - self.received_at >= grace:
@@ -152,6 +169,7 @@ class StopOnSignal(Callback):
     never stopped half way through an optimizer step; the checkpoint lets the trial's retry resume.
     A step still running :data:`STOP_GRACE_S` after the signal is abandoned inside its
     forward or backward pass (:class:`StopMidStep`); the retry then resumes from the last validation.
+    An abandoned trial (:meth:`StopSignals.abandon`) ends at the next batch too, without a checkpoint.
     It also records the step training started at (above 0 when resuming).
     """
 
@@ -184,9 +202,12 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.signals is not None and self.signals.signum is not None:
+        if self.signals is None:
+            return
+        # an abandoned trial saves nothing: its retry may be resuming from this checkpoint already
+        if self.signals.signum is not None and not self.signals.abandoned:
             trainer.save_checkpoint(str(self.last))
-            self.signals.check()
+        self.signals.check()
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
