@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ from trivial_worker import open_trivial_study
 from tuner.errors import DataError
 from tuner.storage.lock import SlotLock
 from tuner.study import recovery
+from tuner.study.heartbeat import Heartbeat
 from tuner.study.recovery import fail_stale, used_slots
 from tuner.study.runner import _progress_line
 from tuner.study.worker import work
@@ -75,6 +77,68 @@ def test_the_worker_loop_stops_on_a_signal_and_requeues_the_trial(tmp_path: Path
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert study.trials[1].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+@pytest.mark.parametrize(("outcome", "where"),
+                         [("complete", "heartbeat"), ("error", "heartbeat"), ("complete", "tell")])
+def test_a_signal_once_the_objective_returned_lets_its_outcome_be_stored_then_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str, where: str) -> None:
+    # the trial ended: a signal while its heartbeat stops or its outcome is stored must not fail and requeue it
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "ending")
+    hooked = Heartbeat.__exit__ if where == "heartbeat" else study._storage.set_trial_state_values
+
+    def signalled(*args: object, **kwargs: object) -> object:
+        signal.raise_signal(signal.SIGTERM)
+        return hooked(*args, **kwargs)  # type: ignore[operator]
+
+    if where == "heartbeat":
+        monkeypatch.setattr(Heartbeat, "__exit__", signalled)
+    else:
+        monkeypatch.setattr(study._storage, "set_trial_state_values", signalled)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if outcome == "error":
+            raise RuntimeError("diverged")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 10, lock=SlotLock(url, "ending"), signals=signals)
+    assert result.interrupted == "SIGTERM" and result.ran == 1
+    [trial] = study.trials  # no retry queued
+    if outcome == "complete":
+        assert trial.state == TrialState.COMPLETE and trial.value == 1.0
+    else:
+        assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "RuntimeError: diverged"
+
+
+def test_a_second_signal_quits_at_once_and_leaves_the_trial_to_the_stale_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "force-quit")
+    reached = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        with signals.deferred():  # training, which would stop at its next batch, but hangs
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the user insists
+            reached.append(True)
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 10, lock=SlotLock(url, "force-quit"), signals=signals)
+    assert not reached
+    assert result.interrupted == "SIGTERM" and result.forced
+    [trial] = study.trials
+    assert trial.state == TrialState.RUNNING  # nothing more stored: the database may be what hangs
+    for beating in [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]:
+        beating.join(5)  # the heartbeat stops, so the trial turns stale
+        assert not beating.is_alive()
+    monkeypatch.setattr(recovery, "_stale_ids", lambda study: [trial._trial_id])
+    assert fail_stale(study, max_retries=2) == [0]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
 
 
 def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> None:

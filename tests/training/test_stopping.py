@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 from processes import tiny_study, wait_for
 
-from tuner.errors import TrialAbandoned
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned
 from tuner.training.stopping import StopMidStep, StopOnSignal, StopSignals
 
 
@@ -101,3 +101,18 @@ def test_an_abandoned_trial_stops_at_once_without_a_checkpoint(tmp_path: Path) -
     with pytest.raises(TrialAbandoned):  # inside a step too, without the grace a signal gives it
         StopMidStep(signals, grace=3600)._on_gradient(None)  # type: ignore[arg-type]
     assert saved == []
+
+
+def test_a_second_signal_raises_at_once_even_where_signals_are_deferred() -> None:
+    with StopSignals() as signals:
+        with signals.deferred():
+            signal.raise_signal(signal.SIGINT)  # recorded: training stops at its next batch
+            assert signals.name == "SIGINT" and not signals.forced
+            with pytest.raises(ForceQuit):
+                signal.raise_signal(signal.SIGTERM)
+        assert signals.forced and signals.dropped
+        with pytest.raises(ForceQuit), signals.deferred():
+            signal.raise_signal(signal.SIGINT)  # and every one after
+    with StopSignals(), pytest.raises(Interrupted) as first:
+        signal.raise_signal(signal.SIGTERM)  # not deferred: the first one raises at once
+    assert not isinstance(first.value, ForceQuit)

@@ -9,6 +9,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from tuner.errors import ForceQuit
+
 log = logging.getLogger(__name__)
 
 # after a failed beat, the next try comes this soon rather than an interval later: once the database is
@@ -40,9 +42,10 @@ class Heartbeat:
                                             daemon=True)
             self._thread.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         self._stop.set()
-        if self._thread is not None:
+        # a force-quit does not wait for a beat that waits out a database outage: the thread is a daemon
+        if self._thread is not None and not isinstance(exc, ForceQuit):
             self._thread.join()
 
     def _run(self, beaten: bool) -> None:

@@ -122,6 +122,7 @@ class RunSummary:
     n_trials: int
     best: dict[str, Any] | None
     interrupted: str | None = None  # the signal that stopped the worker
+    forced: bool = False  # a second signal stopped it at once, leaving its trial RUNNING for the stale check
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
     repeated_failure: str | None = None  # trials failed in a row with the same error: the worker stopped
 
@@ -193,7 +194,7 @@ def run_study(
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
                       on_end=lines.finished)
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
-                      best_row(study, run), interrupted=result.interrupted,
+                      best_row(study, run), interrupted=result.interrupted, forced=result.forced,
                       repeated_failure=result.repeated_failure)
 
 

@@ -22,7 +22,7 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tuner.errors import Interrupted, TrialAbandoned
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,11 @@ class StopSignals:
     """SIGTERM/SIGINT handling for one worker, as a context manager (main thread only).
 
     The first signal is recorded and raises :class:`Interrupted` at once, unless the worker is inside
-    :meth:`deferred` code (training, where a callback stops at the next batch, or storing a result),
-    which calls :meth:`check` when it can stop. Later signals are only recorded.
+    :meth:`deferred` code (training, where a callback stops at the next batch, or ending a trial and
+    storing its outcome), which calls :meth:`check` when it can stop. A second signal raises
+    :class:`ForceQuit` at once, deferred or not: the way out when the clean end hangs (a step that never
+    ends, a database outage the storage waits out). The worker then stores nothing more, and its trial is
+    left RUNNING: its heartbeat stops, and the stale check fails it and queues its retry.
 
     Python runs a signal handler only between bytecodes of the main thread: while the main thread is
     in one long call into C (a backward pass is one), the handler waits for it to return.
@@ -52,6 +55,7 @@ class StopSignals:
         self.signum: int | None = None
         self.received_at: float | None = None  # time.monotonic() when the signal arrived
         self.abandoned = False  # the running trial was ended elsewhere: see abandon()
+        self.forced = False  # a second signal came: see ForceQuit
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
@@ -73,7 +77,9 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            return
+            log.warning("%s received again: quitting at once", signal.Signals(signum).name)
+            self.forced = True
+            raise ForceQuit(signum)
         self.signum = signum
         self.received_at = time.monotonic()
         self._wake.set()
@@ -88,6 +94,20 @@ class StopSignals:
             yield
         finally:
             self._deferred -= 1
+
+    @contextlib.contextmanager
+    def allowed(self) -> Iterator[None]:
+        """Inside :meth:`deferred` code, a part where a signal raises at once again (a trial's objective)."""
+        deferred, self._deferred = self._deferred, 0
+        try:
+            yield
+        finally:
+            self._deferred = deferred
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the running trial takes no more writes: a second signal came, or it was abandoned."""
+        return self.forced or self.abandoned
 
     def abandon(self) -> None:
         """Stop the running trial at the next :meth:`check`, with :class:`TrialAbandoned` (from any thread)."""
