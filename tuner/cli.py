@@ -75,9 +75,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.repeated_failure:
         print(f"tuner: error: {summary.repeated_failure}; stopping", file=sys.stderr)
         return 1
-    if summary.interrupted:
+    if summary.forced:
+        print(f"tuner: quit at once on a second {summary.interrupted}; the running trial stays RUNNING until a "
+              "worker finds its heartbeat stale and queues its retry", file=sys.stderr)
+    elif summary.interrupted:
         print(f"tuner: stopped by {summary.interrupted}; the interrupted trial is failed and queued for retry",
               file=sys.stderr)
+    if summary.interrupted:
         return 128 + int(signal.Signals[summary.interrupted])
     return 0
 

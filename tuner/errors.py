@@ -44,6 +44,17 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+class ForceQuit(Interrupted):
+    """A second SIGTERM or SIGINT: the worker quits at once, storing nothing more; its running trial stays
+    RUNNING until the stale check fails and retries it (see :class:`tuner.training.stopping.StopSignals`)."""
+
+
+class TrialAbandoned(BaseException):
+    """Not an error: another worker ended this worker's running trial (it failed it as stale after a database
+    outage, and queued its retry), so this worker stops the trial and stores nothing more on it. A
+    ``BaseException``, like :class:`Interrupted`, so that an objective's error handling lets it through."""
+
+
 class TrialFailed(Exception):
     """A trial that cannot give a value (a NaN loss, a metric never logged), with the reason recorded on the trial.
 

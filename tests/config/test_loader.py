@@ -170,3 +170,17 @@ def test_section_overrides_name_the_set_item(items: list[str], message: str) -> 
 def test_section_overrides_take_short_keys() -> None:
     assert section_overrides(["separator= | ", "data.batch_size=4"], "data", "tuner evaluate") == {
         "separator": " | ", "batch_size": 4}
+
+
+@pytest.mark.parametrize(("interval", "grace", "ok"), [(30, 120, True), (30, 60, False), (1, 3, True), (1, 2, False),
+                                                       (0, 1, True)])
+def test_the_grace_period_leaves_room_to_wait_out_an_outage(tmp_path: Path, interval: int, grace: int,
+                                                             ok: bool) -> None:
+    """A worker waits out a database outage for grace_period - 2 x heartbeat_interval: it must be positive."""
+    path = _write(tmp_path, DEMO_DATA + f"[study]\nheartbeat_interval = {interval}\ngrace_period = {grace}\n")
+    if ok:
+        load_study(path)
+        return
+    with pytest.raises(ConfigError, match=rf"study.grace_period: must be more than twice study.heartbeat_interval"
+                                          rf" \(2 x {interval} s\)"):
+        load_study(path)

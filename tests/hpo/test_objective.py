@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,23 @@ def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.M
     trial = open_study(run).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")
+
+
+def test_a_signal_after_training_lets_the_trial_complete_then_stops(study_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # training ended: a SIGTERM while the objective records what it did must not fail and requeue the trial
+    set_user_attr = optuna.Trial.set_user_attr
+
+    def recording(trial: optuna.Trial, key: str, value: Any) -> None:
+        if key == "fit_s":  # the first thing recorded after the fit
+            signal.raise_signal(signal.SIGTERM)
+        set_user_attr(trial, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", recording)
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ["study.n_trials=2", "study.baseline=false", 'study.pruner="none"', "trainer.max_epochs=1",
+                            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    summary = run_study(run, progress=False, check=False)
+    assert summary.interrupted == "SIGTERM" and summary.trials_run == 1
+    [trial] = open_study(run).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["epochs"] == 1

@@ -13,7 +13,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from tuner.keys import TOKEN_ATTR
-from tuner.storage.rdb import open_storage, retrying
+from tuner.storage import rdb
+from tuner.storage.lock import SlotLock
+from tuner.storage.rdb import RETRY_S, open_storage, retrying
 from tuner.study.worker import _ask
 
 
@@ -105,3 +107,45 @@ def test_storage_calls_are_retried_through_transient_errors(caplog: pytest.LogCa
 
     with pytest.raises(ValueError):
         retrying(broken, "query", "sqlite:///x.db")()
+
+
+class _Clock:
+    """``time`` for :func:`retrying`: its sleeps pass at once, and are counted."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _outage(*args: object) -> None:
+    raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
+@pytest.mark.parametrize(("interval", "grace", "deadline"),
+                         [(None, None, RETRY_S), (30, 120, 60), (1, 3, 1), (10, 1000, RETRY_S)])
+def test_a_worker_gives_up_an_outage_before_a_live_trial_could_look_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: int | None, grace: int | None,
+        deadline: float) -> None:
+    # Waiting as long as the grace period, a worker coming back could find another worker's live trial
+    # with a heartbeat older than it, and fail it. The storage and the study lock give up sooner.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_interval=interval, grace_period=grace)
+    clock = _Clock()
+    monkeypatch.setattr(rdb, "time", clock)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", _outage)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        storage.record_heartbeat(1)
+    assert deadline - 5 < clock.now <= deadline  # backoff waits are 5 s at most
+    assert rdb.retry_deadline(interval, grace) == deadline
+
+    lock = SlotLock("postgresql+psycopg://tuner@localhost/none", "s", retry_s=rdb.retry_deadline(interval, grace))
+    monkeypatch.setattr(lock, "_acquire", _outage)
+    clock.now = 0.0
+    with pytest.raises(sqlalchemy.exc.OperationalError), lock():
+        pass
+    assert deadline - 5 < clock.now <= deadline

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from processes import (
     assert_exact_budget,
     assert_resumed,
@@ -26,7 +27,9 @@ from trivial_worker import open_trivial_study
 
 from tuner.errors import DataError
 from tuner.storage.lock import SlotLock
-from tuner.study.recovery import used_slots
+from tuner.study import recovery
+from tuner.study.heartbeat import Heartbeat
+from tuner.study.recovery import fail_stale, used_slots
 from tuner.study.runner import _progress_line
 from tuner.study.worker import work
 from tuner.training.stopping import StopSignals
@@ -76,6 +79,68 @@ def test_the_worker_loop_stops_on_a_signal_and_requeues_the_trial(tmp_path: Path
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
+@pytest.mark.parametrize(("outcome", "where"),
+                         [("complete", "heartbeat"), ("error", "heartbeat"), ("complete", "tell")])
+def test_a_signal_once_the_objective_returned_lets_its_outcome_be_stored_then_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str, where: str) -> None:
+    # the trial ended: a signal while its heartbeat stops or its outcome is stored must not fail and requeue it
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "ending")
+    hooked = Heartbeat.__exit__ if where == "heartbeat" else study._storage.set_trial_state_values
+
+    def signalled(*args: object, **kwargs: object) -> object:
+        signal.raise_signal(signal.SIGTERM)
+        return hooked(*args, **kwargs)  # type: ignore[operator]
+
+    if where == "heartbeat":
+        monkeypatch.setattr(Heartbeat, "__exit__", signalled)
+    else:
+        monkeypatch.setattr(study._storage, "set_trial_state_values", signalled)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if outcome == "error":
+            raise RuntimeError("diverged")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 10, lock=SlotLock(url, "ending"), signals=signals)
+    assert result.interrupted == "SIGTERM" and result.ran == 1
+    [trial] = study.trials  # no retry queued
+    if outcome == "complete":
+        assert trial.state == TrialState.COMPLETE and trial.value == 1.0
+    else:
+        assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "RuntimeError: diverged"
+
+
+def test_a_second_signal_quits_at_once_and_leaves_the_trial_to_the_stale_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "force-quit")
+    reached = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        with signals.deferred():  # training, which would stop at its next batch, but hangs
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the user insists
+            reached.append(True)
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 10, lock=SlotLock(url, "force-quit"), signals=signals)
+    assert not reached
+    assert result.interrupted == "SIGTERM" and result.forced
+    [trial] = study.trials
+    assert trial.state == TrialState.RUNNING  # nothing more stored: the database may be what hangs
+    for beating in [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]:
+        beating.join(5)  # the heartbeat stops, so the trial turns stale
+        assert not beating.is_alive()
+    monkeypatch.setattr(recovery, "_stale_ids", lambda study: [trial._trial_id])
+    assert fail_stale(study, max_retries=2) == [0]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+
+
 def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -93,6 +158,44 @@ def test_lightnings_own_sigterm_exit_also_requeues_the_trial(tmp_path: Path) -> 
     assert result.interrupted == "SIGTERM"
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
+
+
+def test_a_trial_another_worker_failed_as_stale_is_stopped_at_once_and_left_to_its_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker coming back from a database outage can find a live trial's heartbeat stale (see
+    # tuner.config.schema.outage_wait_s); it fails the trial and queues its retry. The trial's own worker
+    # must stop it (its retry resumes from its checkpoint) and store nothing more on it.
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_trivial_study(url, "stale-alive")
+    other = open_trivial_study(url, "stale-alive")  # the other worker's connection
+    failed: list[FrozenTrial] = []
+    waited: list[float] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if trial.number == 0:
+            with monkeypatch.context() as patch:
+                patch.setattr(recovery, "_stale_ids", lambda study: [trial._trial_id])
+                assert fail_stale(other, max_retries=2) == [0]
+            failed.append(other._storage.get_trial(trial._trial_id))
+            started = time.monotonic()
+            try:
+                signals.sleep(20)  # training, which checks the signals at each batch
+            finally:
+                waited.append(time.monotonic() - started)
+            raise AssertionError("the trial was not stopped")
+        return 1.0
+
+    with StopSignals() as signals:
+        result = work(study, objective, 2, lock=SlotLock(url, "stale-alive"), signals=signals)
+    assert waited[0] < 5  # a heartbeat interval is 1 s
+    assert result.ran == 3 and result.interrupted is None
+    trials = study.get_trials()
+    assert trials[0] == failed[0]  # as the other worker left it: no tell, no attribute
+    assert trials[0].user_attrs["fail_reason"].startswith("stale: ")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.number for t in trials if t.user_attrs.get("retry_of") == 0] == [1]  # one retry
+    assert used_slots(trials) == 2
 
 
 def test_an_error_of_the_study_stops_the_worker_and_spends_no_budget(tmp_path: Path) -> None:

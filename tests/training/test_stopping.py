@@ -1,4 +1,4 @@
-"""Stopping on a signal inside a long forward or backward pass, in the LR finder and in training."""
+"""Stopping a trial at once: on a signal inside a long forward or backward pass, and when it was abandoned."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from optuna.trial import TrialState
 from processes import tiny_study, wait_for
+
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned
+from tuner.training.stopping import StopMidStep, StopOnSignal, StopSignals
 
 
 def slow_backward_orderer(layers: int = 100, rows: int = 4096, width: int = 4096) -> type:
@@ -81,3 +86,33 @@ def test_sigint_inside_a_long_backward_pass_ends_the_run_in_seconds(
     interrupted, queued = tiny_study(study_dir).trials
     assert interrupted.state == TrialState.FAIL and queued.state == TrialState.WAITING
     assert interrupted.user_attrs["fail_reason"] == "interrupted by SIGINT; queued for retry"
+
+
+def test_an_abandoned_trial_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
+    # another worker failed the trial and queued its retry, which may be reading last.ckpt already
+    signals = StopSignals()
+    stop = StopOnSignal(signals, tmp_path / "last.ckpt", None)  # type: ignore[arg-type]
+    saved: list[Any] = []
+    trainer = SimpleNamespace(save_checkpoint=saved.append)
+    stop.on_train_batch_end(trainer, None, None, None, 0)  # type: ignore[arg-type]  # nothing yet: trains on
+    signals.abandon()
+    with pytest.raises(TrialAbandoned):
+        stop.on_train_batch_end(trainer, None, None, None, 1)  # type: ignore[arg-type]
+    with pytest.raises(TrialAbandoned):  # inside a step too, without the grace a signal gives it
+        StopMidStep(signals, grace=3600)._on_gradient(None)  # type: ignore[arg-type]
+    assert saved == []
+
+
+def test_a_second_signal_raises_at_once_even_where_signals_are_deferred() -> None:
+    with StopSignals() as signals:
+        with signals.deferred():
+            signal.raise_signal(signal.SIGINT)  # recorded: training stops at its next batch
+            assert signals.name == "SIGINT" and not signals.forced
+            with pytest.raises(ForceQuit):
+                signal.raise_signal(signal.SIGTERM)
+        assert signals.forced and signals.dropped
+        with pytest.raises(ForceQuit), signals.deferred():
+            signal.raise_signal(signal.SIGINT)  # and every one after
+    with StopSignals(), pytest.raises(Interrupted) as first:
+        signal.raise_signal(signal.SIGTERM)  # not deferred: the first one raises at once
+    assert not isinstance(first.value, ForceQuit)

@@ -250,6 +250,23 @@ class LRFinderConfig:
         _check(0 < self.min_drop < 1, "study.lr_finder.min_drop", "must be in (0, 1)")
 
 
+def outage_wait_s(heartbeat_interval: int | None, grace_period: int | None) -> int | None:
+    """How long a worker may wait out a database outage, with heartbeats on (``None``: they are off).
+
+    A worker coming back from an outage looks for stale trials at once. Another worker's live trial had
+    its last heartbeat up to one interval before the outage began, and an idle worker, which looks at the
+    storage once an interval, begins waiting up to one interval into it; so after waiting
+    ``grace_period - 2 * heartbeat_interval`` at most, it finds that heartbeat at most ``grace_period``
+    old: not stale. The live trial's heartbeat thread, waiting out the same outage, beats again within
+    seconds. A worker that was training, and came to the storage late in the outage, can still find a
+    live trial stale: its worker then drops that trial (see :class:`tuner.study.heartbeat.Heartbeat`).
+    """
+    if not heartbeat_interval:
+        return None
+    grace = grace_period if grace_period is not None else 2 * heartbeat_interval  # Optuna's default
+    return grace - 2 * heartbeat_interval
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """The ``[study]`` section: what to optimise, how to sample and prune, and the budget."""
@@ -273,8 +290,11 @@ class StudyConfig:
         _check(self.n_trials > 0, "study.n_trials", "must be positive")
         _check(self.heartbeat_interval is None or self.heartbeat_interval >= 0, "study.heartbeat_interval",
                "must be a number of seconds (0 turns heartbeats off)")
-        _check(not self.heartbeat_interval or self.grace_period is None or self.grace_period > self.heartbeat_interval,
-               "study.grace_period", "must be longer than study.heartbeat_interval")
+        wait = outage_wait_s(self.heartbeat_interval, self.grace_period)
+        _check(wait is None or wait > 0, "study.grace_period",
+               f"must be more than twice study.heartbeat_interval (2 x {self.heartbeat_interval} s), got "
+               f"{self.grace_period}: a worker waits out a database outage for grace_period - 2 x "
+               "heartbeat_interval seconds; raise grace_period or lower heartbeat_interval")
         _check(self.max_retries >= 0, "study.max_retries", "must be 0 or more")
         _check(self.timeout is None or self.timeout > 0, "study.timeout", "must be positive (seconds)")
         _check(self.metric.startswith("val_"), "study.metric", "must be a validation metric such as val_kendall_tau")

@@ -72,7 +72,8 @@ class Objective:
         try:
             return self._train(trial, root, started, resume)
         except (optuna.TrialPruned, Interrupted):
-            trial.set_user_attr("wall_s", time.perf_counter() - started)
+            if not self.signals.dropped:
+                trial.set_user_attr("wall_s", time.perf_counter() - started)
             raise
         except TrialFailed as err:
             self._fail(trial, str(err), started)
@@ -129,27 +130,29 @@ class Objective:
         if resume is not None:
             trial.set_user_attr("resumed_from", str(resume))
         fit_started = time.perf_counter()
-        try:
-            with self.signals.deferred():
+        # deferred to the end: once training has ended, a signal lets the worker store the outcome first
+        with self.signals.deferred():
+            try:
                 # trainer.fit, with pruning across DDP ranks
                 distributed.fit(trainer, model, data, trial, ckpt_path=str(resume) if resume else None)
-            self.signals.check()
-        finally:
-            trial.set_user_attr("fit_s", time.perf_counter() - fit_started)
-            trial.set_user_attr("epochs", trainer.current_epoch)
-            trial.set_user_attr("history", history.records)
-            trial.set_user_attr("checkpoint", checkpoint.best_model_path or None)
-            trial.set_user_attr("wall_s", time.perf_counter() - started)
-        if not history.records:
-            raise TrialFailed("no validation ran; check trainer.limit_val_batches and val_check_interval")
-        chosen = history.best(run.study.metric) if run.study.objective == "best" else history.records[-1]
-        for key, value in chosen.items():
-            if key.startswith("val_"):
-                trial.set_user_attr(key, value)
-        value = float(chosen[run.study.metric])
-        if math.isnan(value):
-            raise TrialFailed(f"{run.study.metric} is NaN")
-        return value
+                self.signals.check()  # a signal during training cut it short
+            finally:
+                if not self.signals.dropped:  # a force-quit stores nothing more, nor may an abandoned trial
+                    trial.set_user_attr("fit_s", time.perf_counter() - fit_started)
+                    trial.set_user_attr("epochs", trainer.current_epoch)
+                    trial.set_user_attr("history", history.records)
+                    trial.set_user_attr("checkpoint", checkpoint.best_model_path or None)
+                    trial.set_user_attr("wall_s", time.perf_counter() - started)
+            if not history.records:
+                raise TrialFailed("no validation ran; check trainer.limit_val_batches and val_check_interval")
+            chosen = history.best(run.study.metric) if run.study.objective == "best" else history.records[-1]
+            for key, value in chosen.items():
+                if key.startswith("val_"):
+                    trial.set_user_attr(key, value)
+            value = float(chosen[run.study.metric])
+            if math.isnan(value):
+                raise TrialFailed(f"{run.study.metric} is NaN")
+            return value
 
     def _learning_rate(self, trial: optuna.Trial, run: RunConfig, data: SentenceOrderingData,
                        root: Path) -> tuple[float, dict[str, Any]]:

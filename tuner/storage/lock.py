@@ -38,10 +38,13 @@ class SlotLock:
     worker on long trials, a one-off lock) closes it, so it holds no idle connection on the server.
     """
 
-    def __init__(self, url: str, study_name: str) -> None:
+    def __init__(self, url: str, study_name: str, retry_s: float = RETRY_S) -> None:
+        """``retry_s``: how long taking the lock waits out a database outage (see
+        :func:`tuner.storage.rdb.retry_deadline`)."""
         from sqlalchemy.exc import NoSuchModuleError
 
         self.url = url
+        self.retry_s = retry_s
         parsed = parse_url(url)
         self.backend = parsed.get_backend_name()
         digest = hashlib.sha256(f"tuner:{study_name}".encode()).digest()
@@ -76,7 +79,8 @@ class SlotLock:
         with self._thread_lock:
             if self._engine is not None:
                 keep = time.monotonic() - self._last_use < LOCK_KEEP_S
-                connection, release = retrying(self._acquire, "lock", self.url)() if retry else self._first()
+                acquire = retrying(self._acquire, "lock", self.url, self.retry_s) if retry else self._first
+                connection, release = acquire()
                 try:
                     yield
                 finally:

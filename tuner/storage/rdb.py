@@ -3,8 +3,8 @@
 PostgreSQL and MySQL URLs are used as given, with ``pool_pre_ping`` so a connection the server dropped
 during a long trial is replaced rather than failing the next query. Every storage call that fails
 because the connection dropped, the server restarted or SQLite stayed locked is retried with backoff
-for up to ``RETRY_S`` seconds (:class:`ResilientRDBStorage`), and a trial is created once however often
-its creation is retried.
+for up to ``RETRY_S`` seconds, less with heartbeats (:func:`retry_deadline`; :class:`ResilientRDBStorage`),
+and a trial is created once however often its creation is retried.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.config.schema import outage_wait_s
 from tuner.keys import TOKEN_ATTR
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
 from tuner.storage.urls import mask, missing_driver, parse_url, scrub, unknown_dialect, unreachable
@@ -33,7 +34,15 @@ from tuner.storage.urls import mask, missing_driver, parse_url, scrub, unknown_d
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRY_S = 120.0  # how long a worker waits out a database outage before giving up
+RETRY_S = 120.0  # how long a worker waits out a database outage before giving up (without heartbeats)
+
+
+def retry_deadline(heartbeat_interval: int | None, grace_period: int | None) -> float:
+    """How long a worker with these heartbeat settings waits out a database outage: ``RETRY_S``, or less, so
+    that a worker coming back does not take a live trial for a dead one
+    (:func:`tuner.config.schema.outage_wait_s`)."""
+    wait = outage_wait_s(heartbeat_interval, grace_period)
+    return RETRY_S if wait is None else min(RETRY_S, wait)
 
 
 def _transient(err: BaseException) -> bool:
@@ -98,14 +107,15 @@ class ResilientRDBStorage(RDBStorage):
         # create_new_trial and _create_new_trial retry themselves, with a token
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, retry_s: float = RETRY_S, **kwargs: Any) -> None:
+        self.retry_s = retry_s  # how long a call waits out an outage (retry_deadline)
         self._creating: dict[str, _Creation] = {}  # the creations in progress, by token
         super().__init__(*args, **kwargs)
 
     def __getattribute__(self, name: str) -> Any:
         value = super().__getattribute__(name)
         if name in ResilientRDBStorage._RETRIED:
-            return retrying(value, name, super().__getattribute__("url"))
+            return retrying(value, name, super().__getattribute__("url"), super().__getattribute__("retry_s"))
         return value
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
@@ -119,7 +129,7 @@ class ResilientRDBStorage(RDBStorage):
         try:
             # the template carries the token to _get_prepared_new_trial, and into the trial returned
             template = _with_token(plain, token)
-            return retrying(super()._create_new_trial, "_create_new_trial", self.url)(study_id, template)
+            return retrying(super()._create_new_trial, "_create_new_trial", self.url, self.retry_s)(study_id, template)
         finally:
             del self._creating[token]
 
@@ -191,7 +201,8 @@ def _trial_with_token(session: Any, study_id: int, token: str) -> Any:
             .first())
 
 
-def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> Any:
+def open_storage(url: str, *, create_schema: bool = True, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None) -> Any:
     """An Optuna ``RDBStorage`` for ``url``, with clear errors for bad URLs and unreachable servers.
 
     Args:
@@ -199,7 +210,8 @@ def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> 
         create_schema: create the database and Optuna's tables. Do it once, before workers start:
             concurrent creation on a fresh file races (Optuna issue #4621). With ``False`` a SQLite file
             must exist already (:class:`NoDatabase`), and nothing is created.
-        rdb_kwargs: passed to ``RDBStorage`` (heartbeat settings).
+        heartbeat_interval, grace_period: Optuna's heartbeat settings; they also shorten how long a call
+            waits out an outage (:func:`retry_deadline`).
     """
     from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
@@ -212,7 +224,9 @@ def open_storage(url: str, *, create_schema: bool = True, **rdb_kwargs: Any) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
             return ResilientRDBStorage(
-                url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create_schema, **rdb_kwargs
+                url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create_schema,
+                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                retry_s=retry_deadline(heartbeat_interval, grace_period),
             )
     except ImportError as err:
         raise missing_driver(url, err) from None

@@ -4,41 +4,69 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from optuna.trial import TrialState
+
+from tuner.errors import ForceQuit
+
 log = logging.getLogger(__name__)
+
+# after a failed beat, the next try comes this soon rather than an interval later: once the database is
+# back, the trial must beat again before a worker coming back too finds it stale
+RETRY_BEAT_S = 1.0
 
 
 class Heartbeat:
     """Records a trial's heartbeat every ``interval`` seconds in a thread while the trial runs.
 
-    A failed write (the database restarting) is logged and tried again at the next beat: the thread
-    must outlive outages, or a live trial would look dead to the other workers.
+    A failed write (the database restarting) is logged and tried again within ``RETRY_BEAT_S``: the thread
+    must outlive outages, and beat soon after one, or a live trial would look dead to the other workers.
+
+    After each beat it reads the trial's state: a trial no longer RUNNING was failed as stale by another
+    worker, which queued its retry (a worker can come back from an outage and find a live trial stale:
+    :func:`tuner.config.schema.outage_wait_s`). The thread then calls ``on_ended`` and stops beating.
     """
 
-    def __init__(self, storage: Any, trial_id: int, interval: int | None) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    def __init__(self, storage: Any, trial_id: int, interval: int | None,
+                 on_ended: Callable[[], None] | None = None) -> None:
+        self.storage, self.trial_id, self.interval, self.on_ended = storage, trial_id, interval, on_ended
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> None:
         if self.interval:
-            self._beat()
-            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
+            beaten = self._beat()
+            self._thread = threading.Thread(target=self._run, args=(beaten,), name=f"heartbeat-{self.trial_id}",
+                                            daemon=True)
             self._thread.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         self._stop.set()
-        if self._thread is not None:
+        # a force-quit does not wait for a beat that waits out a database outage: the thread is a daemon
+        if self._thread is not None and not isinstance(exc, ForceQuit):
             self._thread.join()
 
-    def _run(self) -> None:
+    def _run(self, beaten: bool) -> None:
         assert self.interval
-        while not self._stop.wait(self.interval):
-            self._beat()
+        while not self._stop.wait(self.interval if beaten else min(self.interval, RETRY_BEAT_S)):
+            beaten = self._beat()
+            if beaten and self._ended():
+                if self.on_ended is not None:
+                    self.on_ended()
+                return
 
-    def _beat(self) -> None:
+    def _beat(self) -> bool:
         try:
             self.storage.record_heartbeat(self.trial_id)
-        except Exception as err:  # noqa: BLE001 - logged; the next beat tries again
+        except Exception as err:  # noqa: BLE001 - logged; tried again soon
             log.warning("heartbeat of trial %d not recorded: %s", self.trial_id, str(err).splitlines()[0])
+            return False
+        return True
+
+    def _ended(self) -> bool:
+        try:
+            return bool(self.storage.get_trial(self.trial_id).state != TrialState.RUNNING)
+        except Exception:  # noqa: BLE001 - unknown: the next beat reads it again
+            return False

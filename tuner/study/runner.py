@@ -31,7 +31,7 @@ from tuner.config.schema import RunConfig
 from tuner.errors import TunerError
 from tuner.hpo import search
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import open_storage
+from tuner.storage.rdb import open_storage, retry_deadline
 from tuner.storage.records import best_row
 from tuner.storage.sqlite import check_sqlite_for_workers
 from tuner.storage.urls import mask, resolve_url
@@ -122,6 +122,7 @@ class RunSummary:
     n_trials: int
     best: dict[str, Any] | None
     interrupted: str | None = None  # the signal that stopped the worker
+    forced: bool = False  # a second signal stopped it at once, leaving its trial RUNNING for the stale check
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
     repeated_failure: str | None = None  # trials failed in a row with the same error: the worker stopped
 
@@ -181,7 +182,7 @@ def run_study(
     if check:
         _preflight(run)  # before the study exists: a study that cannot work creates nothing
     study = open_study(run, storage, worker_index=worker_index())
-    lock = SlotLock(url, run.name)
+    lock = SlotLock(url, run.name, retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
     with lock():
         if run.study.baseline and not study.get_trials(deepcopy=False):
             study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
@@ -193,7 +194,7 @@ def run_study(
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
                       on_end=lines.finished)
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
-                      best_row(study, run), interrupted=result.interrupted,
+                      best_row(study, run), interrupted=result.interrupted, forced=result.forced,
                       repeated_failure=result.repeated_failure)
 
 
@@ -308,7 +309,9 @@ def _visible_gpus() -> list[str]:
 def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
     """Fail the study's stale RUNNING trials and queue their retries (see :func:`tuner.study.recovery.reap`)."""
     study = open_study(run, storage, create=False)
-    with SlotLock(resolve_url(storage, run.study.storage), run.name)():
+    lock = SlotLock(resolve_url(storage, run.study.storage), run.name,
+                    retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
+    with lock():
         return reap(study, run.study.max_retries, older_than)
 
 

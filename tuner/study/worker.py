@@ -13,7 +13,9 @@ nothing else. The rules that keep the study whole:
   Optuna's ``RetryHeartbeatStaleTrialCallback`` up to ``max_retries`` times. A worker whose budget is
   spent waits while other workers' trials run, so a trial orphaned late is still retried.
 - Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
-  queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever.
+  queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever. A signal once
+  the objective has returned lets its outcome be stored first. A second signal quits at once and stores
+  nothing more: the trial stays RUNNING until the stale check fails and retries it.
 - Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
   gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
   is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import Interrupted, TunerError
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
 from tuner.keys import STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.records import retry_history
@@ -54,6 +56,7 @@ class WorkResult:
 
     ran: int = 0
     interrupted: str | None = None  # the signal's name when a signal stopped the worker
+    forced: bool = False  # a second signal stopped it at once, leaving its trial RUNNING (see StopSignals)
     timed_out: bool = False
     repeated_failure: str | None = None  # why the worker stopped after failures with the same error
 
@@ -144,7 +147,8 @@ def work(
                 break
     except Interrupted as err:
         result.interrupted = signal.Signals(err.signum).name
-        if trial is not None:
+        result.forced = isinstance(err, ForceQuit)
+        if trial is not None and not result.forced:
             with signals.deferred():
                 _end_interrupted(study, trial, err, max_retries)
     finally:
@@ -198,36 +202,50 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
                signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
     """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
 
+    From the objective's end until its outcome is stored, the heartbeat's end included, signals are
+    deferred: a signal there lets the outcome be stored, and the worker stops at its next check.
     Returns the stored trial and, when an exception failed it, that exception's type and message.
-    Re-raises :class:`Interrupted` once the trial is stored as failed, and a
-    :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again.
+    Re-raises :class:`Interrupted` once the trial is stored as failed, a
+    :class:`tuner.errors.TunerError` once the trial is stored as an error of the study and queued again,
+    and :class:`tuner.errors.ForceQuit` at once, storing nothing.
+    A trial that another worker failed while it ran (as stale, queuing its retry: see
+    :class:`tuner.study.heartbeat.Heartbeat`) is stopped and returned as that worker stored it.
     """
     value: float | None = None
     state = TrialState.FAIL
     reason: str | None = None
     study_error: TunerError | None = None
-    with Heartbeat(study._storage, trial._trial_id, interval):
-        try:
-            signals.check()
-            value = objective(trial)
-            state = TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except (Interrupted, SystemExit) as err:
-            # Lightning answers SIGTERM with its own SIGTERMException, a SystemExit, when it sees the
-            # signal before the objective's own check does
-            if not isinstance(err, Interrupted) and signals.signum is None:
-                raise
-            interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.signum or signal.SIGTERM)
-            with signals.deferred():
-                _end_interrupted(study, trial, interrupted, max_retries)
-            raise interrupted from None
-        except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
-            message = str(err).splitlines()[0] if str(err) else ""
-            reason = f"{type(err).__name__}: {message}"
-            if isinstance(err, TunerError):
-                study_error = err
+    interrupted: Interrupted | None = None
     with signals.deferred():
+        with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon):
+            try:
+                with signals.allowed():  # the objective defers signals itself where it stops cleanly
+                    signals.check()
+                    value = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialAbandoned:
+                pass
+            except ForceQuit:
+                raise
+            except (Interrupted, SystemExit) as err:
+                # Lightning answers SIGTERM with its own SIGTERMException, a SystemExit, when it sees the
+                # signal before the objective's own check does
+                if not isinstance(err, Interrupted) and signals.signum is None:
+                    raise
+                interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.signum or signal.SIGTERM)
+            except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
+                message = str(err).splitlines()[0] if str(err) else ""
+                reason = f"{type(err).__name__}: {message}"
+                if isinstance(err, TunerError):
+                    study_error = err
+        ended = _ended_elsewhere(study, trial, state, signals)
+        if ended is not None:
+            return ended, None
+        if interrupted is not None:
+            _end_interrupted(study, trial, interrupted, max_retries)
+            raise interrupted from None
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
             recorded = trial.user_attrs.get("fail_reason")
@@ -246,3 +264,20 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
             raise study_error
     return frozen, reason
+
+
+def _ended_elsewhere(study: optuna.Study, trial: optuna.Trial, state: TrialState,
+                     signals: StopSignals) -> FrozenTrial | None:
+    """``trial`` as stored, if another worker ended it while it ran (it takes no more writes); else ``None``.
+
+    Its heartbeat tells (``signals.abandoned``), or, when the objective failed before the heartbeat looked
+    (writing to the ended trial fails), the stored state."""
+    if not signals.abandoned and state != TrialState.FAIL:
+        return None  # a result's tell skips a trial ended meanwhile by itself
+    signals.forget_abandoned()
+    stored = study._storage.get_trial(trial._trial_id)
+    if stored.state == TrialState.RUNNING:
+        return None
+    log.warning("trial %d was ended by another worker while it ran, and not stored here: %s", trial.number,
+                stored.user_attrs.get("fail_reason") or stored.state.name)
+    return stored

@@ -22,7 +22,7 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tuner.errors import Interrupted
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,23 @@ class StopSignals:
     """SIGTERM/SIGINT handling for one worker, as a context manager (main thread only).
 
     The first signal is recorded and raises :class:`Interrupted` at once, unless the worker is inside
-    :meth:`deferred` code (training, where a callback stops at the next batch, or storing a result),
-    which calls :meth:`check` when it can stop. Later signals are only recorded.
+    :meth:`deferred` code (training, where a callback stops at the next batch, or ending a trial and
+    storing its outcome), which calls :meth:`check` when it can stop. A second signal raises
+    :class:`ForceQuit` at once, deferred or not: the way out when the clean end hangs (a step that never
+    ends, a database outage the storage waits out). The worker then stores nothing more, and its trial is
+    left RUNNING: its heartbeat stops, and the stale check fails it and queues its retry.
 
     Python runs a signal handler only between bytecodes of the main thread: while the main thread is
     in one long call into C (a backward pass is one), the handler waits for it to return.
+
+    :meth:`abandon` stops the running trial the same way, from any thread, with :class:`TrialAbandoned`.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.received_at: float | None = None  # time.monotonic() when the signal arrived
+        self.abandoned = False  # the running trial was ended elsewhere: see abandon()
+        self.forced = False  # a second signal came: see ForceQuit
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
@@ -70,7 +77,9 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            return
+            log.warning("%s received again: quitting at once", signal.Signals(signum).name)
+            self.forced = True
+            raise ForceQuit(signum)
         self.signum = signum
         self.received_at = time.monotonic()
         self._wake.set()
@@ -86,8 +95,36 @@ class StopSignals:
         finally:
             self._deferred -= 1
 
+    @contextlib.contextmanager
+    def allowed(self) -> Iterator[None]:
+        """Inside :meth:`deferred` code, a part where a signal raises at once again (a trial's objective)."""
+        deferred, self._deferred = self._deferred, 0
+        try:
+            yield
+        finally:
+            self._deferred = deferred
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the running trial takes no more writes: a second signal came, or it was abandoned."""
+        return self.forced or self.abandoned
+
+    def abandon(self) -> None:
+        """Stop the running trial at the next :meth:`check`, with :class:`TrialAbandoned` (from any thread)."""
+        self.abandoned = True
+        self._wake.set()
+
+    def forget_abandoned(self) -> None:
+        """Done with the abandoned trial: the next one runs."""
+        self.abandoned = False
+        if self.signum is None:
+            self._wake.clear()
+
     def check(self, grace: float = 0.0) -> None:
-        """Raise :class:`Interrupted` if a signal arrived (at least ``grace`` seconds ago)."""
+        """Raise :class:`TrialAbandoned` if the trial was abandoned, and :class:`Interrupted` if a signal
+        arrived (at least ``grace`` seconds ago)."""
+        if self.abandoned:
+            raise TrialAbandoned
         if self.signum is None:
             return
         if grace <= 0 or self.received_at is None or time.monotonic() - self.received_at >= grace:
@@ -152,6 +189,7 @@ class StopOnSignal(Callback):
     never stopped half way through an optimizer step; the checkpoint lets the trial's retry resume.
     A step still running :data:`STOP_GRACE_S` after the signal is abandoned inside its
     forward or backward pass (:class:`StopMidStep`); the retry then resumes from the last validation.
+    An abandoned trial (:meth:`StopSignals.abandon`) ends at the next batch too, without a checkpoint.
     It also records the step training started at (above 0 when resuming).
     """
 
@@ -184,9 +222,12 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.signals is not None and self.signals.signum is not None:
+        if self.signals is None:
+            return
+        # an abandoned trial saves nothing: its retry may be resuming from this checkpoint already
+        if self.signals.signum is not None and not self.signals.abandoned:
             trainer.save_checkpoint(str(self.last))
-            self.signals.check()
+        self.signals.check()
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
