@@ -296,6 +296,55 @@ def replies_lost(engine: Any, failures: int = 1, drop: Callable[[Any], None] | N
         event.remove(engine, "after_cursor_execute", watch)
 
 
+@contextlib.contextmanager
+def storage_faults(storage: Any, method: str, when: str = "after", skip: int = 0, times: int = 1,
+                   before: Callable[[], None] | None = None) -> Iterator[list[str]]:
+    """Fail the commits made inside one call of ``storage.<method>``, at a chosen point.
+
+    ``storage`` is the worker's ``ResilientRDBStorage`` (``study._storage._backend``). The first ``skip``
+    calls of ``method`` go through; in the next one, ``times`` commits fail with the driver's
+    ``OperationalError``: with ``when="before"`` the commit never reaches the server (the connection
+    dropped first), with ``when="after"`` it is committed and then its reply is lost. ``before`` is
+    called as that call starts (to let another worker act at that very point). Every call counts,
+    retries included. Yields the faults made, as ``"method:when"``.
+    """
+    import threading
+
+    engine = storage.engine
+    dialect = engine.dialect
+    commit = dialect.do_commit
+    original = getattr(type(storage), method)
+    inside = threading.local()
+    calls, faults = [0], []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        chosen = calls[0] == skip + 1
+        if chosen and before is not None:
+            before()
+        inside.chosen = chosen
+        try:
+            return original(storage, *args, **kwargs)
+        finally:
+            inside.chosen = False
+
+    def do_commit(dbapi_connection: Any) -> None:
+        if getattr(inside, "chosen", False) and len(faults) < times:
+            faults.append(f"{method}:{when}")
+            if when == "after":
+                commit(dbapi_connection)
+            raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+        commit(dbapi_connection)
+
+    setattr(storage, method, call)
+    dialect.do_commit = do_commit
+    try:
+        yield faults
+    finally:
+        del dialect.do_commit
+        delattr(storage, method)
+
+
 @pytest.fixture()
 def no_optuna_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Optuna retries a failed trial creation itself, after a random sleep of up to 2 s: no sleep here."""

@@ -21,7 +21,9 @@ TEST_ATTR = "test:"  # prefix of a trial's test metrics, set by `tuner evaluate 
 
 # Trial user attributes
 STUDY_ERROR_ATTR = "study_error"  # a trial failed by an error of the study itself
+NOT_ADMITTED_ATTR = "not_admitted"  # a trial created past the budget and failed before it ran
 RANKS_ATTR = "ddp_ranks"  # one fingerprint per DDP rank
 
 # Trial system attributes
 TOKEN_ATTR = "tuner:create_token"  # names the storage call that created the trial (see tuner.storage.rdb)
+CLAIM_ATTR = "tuner:claim_token"  # names the storage call that took the queued trial up (WAITING to RUNNING)

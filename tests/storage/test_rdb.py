@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import datetime
 from pathlib import Path
 
 import optuna
+import psycopg
+import pymysql
 import pytest
 import sqlalchemy
 from conftest import replies_lost
@@ -16,6 +20,7 @@ from tuner.keys import TOKEN_ATTR
 from tuner.storage import rdb
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import RETRY_S, open_storage, retrying
+from tuner.storage.urls import StorageError
 from tuner.study.worker import _ask
 
 
@@ -96,7 +101,8 @@ def test_storage_calls_are_retried_through_transient_errors(caplog: pytest.LogCa
     def flaky() -> str:
         calls.append(1)
         if len(calls) < 3:
-            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+            lost = psycopg.OperationalError("server closed the connection unexpectedly")
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, lost)
         return "ok"
 
     assert retrying(flaky, "query", "postgresql://u:hunter2@db/x")() == "ok" and len(calls) == 3
@@ -123,7 +129,7 @@ class _Clock:
 
 
 def _outage(*args: object) -> None:
-    raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    raise sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("server closed the connection"))
 
 
 @pytest.mark.parametrize(("interval", "grace", "deadline"),
@@ -149,3 +155,48 @@ def test_a_worker_gives_up_an_outage_before_a_live_trial_could_look_stale(
     with pytest.raises(sqlalchemy.exc.OperationalError), lock():
         pass
     assert deadline - 5 < clock.now <= deadline
+
+
+@pytest.mark.parametrize("driver_error", [
+    psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"),
+    psycopg.OperationalError("connection failed: connection to server at \"127.0.0.1\", port 5432 failed: "
+                             "Connection refused"),
+    pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"),
+    pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction"),
+    pymysql.err.InterfaceError(0, ""),
+    sqlite3.OperationalError("database is locked"),
+], ids=["pg-closed", "pg-refused", "mysql-lost", "mysql-deadlock", "mysql-socket-gone", "sqlite-locked"])
+def test_lost_connections_restarts_and_locks_are_waited_out(driver_error: Exception) -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, driver_error)
+        return "ok"
+
+    assert retrying(flaky, "query", "postgresql://u:pw@db/x", deadline_s=5)() == "ok" and len(calls) == 2
+
+
+@pytest.mark.parametrize(("driver_error", "said"), [
+    (psycopg.OperationalError('connection failed: FATAL:  password authentication failed for user "u"'),
+     "password authentication failed"),
+    (psycopg.errors.UndefinedTable('relation "trials" does not exist'), 'relation "trials" does not exist'),
+    (pymysql.err.OperationalError(1045, "Access denied for user 'u'@'localhost' (using password: YES)"),
+     "Access denied"),
+    (pymysql.err.OperationalError(1049, "Unknown database 'x'"), "Unknown database"),
+    (sqlite3.OperationalError("no such table: trials"), "no such table: trials"),
+], ids=["pg-password", "pg-no-table", "mysql-access", "mysql-no-database", "sqlite-no-table"])
+def test_errors_that_retrying_cannot_fix_fail_at_once_in_one_line(driver_error: Exception, said: str) -> None:
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, driver_error)
+
+    started = time.monotonic()
+    with pytest.raises(StorageError) as raised:
+        retrying(broken, "get_all_studies", "postgresql://u:hunter2@db/x", deadline_s=3)()
+    assert len(calls) == 1 and time.monotonic() - started < 1
+    message = str(raised.value)
+    assert "\n" not in message and said in message and "get_all_studies" in message and "hunter2" not in message

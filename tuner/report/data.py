@@ -53,7 +53,7 @@ def state_label(trial: FrozenTrial) -> str:
     """The state name, with failures of a lost worker (``stale``) or a stopped one (``interrupted``) told apart."""
     if trial.state == TrialState.FAIL:
         reason = str(trial.user_attrs.get("fail_reason") or "")
-        for kind in ("stale", "interrupted"):
+        for kind in ("stale", "interrupted", "not admitted"):
             if reason.startswith(kind):
                 return f"FAIL ({kind})"
     return trial.state.name

@@ -16,7 +16,7 @@ from tuner.report.data import Figure, finite, loss_at
 
 STATE_COLOURS = {
     "COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e63946", "FAIL (stale)": "#7b2cbf",
-    "FAIL (interrupted)": "#8d99ae", "RUNNING": "#4895ef", "WAITING": "#cccccc",
+    "FAIL (interrupted)": "#8d99ae", "FAIL (not admitted)": "#e0e0e0", "RUNNING": "#4895ef", "WAITING": "#cccccc",
 }
 
 

@@ -13,23 +13,23 @@ import copy
 import functools
 import json
 import logging
-import sqlite3
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.schema import outage_wait_s
-from tuner.keys import TOKEN_ATTR
+from tuner.keys import CLAIM_ATTR, TOKEN_ATTR
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
-from tuner.storage.urls import mask, missing_driver, parse_url, scrub, unknown_dialect, unreachable
+from tuner.storage.urls import StorageError, mask, missing_driver, parse_url, scrub, unknown_dialect, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,71 @@ def retry_deadline(heartbeat_interval: int | None, grace_period: int | None) -> 
     return RETRY_S if wait is None else min(RETRY_S, wait)
 
 
+# What a lost connection, a restarting server or a busy database says, whatever the driver. Anything
+# else (a failed login, a missing database or table, bad SQL) fails at once: retrying cannot fix it.
+_TRANSIENT_MESSAGES = (
+    "server closed the connection", "connection refused", "could not connect", "connection reset",
+    "connection timed out", "timeout expired", "broken pipe", "lost connection", "gone away",
+    "terminating connection", "the database system is starting up", "the database system is shutting down",
+    "the database system is in recovery mode", "connection is closed", "connection already closed",
+    "consuming input failed", "ssl syscall error", "no route to host", "database is locked",
+    "database table is locked", "database is busy", "too many connections", "deadlock", "lock wait timeout",
+    "server has gone away", "can't connect",
+)
+# SQLSTATE classes and codes of the same (PostgreSQL: 08 connection exceptions, 57P0x shutdown and
+# start-up, 40001/40P01 serialisation failure and deadlock, 53300 too many connections)
+_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "40001", "40P01", "53300", "55P03")
+# MySQL and MariaDB error numbers: 1040 too many connections, 1053 server shutdown, 1205 lock wait
+# timeout, 1213 deadlock, 1927 connection killed, 2002/2003 cannot connect, 2006 gone away, 2013 lost
+_TRANSIENT_MYSQL_CODES = (1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055)
+
+
 def _transient(err: BaseException) -> bool:
     """Whether ``err`` (or what it wraps) is a lost connection, a server restart or a locked database."""
     from sqlalchemy import exc
 
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, (exc.OperationalError, exc.InterfaceError)):
-            return True
+    for seen in _chain(err):
         if isinstance(seen, exc.DBAPIError) and seen.connection_invalidated:
             return True
-        if isinstance(seen, sqlite3.OperationalError) and "locked" in str(seen):
+        if _transient_driver_error(seen):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps: its cause or context, and a SQLAlchemy error's driver error (``orig``)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) and orig not in chain else seen.__cause__ or seen.__context__
+    return chain
+
+
+def _transient_driver_error(err: BaseException) -> bool:
+    """Whether a driver's own exception (psycopg, pymysql, sqlite3) says the connection or lock failed."""
+    if type(err).__name__ not in ("OperationalError", "InterfaceError", "DatabaseError", "InternalError"):
+        return False
+    if type(err).__module__.startswith("sqlalchemy"):
+        return False  # its driver's exception is in the chain, and says more
+    sqlstate = getattr(err, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] in _TRANSIENT_SQLSTATES
+    code = err.args[0] if err.args else None
+    if isinstance(code, int) and code:
+        return code in _TRANSIENT_MYSQL_CODES
+    if type(err).__name__ == "InterfaceError" and type(err).__module__.startswith("pymysql"):
+        return True  # pymysql's "(0, '')": the socket is gone
+    text = str(err).lower()
+    return any(message in text for message in _TRANSIENT_MESSAGES)
+
+
+def _permanent(err: BaseException, what: str, url: str) -> StorageError:
+    """A database error that retrying cannot fix, as one line naming the storage and the call."""
+    root = _chain(err)[-1]
+    first = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    return StorageError(f"storage {mask(url)}: {what} failed: {scrub(first, url)}")
 
 
 def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RETRY_S) -> Callable[..., T]:
@@ -71,7 +122,11 @@ def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RE
             try:
                 return call(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - re-raised unless transient
-                if not _transient(err) or time.monotonic() - started + delay > deadline_s:
+                if not _transient(err):
+                    if _is_database_error(err):
+                        raise _permanent(err, what, url) from None
+                    raise
+                if time.monotonic() - started + delay > deadline_s:
                     raise
                 reason = scrub(str(getattr(err, "orig", None) or err.__cause__ or err).strip().splitlines()[0], url)
                 log.warning("storage %s: %s failed (%s); retrying in %.1f s", mask(url), what, reason, delay)
@@ -81,30 +136,47 @@ def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RE
     return wrapper
 
 
+def _is_database_error(err: BaseException) -> bool:
+    """Whether ``err`` is, or wraps, an error the database or its driver raised (not an Optuna rule such
+    as a finished trial, nor integrity errors, which Optuna handles itself)."""
+    from sqlalchemy import exc
+
+    return any(isinstance(seen, exc.DBAPIError) and not isinstance(seen, exc.IntegrityError) for seen in _chain(err))
+
+
 class ResilientRDBStorage(RDBStorage):
     """Optuna's ``RDBStorage`` whose calls are retried through database outages (see :func:`retrying`).
 
     Optuna turns a dropped connection into ``StorageInternalError`` and the trial's result is lost;
     here the call waits for the database to come back. A retried write may have been committed already,
-    its reply lost with the connection. Attributes, intermediate values and heartbeats are written again
-    harmlessly. A state change is not covered: repeated, it finds the trial already finished
-    (``UpdateFinishedTrialError``) or, taking up a queued trial, already RUNNING (``False``). Creating a
-    trial is: a repeat would make a second trial, RUNNING without a heartbeat, which no stale check ever
-    ends and which holds a slot of the budget for ever. So each creating call carries a token, a system
-    attribute (``TOKEN_ATTR``) written in the same transaction as the trial, and every attempt after its
-    first looks for the trial carrying it before making one (:meth:`_get_prepared_new_trial`). That
-    covers this class's retries and Optuna's own, which ``_create_new_trial`` makes after a failed commit.
+    its reply lost with the connection, so only writes whose repeat is harmless are repeated blindly:
+    attributes, parameters, intermediate values and heartbeats, which write the same row again.
+    Every write that creates or moves a trial is made to recognise its own earlier attempt:
+
+    - Creating a trial: a repeat would make a second trial, which holds a slot of the budget for ever.
+      Each creating call carries a token, a system attribute (``TOKEN_ATTR``) written in the same
+      transaction as the trial, and every attempt after its first looks for the trial carrying it
+      before making one (:meth:`_get_prepared_new_trial`). That covers this class's retries and
+      Optuna's own, which ``_create_new_trial`` makes after a failed commit.
+    - Taking up a queued trial (WAITING to RUNNING): a repeat finds it RUNNING and says no, and the
+      trial would be orphaned. The claim carries a token too (``CLAIM_ATTR``), and a repeat that
+      finds its own token says yes (:meth:`_claim`).
+    - Finishing a trial: a repeat finds it finished (``UpdateFinishedTrialError``). A repeat that
+      finds the state and values it was asked to store says yes.
+
+    A trial created or taken up RUNNING gets its first heartbeat in the same transaction, so a worker
+    that dies before its heartbeat thread starts leaves a trial that the stale check ends.
     """
 
     _RETRIED = (
         "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
         "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
         "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-        "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+        "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
         "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
         # what Optuna's caching layer calls on the storage beneath it
         "_get_trials", "_set_trial_param", "_get_best_trial_id",
-        # create_new_trial and _create_new_trial retry themselves, with a token
+        # create_new_trial, _create_new_trial and set_trial_state_values retry themselves (see the class)
     )
 
     def __init__(self, *args: Any, retry_s: float = RETRY_S, **kwargs: Any) -> None:
@@ -154,7 +226,71 @@ class ResilientRDBStorage(RDBStorage):
         trial = super()._get_prepared_new_trial(study_id, creation.template, session)
         session.add(models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=TOKEN_ATTR,
                                                      value_json=json.dumps(token)))
+        if trial.state == TrialState.RUNNING:
+            self._first_heartbeat(session, int(trial.trial_id))
         return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+                               ) -> bool:
+        """Optuna's, retried; a repeat recognises its own earlier commit (see the class)."""
+        if state == TrialState.RUNNING:
+            return self._claim(trial_id)
+        attempts = 0
+
+        def attempt() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if attempts > 1 and self._stored_as(trial_id, state, values):
+                    log.info("storage %s: trial %d was already stored %s by an attempt whose reply was lost",
+                             mask(self.url), trial_id, state.name)
+                    return True
+                raise
+
+        return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
+
+    def _stored_as(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
+        trial = RDBStorage.get_trial(self, trial_id)
+        return trial.state == state and (values is None or list(trial.values or []) == list(values))
+
+    def _claim(self, trial_id: int) -> bool:
+        """Take up the queued trial ``trial_id`` (WAITING to RUNNING); ``False`` when another worker did."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        token, tried = uuid.uuid4().hex, False
+
+        def attempt() -> bool:
+            nonlocal tried
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                if tried and trial.state == TrialState.RUNNING:
+                    claim = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, CLAIM_ATTR, session)
+                    if claim is not None and json.loads(str(claim.value_json)) == token:
+                        log.info("storage %s: trial %d was taken up by an attempt whose reply was lost",
+                                 mask(self.url), trial.number)
+                        return True
+                self.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
+                if trial.state != TrialState.WAITING:
+                    return False
+                tried = True
+                trial.state = TrialState.RUNNING
+                trial.datetime_start = datetime.now()
+                session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=CLAIM_ATTR,
+                                                             value_json=json.dumps(token)))
+                self._first_heartbeat(session, trial_id)
+            return True
+
+        return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
+
+    def _first_heartbeat(self, session: Any, trial_id: int) -> None:
+        """A RUNNING trial's first heartbeat, in the transaction that makes it RUNNING (with heartbeats on)."""
+        from optuna.storages._rdb import models
+
+        if self.heartbeat_interval:
+            session.add(models.TrialHeartbeatModel(trial_id=trial_id))
 
 
 @dataclass

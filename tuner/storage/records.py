@@ -14,7 +14,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.schema import RunConfig
-from tuner.keys import STUDY_ERROR_ATTR
+from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 
 
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -25,6 +25,17 @@ def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 def retry_history(trial: FrozenTrial) -> list[int]:
     """The numbers of the trials this one retries, oldest first (empty for a first attempt)."""
     return list(trial.system_attrs.get("retry_history", []))
+
+
+def lineage(trial: FrozenTrial) -> int:
+    """The number of the first attempt of the trial that ``trial`` is, or retries."""
+    history = retry_history(trial)
+    return history[0] if history else trial.number
+
+
+def is_not_admitted(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was created past the budget and failed before it ran (see tuner.study.worker)."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(NOT_ADMITTED_ATTR))
 
 
 def is_study_error(trial: FrozenTrial) -> bool:

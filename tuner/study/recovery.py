@@ -21,17 +21,23 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage.records import is_study_error, retry_history
+from tuner.storage.records import is_not_admitted, is_study_error, retry_history
 
 log = logging.getLogger(__name__)
 
 
-def used_slots(trials: list[FrozenTrial]) -> int:
-    """How much of the budget ``trials`` use: all of them but failed trials that have a retry, and trials
-    failed by an error of the study itself (which would otherwise spend the budget until it is fixed)."""
+def slot_holders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that use the budget: all of them but failed trials that have a retry (the retry holds
+    the slot), trials failed by an error of the study itself (which would otherwise spend the budget
+    until it is fixed), and trials created past the budget, which never ran."""
     retried = {retry_history(t)[-1] for t in trials if retry_history(t)}
-    return sum(1 for t in trials
-               if not (t.state == TrialState.FAIL and (t.number in retried or is_study_error(t))))
+    return [t for t in trials
+            if not (t.state == TrialState.FAIL and (t.number in retried or is_study_error(t) or is_not_admitted(t)))]
+
+
+def used_slots(trials: list[FrozenTrial]) -> int:
+    """How much of the budget ``trials`` use (see :func:`slot_holders`)."""
+    return len(slot_holders(trials))
 
 
 def _retries_left(trial: FrozenTrial, max_retries: int) -> bool:

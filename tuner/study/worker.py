@@ -36,11 +36,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
-from tuner.keys import STUDY_ERROR_ATTR
+from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
-from tuner.storage.records import retry_history
+from tuner.storage.records import lineage, retry_history
 from tuner.study.heartbeat import Heartbeat
-from tuner.study.recovery import fail_stale, heartbeat_interval, requeue, retry_note, used_slots
+from tuner.study.recovery import fail_stale, heartbeat_interval, requeue, retry_note, slot_holders, used_slots
 from tuner.training.stopping import StopSignals
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ def work(
                     waiting = any(t.state == TrialState.WAITING for t in trials)
                     running = sum(t.state == TrialState.RUNNING for t in trials)
                     trial = _ask(study, waiting) if waiting or used_slots(trials) < budget else None
+                    if trial is not None and not _admitted(study, trial, trials, budget):
+                        _withdraw(study, trial)
+                        trial = None
+                        continue
                 if trial is not None:
                     result.ran += 1
                     _label(trial, worker)
@@ -167,6 +171,34 @@ def _ask(study: optuna.Study, waiting: bool) -> optuna.Trial:
         return study.ask()
     study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+
+def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial], budget: int) -> bool:
+    """Whether ``trial``, just asked for after counting ``seen``, is within the budget.
+
+    The count and the ask run under the study lock, but a lock held by a database session is freed by
+    the server when that session's connection drops, while its holder carries on: two workers may then
+    both count a free slot. So admission rests on the order the storage gives trials as it creates them
+    (their numbers), not on the lock: a new trial is within the budget when fewer than ``budget`` of
+    the trials that hold slots began before it. Where nothing was created between the count and the
+    ask (the trial's number is the count), the count already says so; only otherwise is the study read
+    again. A queued trial (a retry, or one enqueued) already holds its slot.
+    """
+    if trial.number < len(seen):
+        return True
+    if trial.number == len(seen):
+        return used_slots(seen) < budget
+    # a retry holds the slot of the trial it retries: count each holder at its first attempt's place
+    ahead = sum(1 for t in slot_holders(study.get_trials(deepcopy=False)) if lineage(t) < trial.number)
+    return ahead < budget
+
+
+def _withdraw(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail a trial created past the budget before it runs; it uses no slot (see slot_holders)."""
+    trial.set_user_attr(NOT_ADMITTED_ATTR, True)
+    trial.set_user_attr("fail_reason", "not admitted: the budget was spent by trials started at the same time")
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    log.warning("trial %d not run: the budget was spent by trials started at the same time", trial.number)
 
 
 def _label(trial: optuna.Trial, worker: str) -> None:
