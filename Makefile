@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage clean
+.PHONY: setup demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage clean
 
 $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the randomised soak: sessions killed at random (TUNER_SOAK_SEED=SEED replays a printed seed)
+soak: setup
+	$(BIN)/python -m pytest -q -m soak
 
 lint: setup
 	$(BIN)/ruff check tuner tests bench

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import selectors
 import socket
 import subprocess
@@ -22,6 +24,7 @@ from optuna.trial import TrialState
 from processes import assert_exact_budget, finish, start_trivial_workers, wait_for
 from trivial_worker import open_trivial_study
 
+from tuner.storage.records import is_not_admitted
 from tuner.study.recovery import requeue
 from tuner.study.worker import _ask
 
@@ -70,9 +73,68 @@ def test_dropped_connections_lose_no_result() -> None:
         assert killed > 0
         assert all(code == 0 for code, _, _ in results), results
         assert_exact_budget(study, 60)
-        assert all(t.state == TrialState.COMPLETE and t.value is not None for t in study.trials)
+        _assert_complete_or_not_admitted(study)
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def _assert_complete_or_not_admitted(study: optuna.Study) -> None:
+    """Every trial completed, but those a worker made past the budget after its study lock was lost
+    (the server frees a session's lock with its connection) and failed before they ran."""
+    trials = study.get_trials(deepcopy=False)
+    assert all(t.value is not None for t in trials if t.state == TrialState.COMPLETE)
+    assert all(t.state == TrialState.COMPLETE or is_not_admitted(t) for t in trials), [
+        (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials if t.state != TrialState.COMPLETE]
+
+
+def _kill_other_sessions(admin: sqlalchemy.engine.Engine, kind: str, rng: random.Random) -> int:
+    """Kill a random half of the other sessions on the study's database; returns how many."""
+    with admin.connect() as connection:
+        if kind == "postgresql":
+            pids = connection.execute(sqlalchemy.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )).scalars().all()
+            chosen = [pid for pid in pids if rng.random() < 0.5]
+            for pid in chosen:
+                connection.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            return len(chosen)
+        ids = connection.execute(sqlalchemy.text(
+            "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+        )).scalars().all()
+        chosen = [i for i in ids if rng.random() < 0.5]
+        for session in chosen:
+            with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # it may have ended already
+                connection.execute(sqlalchemy.text(f"KILL {int(session)}"))
+        return len(chosen)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_soak_connections_killed_at_random(kind: str) -> None:
+    # `make soak`: three workers, 100 trials, sessions killed at random moments. The seed is printed
+    # (shown when the test fails); TUNER_SOAK_SEED=SEED replays the same kills' schedule.
+    seed = int(os.environ.get("TUNER_SOAK_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"soak seed {seed}: replay with TUNER_SOAK_SEED={seed}")
+    rng = random.Random(seed)
+    url = require_server(kind)
+    name = f"soak-{uuid.uuid4().hex[:8]}"
+    study = open_trivial_study(url, name)
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        workers = start_trivial_workers(url, name, 100, k=3, seconds=0.02)
+        killed, deadline = 0, time.monotonic() + 600
+        while any(w.poll() is None for w in workers):
+            assert time.monotonic() < deadline, f"the soak ran past 600 s (seed {seed})"
+            killed += _kill_other_sessions(admin, kind, rng)
+            time.sleep(rng.uniform(0.05, 0.6))
+        results = finish(workers)
+        assert killed > 0
+        assert all(code == 0 for code, _, _ in results), (seed, results)
+        assert_exact_budget(study, 100)
+        _assert_complete_or_not_admitted(study)
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
+        admin.dispose()
 
 
 @pytest.mark.parametrize("failures", [1, 6], ids=["optuna-retries", "tuner-retries"])
@@ -181,7 +243,7 @@ def test_a_database_restart_mid_study_loses_no_result() -> None:
         assert any("retrying" in err for _, _, err in results)  # the outage was seen, and waited out
         assert sum(json.loads(out)["ran"] for _, out, _ in results) == 60
         assert_exact_budget(study, 60)
-        assert all(t.state == TrialState.COMPLETE and t.value is not None for t in study.trials)
+        _assert_complete_or_not_admitted(study)
     finally:
         optuna.delete_study(study_name=name, storage=url)
 
