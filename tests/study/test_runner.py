@@ -215,3 +215,40 @@ def test_bad_study_sections_name_file_and_key(study_dir: Path, monkeypatch: pyte
     with pytest.raises(ConfigError) as err:
         load_run("tiny", [override])
     assert message in str(err.value) and str(err.value).startswith(f"--set {override}: ")
+
+
+# a child that ignores SIGTERM, as a worker busy ending its trial might, and says when it does
+DEAF_CHILD = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print('ready', flush=True); time.sleep(600)")
+
+
+def test_workers_started_before_a_failed_start_are_stopped(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.study import runner
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.setattr(runner, "_preflight", lambda run: None)  # not what this test is about
+    monkeypatch.setattr(runner, "KILL_AFTER_S", 0.5)
+    popen = subprocess.Popen
+    started: list[subprocess.Popen[str]] = []
+
+    def start(args: list[str], **options: object) -> subprocess.Popen[str]:
+        if len(started) == 2:
+            raise OSError(11, "fork failed on purpose")
+        child = popen([sys.executable, "-c", DEAF_CHILD], **options)  # type: ignore[call-overload]
+        assert child.stdout is not None and child.stdout.readline().strip() in ("ready", b"ready")
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(runner.subprocess, "Popen", start)
+    try:
+        with pytest.raises(OSError, match="fork failed on purpose"):
+            runner.run_workers(load_run("tiny"), study_dir / "studies" / "tiny.toml", 3)
+        assert [child.returncode for child in started] == [-signal.SIGKILL, -signal.SIGKILL]  # SIGTERM ignored
+        for child in started:
+            with pytest.raises(ProcessLookupError):
+                os.killpg(child.pid, 0)  # nothing left in the worker's session either
+    finally:
+        for child in started:
+            if child.poll() is None:
+                child.kill()
+                child.wait()

@@ -10,6 +10,7 @@ work fails before its first trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,7 @@ def run_study(
 
 
 _TRIAL_LINE = re.compile(r"^trial \d+: ")
+KILL_AFTER_S = 10.0  # how long a worker has to end after SIGTERM when starting the others failed
 
 
 def run_workers(
@@ -233,17 +236,22 @@ def run_workers(
     if timeout is not None:
         command += ["--timeout", str(timeout)]
     processes: dict[str, subprocess.Popen[str]] = {}
-    for index in range(workers):
-        label = f"w{index}"
-        env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
-               "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
-               "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        processes[label] = subprocess.Popen(
-            [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,  # our signals are forwarded, not shared
-        )
+    try:
+        for index in range(workers):
+            label = f"w{index}"
+            env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
+                   "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
+                   "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+            processes[label] = subprocess.Popen(
+                [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True,  # our signals are forwarded, not shared
+            )
+    except BaseException:
+        # in their own sessions, the workers already started would outlive this process
+        _stop(list(processes.values()))
+        raise
     print(f"started {workers} workers on {mask(url)} ({threads} CPU threads each"
           + (f", GPUs {', '.join(gpus)}" if gpus else "") + ")", flush=True)
     forwarded: list[int] = []
@@ -272,6 +280,27 @@ def run_workers(
     after = finished(study.get_trials(deepcopy=False))
     return RunSummary(run.name, mask(url), after - before, after, budget, best_row(study, run),
                       interrupted=signal.Signals(forwarded[0]).name if forwarded else None, failed_workers=failed)
+
+
+def _stop(processes: list[subprocess.Popen[str]]) -> None:
+    """End worker ``processes`` and their sessions: SIGTERM, SIGKILL for those still running
+    ``KILL_AFTER_S`` seconds later, and wait for them."""
+    for process in processes:
+        _signal_session(process, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_AFTER_S
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_session(process, signal.SIGKILL)
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _signal_session(process: subprocess.Popen[str], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
 
 
 def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budget: int) -> None:
