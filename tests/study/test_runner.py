@@ -11,7 +11,15 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from processes import LONG_TRIAL, assert_exact_budget, first_trial_has, tiny_study, wait_for
+from processes import (
+    LONG_TRIAL,
+    assert_exact_budget,
+    children_of,
+    exited,
+    first_trial_has,
+    tiny_study,
+    wait_for,
+)
 
 from tuner.cli import main
 from tuner.errors import ConfigError, TunerError
@@ -40,9 +48,9 @@ def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytes
     assert worker_index() == 5
 
 
-def start_pool(study_dir: Path, n_trials: int) -> subprocess.Popen[str]:
+def start_pool(study_dir: Path, n_trials: int, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "tuner", "run", "--study", "tiny", "--workers", "2", *LONG_TRIAL,
-                             f"--set=study.n_trials={n_trials}"],
+                             f"--set=study.n_trials={n_trials}", *args],
                             cwd=study_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -85,6 +93,26 @@ def test_workers_flag_reports_a_dead_worker_and_the_other_finishes_its_trial(stu
     assert len(stale) == 1 and stale[0].user_attrs["fail_reason"].startswith("stale:")
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
     assert "progress: 2/2 finished" in out
+
+
+def test_workers_end_their_trials_when_their_parent_is_killed(study_dir: Path) -> None:
+    """Each worker leads its own session, so nothing else would stop it: it notices its parent is gone."""
+    # one worker trains for far longer than the test waits, the other waits for that trial to end
+    pool = start_pool(study_dir, 1, "--set=trainer.max_epochs=100000")
+    wait_for(lambda: running_pids(study_dir), "a running trial", timeout=300, process=pool)
+    workers = children_of(pool.pid)
+    assert len(workers) == 2
+    pool.kill()
+    pool.communicate()
+    try:
+        wait_for(lambda: all(exited(pid) for pid in workers), "the workers to exit", timeout=60)
+    finally:
+        for pid in workers:
+            if not exited(pid):
+                os.kill(pid, signal.SIGKILL)
+    trials = tiny_study(study_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM; queued for retry"
 
 
 def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

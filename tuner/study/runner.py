@@ -150,6 +150,44 @@ def worker_index() -> int:
     return 0
 
 
+PARENT_PID_VARIABLE = "TUNER_PARENT_PID"  # set by `--workers`: the worker stops when that process is gone
+PARENT_POLL_S = 1.0
+
+
+class _ParentWatch:
+    """Stop this worker as SIGTERM does once the process that started it (``--workers``) is gone.
+
+    A worker leads its own session, so a parent killed outright (SIGKILL, the OOM killer) would leave it
+    training for ever. A thread compares ``os.getppid()`` with the parent's pid; Linux's
+    ``PR_SET_PDEATHSIG`` would need a ``preexec_fn`` (unsafe in a process with threads) and fires when the
+    thread that started the child ends, not its process.
+    """
+
+    def __init__(self, parent: str | None) -> None:
+        self.parent = int(parent) if parent and parent.isdigit() else None
+        self._done = threading.Event()
+
+    def __enter__(self) -> _ParentWatch:
+        if self.parent is not None:
+            threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(PARENT_POLL_S):
+            if os.getppid() != self.parent:
+                # the parent read this worker's output: writing to its pipe now fails (EPIPE), and would fail
+                # the trial rather than end it cleanly
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.dup2(devnull, sys.stderr.fileno())
+                os.close(devnull)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+
 def default_worker() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -175,6 +213,8 @@ def run_study(
     from tuner import hardware
     from tuner.hpo.objective import Objective
 
+    # set by `--workers`; read once and removed, so that processes this worker starts do not inherit it
+    parent = os.environ.pop(PARENT_PID_VARIABLE, None)
     # `--workers` gives each worker process its share in TUNER_NUM_THREADS, having warned already
     hardware.set_threads(1, requested_threads())
     budget = n_trials or run.study.n_trials
@@ -189,7 +229,7 @@ def run_study(
             study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
     interactive = sys.stderr.isatty() if progress is None else progress
     lines = _Progress(budget, counted(study), interactive)
-    with StopSignals() as signals:
+    with StopSignals() as signals, _ParentWatch(parent):
         objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), interactive, signals)
         result = work(study, objective, budget, lock=lock, signals=signals, max_retries=run.study.max_retries,
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
@@ -241,7 +281,7 @@ def run_workers(
             label = f"w{index}"
             env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
                    "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
-                   "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+                   "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_PID_VARIABLE: str(os.getpid())}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
             processes[label] = subprocess.Popen(
