@@ -257,13 +257,13 @@ def test_workers_started_before_a_failed_start_are_stopped(study_dir: Path, monk
     monkeypatch.setattr(runner, "_preflight", lambda run: None)  # not what this test is about
     monkeypatch.setattr(runner, "KILL_AFTER_S", 0.5)
     popen = subprocess.Popen
-    started: list[subprocess.Popen[str]] = []
+    started: list[subprocess.Popen[bytes]] = []
 
-    def start(args: list[str], **options: object) -> subprocess.Popen[str]:
+    def start(args: list[str], **options: object) -> subprocess.Popen[bytes]:
         if len(started) == 2:
             raise OSError(11, "fork failed on purpose")
         child = popen([sys.executable, "-c", DEAF_CHILD], **options)  # type: ignore[call-overload]
-        assert child.stdout is not None and child.stdout.readline().strip() in ("ready", b"ready")
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         started.append(child)
         return child
 
@@ -280,3 +280,42 @@ def test_workers_started_before_a_failed_start_are_stopped(study_dir: Path, monk
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+# more than a pipe holds, after a trial line (whose progress line reads the study) and a line that is not UTF-8
+NOISY_CHILD = """import sys
+out = sys.stdout.buffer
+out.write(b"trial 0: COMPLETE\\n")
+out.write(b"not utf-8: \\xff\\n")
+for _ in range(8192):
+    out.write(b"x" * 127 + b"\\n")
+out.write(b"done\\n")
+"""
+
+
+def test_the_relay_drains_a_workers_output_whatever_one_line_does(capsys: pytest.CaptureFixture[str],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from tuner.study.runner import _relay
+
+    class LostStudy:
+        def get_trials(self, deepcopy: bool) -> list[object]:
+            raise RuntimeError("the database is gone on purpose")
+
+    child = subprocess.Popen([sys.executable, "-c", NOISY_CHILD], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    relay = threading.Thread(target=_relay, args=("w0", child, LostStudy(), 1), daemon=True)
+    relay.start()
+    try:
+        assert child.wait(timeout=30) == 0  # a relay that stopped reading leaves it blocked on a full pipe
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    relay.join(timeout=30)
+    assert not relay.is_alive()
+    out = capsys.readouterr().out
+    assert out.startswith("[w0] trial 0: COMPLETE\n[w0] not utf-8: \ufffd\n") and out.endswith("[w0] done\n")
+    assert out.count(f"[w0] {'x' * 127}\n") == 8192
+    [warning] = [r for r in caplog.records if r.name == "tuner.study.runner"]  # once, not once a line
+    assert "w0" in warning.getMessage() and "the database is gone on purpose" in warning.getMessage()

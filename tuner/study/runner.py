@@ -275,7 +275,7 @@ def run_workers(
                *(f"--set={item}" for item in overrides), "--n-trials", str(budget)]
     if timeout is not None:
         command += ["--timeout", str(timeout)]
-    processes: dict[str, subprocess.Popen[str]] = {}
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for index in range(workers):
             label = f"w{index}"
@@ -286,8 +286,8 @@ def run_workers(
                 env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
             processes[label] = subprocess.Popen(
                 [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, start_new_session=True,  # our signals are forwarded, not shared
-            )
+                stderr=subprocess.STDOUT, start_new_session=True,  # our signals are forwarded, not shared
+            )  # bytes: the relay decodes each line itself, so that no line can stop it
     except BaseException:
         # in their own sessions, the workers already started would outlive this process
         _stop(list(processes.values()))
@@ -322,7 +322,7 @@ def run_workers(
                       interrupted=signal.Signals(forwarded[0]).name if forwarded else None, failed_workers=failed)
 
 
-def _stop(processes: list[subprocess.Popen[str]]) -> None:
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     """End worker ``processes`` and their sessions: SIGTERM, SIGKILL for those still running
     ``KILL_AFTER_S`` seconds later, and wait for them."""
     for process in processes:
@@ -338,18 +338,29 @@ def _stop(processes: list[subprocess.Popen[str]]) -> None:
             process.stdout.close()
 
 
-def _signal_session(process: subprocess.Popen[str], signum: int) -> None:
+def _signal_session(process: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
 
 
-def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budget: int) -> None:
-    """Print a worker's output prefixed with its label, and the study's progress after each trial."""
+def _relay(label: str, process: subprocess.Popen[bytes], study: optuna.Study, budget: int) -> None:
+    """Print a worker's output prefixed with its label, and the study's progress after each trial.
+
+    Whatever one line does (bytes that are not UTF-8, a study that cannot be read for the progress line),
+    the relay goes on reading: a worker whose pipe is no longer drained blocks once the pipe is full.
+    """
     assert process.stdout is not None
-    for line in process.stdout:
-        print(f"[{label}] {line.rstrip()}", flush=True)
-        if _TRIAL_LINE.match(line):
-            print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
+    failed = False
+    for raw in process.stdout:
+        try:
+            line = raw.decode(errors="replace").rstrip()
+            print(f"[{label}] {line}", flush=True)
+            if _TRIAL_LINE.match(line):
+                print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
+        except Exception as err:  # noqa: BLE001 - see above; logged once, not once a line
+            if not failed:
+                log.warning("[%s] cannot show a line of this worker's output: %s: %s", label, type(err).__name__, err)
+                failed = True
 
 
 def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
