@@ -10,8 +10,9 @@ import optuna
 import pytest
 import torch
 
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, DataError
 from tuner.model import losses
+from tuner.storage.records import retry_history
 from tuner.study.runner import load_run, open_study, run_study
 
 
@@ -69,3 +70,16 @@ def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.M
     trial = open_study(run).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("metric 'val_tau' was not logged")
+
+
+def test_a_retry_trains_with_the_seed_of_the_first_attempt(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry replays the trial it replaces: the same settings and the same seed, not one of its own number."""
+    monkeypatch.chdir(study_dir)
+    (study_dir / "train.lower").rename(study_dir / "train.away")  # an error of the study: each attempt is retried
+    run = load_run("tiny", ["study.n_trials=1", "trainer.seed=7"])
+    for _ in range(3):
+        with pytest.raises(DataError):
+            run_study(run, progress=False, check=False)
+    trials = open_study(run).trials
+    assert [retry_history(t) for t in trials] == [[], [0], [0, 1]]
+    assert [t.user_attrs["seed"] for t in trials] == [7, 7, 7]

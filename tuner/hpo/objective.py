@@ -29,6 +29,7 @@ from tuner.hpo.lr_finder import run_finder
 from tuner.hpo.pruning import ReportingPruningCallback
 from tuner.keys import FINDER_ATTR
 from tuner.model.orderer import SentenceOrderer
+from tuner.storage.records import retry_history
 from tuner.training import distributed
 from tuner.training.stopping import StopOnSignal, StopSignals
 from tuner.training.trainer import ValidationHistory, build_trainer
@@ -97,7 +98,10 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:
         run = search.sample(trial, self.run)
-        seed = run.trainer.seed + trial.number
+        # a retry replays its first attempt (same settings, same seed), so that resuming its checkpoint
+        # continues the same run and starting over repeats it
+        attempts = retry_history(trial._cached_frozen_trial)
+        seed = run.trainer.seed + (attempts[0] if attempts else trial.number)
         pl.seed_everything(seed, workers=True, verbose=False)
         trial.set_user_attr("seed", seed)
         # what the trial ran on, and the precision that decided: figures differ many times between CPUs
