@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import pytest
 import sqlalchemy
 import torch
 from optuna.trial import TrialState
@@ -128,6 +129,9 @@ def assert_resumed(retry: optuna.trial.FrozenTrial, original: optuna.trial.Froze
     assert retry.user_attrs["start_step"] == checkpoint_step(last) > 0
     # validations before the resume travel in the checkpoint: one per epoch, none lost
     assert [r["epoch"] for r in retry.user_attrs["history"]] == list(range(40))
+    # and so do the pruning reports: the original's up to its checkpoint, then the retry's own
+    taus = [r["val_kendall_tau"] for r in retry.user_attrs["history"]]
+    assert retry.intermediate_values == pytest.approx(dict(enumerate(taus)))
 
 
 def run_tuner(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
