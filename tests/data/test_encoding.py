@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,6 @@ def test_two_writers_of_one_cache_entry_both_succeed(tmp_path: Path, tiny_bert: 
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers tokenising the same data at once each write their own temporary folder: the first
     rename makes the entry, the second finds it made and removes its own."""
-    import threading
-
     import datasets
 
     from tuner.backbone import load_tokenizer

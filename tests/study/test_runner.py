@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -295,8 +296,6 @@ out.write(b"done\\n")
 
 def test_the_relay_drains_a_workers_output_whatever_one_line_does(capsys: pytest.CaptureFixture[str],
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    import threading
-
     from tuner.study.runner import _relay
 
     class LostStudy:

@@ -207,8 +207,9 @@ def run_study(
     failing with the same error (``repeated_failure`` says so).
 
     With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
-    its parent ran it). An error of the study, found there or raised inside a trial, is raised as a
-    :class:`tuner.errors.TunerError`; a signal during the check raises :class:`tuner.errors.Interrupted`.
+    its parent ran it; such a worker also stops as on SIGTERM once that parent is gone). An error of the
+    study, found there or raised inside a trial, is raised as a :class:`tuner.errors.TunerError`; a
+    signal during the check raises :class:`tuner.errors.Interrupted`.
     """
     from tuner import hardware
     from tuner.hpo.objective import Objective
@@ -259,7 +260,9 @@ def run_workers(
     line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
     cleanly. The storage URL reaches them in the environment, never on a command line.
 
-    The pre-flight check runs here, once, before any worker starts; the workers skip it.
+    The pre-flight check runs here, once, before any worker starts; the workers skip it. If a worker
+    cannot be started, those already started are stopped before the error is raised; if this process
+    is killed, each worker notices and stops as on SIGTERM.
     """
     url = resolve_url(storage, run.study.storage)
     check_sqlite_for_workers(url, workers)
