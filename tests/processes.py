@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import pytest
 import sqlalchemy
 import torch
 from optuna.trial import TrialState
@@ -91,6 +92,30 @@ def first_trial_has(study_dir: Path, attr: str | None = None) -> bool:
     return bool(trials) and (attr is None or attr in trials[0].user_attrs)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (Linux), or None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has ended, reaped or not: an orphan's new parent may never reap it."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
 def checkpoint_step(path: Path) -> int:
 
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
@@ -104,6 +129,9 @@ def assert_resumed(retry: optuna.trial.FrozenTrial, original: optuna.trial.Froze
     assert retry.user_attrs["start_step"] == checkpoint_step(last) > 0
     # validations before the resume travel in the checkpoint: one per epoch, none lost
     assert [r["epoch"] for r in retry.user_attrs["history"]] == list(range(40))
+    # and so do the pruning reports: the original's up to its checkpoint, then the retry's own
+    taus = [r["val_kendall_tau"] for r in retry.user_attrs["history"]]
+    assert retry.intermediate_values == pytest.approx(dict(enumerate(taus)))
 
 
 def run_tuner(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,11 @@ import optuna
 import pytest
 import torch
 
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, DataError
+from tuner.hpo import search
 from tuner.model import losses
+from tuner.storage.records import retry_history
+from tuner.study.recovery import requeue
 from tuner.study.runner import load_run, open_study, run_study
 
 
@@ -90,3 +93,62 @@ def test_a_signal_after_training_lets_the_trial_complete_then_stops(study_dir: P
     assert summary.interrupted == "SIGTERM" and summary.trials_run == 1
     [trial] = open_study(run).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["epochs"] == 1
+
+
+def test_a_retry_trains_with_the_seed_of_the_first_attempt(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry replays the trial it replaces: the same settings and the same seed, not one of its own number."""
+    monkeypatch.chdir(study_dir)
+    (study_dir / "train.lower").rename(study_dir / "train.away")  # an error of the study: each attempt is retried
+    run = load_run("tiny", ["study.n_trials=1", "trainer.seed=7"])
+    for _ in range(3):
+        with pytest.raises(DataError):
+            run_study(run, progress=False, check=False)
+    trials = open_study(run).trials
+    assert [retry_history(t) for t in trials] == [[], [0], [0, 1]]
+    assert [t.user_attrs["seed"] for t in trials] == [7, 7, 7]
+
+
+def test_a_retry_that_starts_over_reports_its_own_validations(study_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry without a checkpoint to resume trains from scratch: its reports are its own, not its
+    predecessor's (Optuna ignores a report at a step already present)."""
+    monkeypatch.chdir(study_dir)
+    run = load_run("tiny", ["study.n_trials=1", 'study.pruner="none"', "trainer.max_epochs=2",
+                            "trainer.val_check_interval=1.0", "trainer.limit_train_batches=2",
+                            "trainer.limit_val_batches=1"])
+    study = open_study(run)
+    study.enqueue_trial(search.baseline_params(run))
+    crashed = study.ask()
+    search.sample(crashed, run)
+    crashed.set_user_attr("trial_dir", str(study_dir / "on-a-lost-machine"))  # no checkpoint to resume
+    for step in range(3):
+        crashed.report(-0.5, step)
+    requeue(study, study.tell(crashed, state=optuna.trial.TrialState.FAIL), max_retries=2)
+    run_study(run, progress=False, check=False)
+    retry = open_study(run).trials[1]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.user_attrs["retry_of"] == 0
+    assert "resumed_from" not in retry.user_attrs
+    taus = [record["val_kendall_tau"] for record in retry.user_attrs["history"]]
+    assert len(taus) == 2 and retry.intermediate_values == dict(enumerate(taus))
+
+
+def test_a_retry_that_resumes_takes_over_the_reports_of_the_checkpoints_trial(tmp_path: Path) -> None:
+    from trivial_worker import open_trivial_study
+
+    from tuner.hpo.objective import _resume_point
+
+    study = open_trivial_study(f"sqlite:///{tmp_path / 's.db'}", "resume")
+    crashed = study.ask()
+    crashed.suggest_float("x", -10, 10)
+    last = tmp_path / "trial-0000" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    crashed.set_user_attr("trial_dir", str(tmp_path / "trial-0000"))
+    crashed.report(0.1, 0)
+    crashed.report(0.2, 1)
+    requeue(study, study.tell(crashed, state=optuna.trial.TrialState.FAIL), max_retries=2)
+    retry = study.ask()
+    assert retry.number == 1 and not study.trials[1].intermediate_values  # not inherited when queued
+    retry.set_user_attr("retry_of", 0)  # as the worker labels it
+    assert _resume_point(retry) == last
+    assert study.trials[1].intermediate_values == {0: 0.1, 1: 0.2}

@@ -1,8 +1,8 @@
 """Tokenising documents once: every sentence encoded in chunks, cached on disk as an Arrow table.
 
 The cache key is the data's fingerprint, the tokenizer's and the settings, so another tokenizer or
-``max_length`` never reads a stale entry; an entry is written under a temporary name and renamed, so
-a reader never sees half of one.
+``max_length`` never reads a stale entry; an entry is written in a temporary folder of its own and
+renamed, so a reader never sees half of one, and a failed write leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,12 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuner import backbone
 from tuner.data.splits import Document
+
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +105,34 @@ def encode_cached(
             log.warning("ignoring unreadable cache %s: %s", folder, err)
     encoded = encode_documents(documents, tokenizer, max_length)
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(folder.name + f".tmp{id(encoded)}")
-        bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            datasets.Dataset.from_dict({"sentences": encoded}).save_to_disk(str(tmp))
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
-        tmp.replace(folder)
+        _write_entry(folder, datasets.Dataset.from_dict({"sentences": encoded}))
     except OSError as err:
         log.warning("cannot cache tokenised data in %s: %s", folder, err)
     return encoded
+
+
+def _write_entry(folder: Path, table: datasets.Dataset) -> None:
+    """Save ``table`` as the cache entry ``folder``: in a temporary folder of its own (workers tokenising the
+    same data at once each write theirs), renamed into place, so a reader never sees half an entry."""
+    import datasets
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+    try:
+        # mkdtemp makes it private; an entry gets the cache folder's permissions, as a plain mkdir would
+        tmp.chmod(folder.parent.stat().st_mode & 0o777)
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            table.save_to_disk(str(tmp))
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        try:
+            tmp.replace(folder)
+        except OSError:  # a folder is not replaced by another unless empty
+            if not (folder / "dataset_info.json").is_file():
+                raise
+            log.debug("cache entry %s was written by another worker meanwhile", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed

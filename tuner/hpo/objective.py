@@ -29,6 +29,7 @@ from tuner.hpo.lr_finder import run_finder
 from tuner.hpo.pruning import ReportingPruningCallback
 from tuner.keys import FINDER_ATTR
 from tuner.model.orderer import SentenceOrderer
+from tuner.storage.records import retry_history
 from tuner.training import distributed
 from tuner.training.stopping import StopOnSignal, StopSignals
 from tuner.training.trainer import ValidationHistory, build_trainer
@@ -98,7 +99,10 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:
         run = search.sample(trial, self.run)
-        seed = run.trainer.seed + trial.number
+        # a retry replays its first attempt (same settings, same seed), so that resuming its checkpoint
+        # continues the same run and starting over repeats it
+        attempts = retry_history(trial._cached_frozen_trial)
+        seed = run.trainer.seed + (attempts[0] if attempts else trial.number)
         pl.seed_everything(seed, workers=True, verbose=False)
         trial.set_user_attr("seed", seed)
         # what the trial ran on, and the precision that decided: figures differ many times between CPUs
@@ -187,7 +191,8 @@ class Objective:
 
 
 def _resume_point(trial: optuna.Trial) -> Path | None:
-    """The checkpoint a retry resumes from: the newest ``last.ckpt`` among the trials it replaces.
+    """The checkpoint a retry resumes from: the newest ``last.ckpt`` among the trials it replaces, whose
+    pruning reports the retry takes over.
 
     A retry starts with a copy of the failed trial's attributes, so ``trial_dir`` still names the
     failed trial's folder here, and ``resume_dirs`` the folders of earlier attempts.
@@ -201,8 +206,27 @@ def _resume_point(trial: optuna.Trial) -> Path | None:
     for folder in folders:
         last = Path(folder) / "checkpoints" / "last.ckpt"
         if last.is_file():
+            _take_over_reports(trial, folder)
             return last
     return None
+
+
+def _take_over_reports(trial: optuna.Trial, folder: str) -> None:
+    """Report on ``trial`` what the earlier attempt that ran in ``folder`` reported.
+
+    A retry is queued without its predecessor's reports (:func:`tuner.study.recovery.requeue`): only here,
+    where the retry finds the checkpoint it resumes, is it known whether those reports are its past. One
+    that starts over reports afresh from its first validation; inherited reports would be kept instead,
+    as Optuna ignores a report at a step already present. The pruning callback, restored from the
+    checkpoint, reports on from the step after the checkpoint's last report.
+    """
+    storage, study_id = trial.study._storage, trial.study._study_id
+    for number in retry_history(trial._cached_frozen_trial):
+        earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+        if earlier.user_attrs.get("trial_dir") == folder:
+            for step, value in sorted(earlier.intermediate_values.items()):
+                trial.report(value, step)
+            return
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -45,13 +45,17 @@ def _retries_left(trial: FrozenTrial, max_retries: int) -> bool:
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
-    """Queue a retry of the failed ``trial`` (same parameters, its reports inherited) unless it used up
-    ``max_retries``. Returns whether a retry was queued."""
+    """Queue a retry of the failed ``trial`` (same parameters and attributes) unless it used up
+    ``max_retries``. Returns whether a retry was queued.
+
+    The retry starts without the failed trial's reports: it takes them over only if it resumes from that
+    trial's checkpoint (see :mod:`tuner.hpo.objective`), which only the retry, where it runs, can tell.
+    """
     if not _retries_left(trial, max_retries):
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retries, inherit_intermediate_values=True)(study, trial)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, trial)
     return True
 
 

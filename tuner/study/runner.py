@@ -10,6 +10,7 @@ work fails before its first trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,44 @@ def worker_index() -> int:
     return 0
 
 
+PARENT_PID_VARIABLE = "TUNER_PARENT_PID"  # set by `--workers`: the worker stops when that process is gone
+PARENT_POLL_S = 1.0
+
+
+class _ParentWatch:
+    """Stop this worker as SIGTERM does once the process that started it (``--workers``) is gone.
+
+    A worker leads its own session, so a parent killed outright (SIGKILL, the OOM killer) would leave it
+    training for ever. A thread compares ``os.getppid()`` with the parent's pid; Linux's
+    ``PR_SET_PDEATHSIG`` would need a ``preexec_fn`` (unsafe in a process with threads) and fires when the
+    thread that started the child ends, not its process.
+    """
+
+    def __init__(self, parent: str | None) -> None:
+        self.parent = int(parent) if parent and parent.isdigit() else None
+        self._done = threading.Event()
+
+    def __enter__(self) -> _ParentWatch:
+        if self.parent is not None:
+            threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(PARENT_POLL_S):
+            if os.getppid() != self.parent:
+                # the parent read this worker's output: writing to its pipe now fails (EPIPE), and would fail
+                # the trial rather than end it cleanly
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.dup2(devnull, sys.stderr.fileno())
+                os.close(devnull)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+
 def default_worker() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -168,12 +208,15 @@ def run_study(
     failing with the same error (``repeated_failure`` says so).
 
     With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
-    its parent ran it). An error of the study, found there or raised inside a trial, is raised as a
-    :class:`tuner.errors.TunerError`; a signal during the check raises :class:`tuner.errors.Interrupted`.
+    its parent ran it; such a worker also stops as on SIGTERM once that parent is gone). An error of the
+    study, found there or raised inside a trial, is raised as a :class:`tuner.errors.TunerError`; a
+    signal during the check raises :class:`tuner.errors.Interrupted`.
     """
     from tuner import hardware
     from tuner.hpo.objective import Objective
 
+    # set by `--workers`; read once and removed, so that processes this worker starts do not inherit it
+    parent = os.environ.pop(PARENT_PID_VARIABLE, None)
     # `--workers` gives each worker process its share in TUNER_NUM_THREADS, having warned already
     hardware.set_threads(1, requested_threads())
     budget = n_trials or run.study.n_trials
@@ -188,7 +231,7 @@ def run_study(
             study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
     interactive = sys.stderr.isatty() if progress is None else progress
     lines = _Progress(budget, counted(study), interactive)
-    with StopSignals() as signals:
+    with StopSignals() as signals, _ParentWatch(parent):
         objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), interactive, signals)
         result = work(study, objective, budget, lock=lock, signals=signals, max_retries=run.study.max_retries,
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
@@ -199,6 +242,7 @@ def run_study(
 
 
 _TRIAL_LINE = re.compile(r"^trial \d+: ")
+KILL_AFTER_S = 10.0  # how long a worker has to end after SIGTERM when starting the others failed
 
 
 def run_workers(
@@ -217,7 +261,9 @@ def run_workers(
     line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
     cleanly. The storage URL reaches them in the environment, never on a command line.
 
-    The pre-flight check runs here, once, before any worker starts; the workers skip it.
+    The pre-flight check runs here, once, before any worker starts; the workers skip it. If a worker
+    cannot be started, those already started are stopped before the error is raised; if this process
+    is killed, each worker notices and stops as on SIGTERM.
     """
     url = resolve_url(storage, run.study.storage)
     check_sqlite_for_workers(url, workers)
@@ -233,18 +279,23 @@ def run_workers(
                *(f"--set={item}" for item in overrides), "--n-trials", str(budget)]
     if timeout is not None:
         command += ["--timeout", str(timeout)]
-    processes: dict[str, subprocess.Popen[str]] = {}
-    for index in range(workers):
-        label = f"w{index}"
-        env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
-               "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
-               "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        processes[label] = subprocess.Popen(
-            [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,  # our signals are forwarded, not shared
-        )
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for index in range(workers):
+            label = f"w{index}"
+            env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
+                   "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
+                   "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_PID_VARIABLE: str(os.getpid())}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+            processes[label] = subprocess.Popen(
+                [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True,  # our signals are forwarded, not shared
+            )  # bytes: the relay decodes each line itself, so that no line can stop it
+    except BaseException:
+        # in their own sessions, the workers already started would outlive this process
+        _stop(list(processes.values()))
+        raise
     print(f"started {workers} workers on {mask(url)} ({threads} CPU threads each"
           + (f", GPUs {', '.join(gpus)}" if gpus else "") + ")", flush=True)
     forwarded: list[int] = []
@@ -275,13 +326,45 @@ def run_workers(
                       interrupted=signal.Signals(forwarded[0]).name if forwarded else None, failed_workers=failed)
 
 
-def _relay(label: str, process: subprocess.Popen[str], study: optuna.Study, budget: int) -> None:
-    """Print a worker's output prefixed with its label, and the study's progress after each trial."""
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """End worker ``processes`` and their sessions: SIGTERM, SIGKILL for those still running
+    ``KILL_AFTER_S`` seconds later, and wait for them."""
+    for process in processes:
+        _signal_session(process, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_AFTER_S
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_session(process, signal.SIGKILL)
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _signal_session(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+def _relay(label: str, process: subprocess.Popen[bytes], study: optuna.Study, budget: int) -> None:
+    """Print a worker's output prefixed with its label, and the study's progress after each trial.
+
+    Whatever one line does (bytes that are not UTF-8, a study that cannot be read for the progress line),
+    the relay goes on reading: a worker whose pipe is no longer drained blocks once the pipe is full.
+    """
     assert process.stdout is not None
-    for line in process.stdout:
-        print(f"[{label}] {line.rstrip()}", flush=True)
-        if _TRIAL_LINE.match(line):
-            print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
+    failed = False
+    for raw in process.stdout:
+        try:
+            line = raw.decode(errors="replace").rstrip()
+            print(f"[{label}] {line}", flush=True)
+            if _TRIAL_LINE.match(line):
+                print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
+        except Exception as err:  # noqa: BLE001 - see above; logged once, not once a line
+            if not failed:
+                log.warning("[%s] cannot show a line of this worker's output: %s: %s", label, type(err).__name__, err)
+                failed = True
 
 
 def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
