@@ -47,7 +47,8 @@ def _study(url: str) -> optuna.Study:
 
 
 def _stale_trial(study: optuna.Study) -> None:
-    """A RUNNING trial whose worker died an hour ago."""
+    """A RUNNING trial whose worker died an hour ago: a queued one (as the baseline trial is), taken up."""
+    study.enqueue_trial({"x": 1.0})
     trial = study.ask()
     trial.suggest_float("x", -10, 10)
     study._storage.set_trial_user_attr(trial._trial_id, "worker", "dead")

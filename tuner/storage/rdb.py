@@ -266,8 +266,8 @@ class ResilientRDBStorage(RDBStorage):
             nonlocal tried
             with _create_scoped_session(self.scoped_session) as session:
                 trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                claim = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, CLAIM_ATTR, session)
                 if tried and trial.state == TrialState.RUNNING:
-                    claim = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, CLAIM_ATTR, session)
                     if claim is not None and json.loads(str(claim.value_json)) == token:
                         log.info("storage %s: trial %d was taken up by an attempt whose reply was lost",
                                  mask(self.url), trial.number)
@@ -278,8 +278,11 @@ class ResilientRDBStorage(RDBStorage):
                 tried = True
                 trial.state = TrialState.RUNNING
                 trial.datetime_start = datetime.now()
-                session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=CLAIM_ATTR,
-                                                             value_json=json.dumps(token)))
+                if claim is None:
+                    session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=CLAIM_ATTR,
+                                                                 value_json=json.dumps(token)))
+                else:  # a trial queued through the storage API by hand, from a copy of a claimed one
+                    claim.value_json = json.dumps(token)
                 self._first_heartbeat(session, trial_id)
             return True
 
@@ -302,12 +305,13 @@ class _Creation:
 
 
 def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
-    """``template`` without a creation token. A retry queued by ``RetryHeartbeatStaleTrialCallback``
-    copies the failed trial's system attributes, its token among them."""
-    if template is None or TOKEN_ATTR not in template.system_attrs:
+    """``template`` without creation or claim tokens. A retry queued by ``RetryHeartbeatStaleTrialCallback``
+    copies the failed trial's system attributes, its tokens among them."""
+    if template is None or not {TOKEN_ATTR, CLAIM_ATTR} & template.system_attrs.keys():
         return template
     plain = copy.copy(template)
-    plain.system_attrs = {key: value for key, value in template.system_attrs.items() if key != TOKEN_ATTR}
+    plain.system_attrs = {key: value for key, value in template.system_attrs.items()
+                          if key not in (TOKEN_ATTR, CLAIM_ATTR)}
     return plain
 
 
