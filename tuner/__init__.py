@@ -18,7 +18,7 @@ _API = {
     "load_study": "tuner.config.loader",
     "load_run": "tuner.study.runner",
     "run_study": "tuner.study.runner",
-    "run_workers": "tuner.study.runner",
+    "run_workers": "tuner.study.workers",
     "trials": "tuner.study.queries",
     "best": "tuner.study.queries",
     "train": "tuner.training.trainer",

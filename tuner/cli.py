@@ -53,7 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tuner.config.loader import find_study
     from tuner.study.queries import trials
-    from tuner.study.runner import load_run, run_study, run_workers
+    from tuner.study.runner import load_run, run_study
+    from tuner.study.workers import run_workers
 
     run = load_run(args.study, args.set)
     if args.workers > 1:

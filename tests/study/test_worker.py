@@ -30,8 +30,8 @@ from tuner.storage.lock import SlotLock
 from tuner.study import recovery
 from tuner.study.heartbeat import Heartbeat
 from tuner.study.recovery import fail_stale, used_slots
-from tuner.study.runner import _progress_line
 from tuner.study.worker import work
+from tuner.study.workers import _progress_line
 from tuner.training.stopping import StopSignals
 
 

@@ -1,26 +1,22 @@
-"""Studies and their workers: open a study in its storage, run workers on it, summarise it.
+"""Running a study: open it in its storage, run one worker on it in this process, summarise it.
 
 The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
 failed trials that were retried and trials failed by an error of the study itself (see
-:mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there. ``run_study`` is one
-worker in this process; ``run_workers`` starts several local worker processes and shows their combined
-progress. Both first run the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot
-work fails before its first trial.
+:mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there.
+``run_study`` is one worker in this process (:mod:`tuner.study.workers` starts several). It first runs
+the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot work fails before
+its first trial.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +31,6 @@ from tuner.hpo import search
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import open_storage, retry_deadline
 from tuner.storage.records import best_row
-from tuner.storage.sqlite import check_sqlite_for_workers
 from tuner.storage.urls import mask, resolve_url
 from tuner.study.recovery import reap, used_slots
 from tuner.study.worker import work
@@ -106,7 +101,7 @@ def finished(trials: list[FrozenTrial]) -> int:
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
-def _preflight(run: RunConfig) -> None:
+def check_study(run: RunConfig) -> None:
     """:func:`tuner.study.preflight.check` with SIGINT and SIGTERM handled as in a worker: a signal raises
     :class:`tuner.errors.Interrupted` rather than Lightning's own exit."""
     from tuner.study.preflight import check
@@ -155,7 +150,7 @@ PARENT_PID_VARIABLE = "TUNER_PARENT_PID"  # set by `--workers`: the worker stops
 PARENT_POLL_S = 1.0
 
 
-class _ParentWatch:
+class ParentWatch:
     """Stop this worker as SIGTERM does once the process that started it (``--workers``) is gone.
 
     A worker leads its own session, so a parent killed outright (SIGKILL, the OOM killer) would leave it
@@ -168,7 +163,7 @@ class _ParentWatch:
         self.parent = int(parent) if parent and parent.isdigit() else None
         self._done = threading.Event()
 
-    def __enter__(self) -> _ParentWatch:
+    def __enter__(self) -> ParentWatch:
         if self.parent is not None:
             threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
         return self
@@ -207,10 +202,11 @@ def run_study(
     total), ``timeout`` seconds pass (after the running trial), SIGTERM/SIGINT arrives, or trials keep
     failing with the same error (``repeated_failure`` says so).
 
-    With ``check``, the pre-flight check runs first (a worker started by :func:`run_workers` skips it:
-    its parent ran it; such a worker also stops as on SIGTERM once that parent is gone). An error of the
-    study, found there or raised inside a trial, is raised as a :class:`tuner.errors.TunerError`; a
-    signal during the check raises :class:`tuner.errors.Interrupted`.
+    With ``check``, the pre-flight check runs first (a worker that
+    :func:`tuner.study.workers.run_workers` started skips it: its parent ran it; such a worker also stops
+    as on SIGTERM once that parent is gone). An error of the study, found there or raised inside a trial,
+    is raised as a :class:`tuner.errors.TunerError`; a signal during the check raises
+    :class:`tuner.errors.Interrupted`.
     """
     from tuner import hardware
     from tuner.hpo.objective import Objective
@@ -223,7 +219,7 @@ def run_study(
     timeout = timeout if timeout is not None else run.study.timeout
     url = resolve_url(storage, run.study.storage)
     if check:
-        _preflight(run)  # before the study exists: a study that cannot work creates nothing
+        check_study(run)  # before the study exists: a study that cannot work creates nothing
     study = open_study(run, storage, worker_index=worker_index())
     lock = SlotLock(url, run.name, retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
     with lock():
@@ -231,7 +227,7 @@ def run_study(
             study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
     interactive = sys.stderr.isatty() if progress is None else progress
     lines = _Progress(budget, counted(study), interactive)
-    with StopSignals() as signals, _ParentWatch(parent):
+    with StopSignals() as signals, ParentWatch(parent):
         objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), interactive, signals)
         result = work(study, objective, budget, lock=lock, signals=signals, max_retries=run.study.max_retries,
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
@@ -239,154 +235,6 @@ def run_study(
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
                       best_row(study, run), interrupted=result.interrupted, forced=result.forced,
                       repeated_failure=result.repeated_failure)
-
-
-_TRIAL_LINE = re.compile(r"^trial \d+: ")
-KILL_AFTER_S = 10.0  # how long a worker has to end after SIGTERM when starting the others failed
-
-
-def run_workers(
-    run: RunConfig,
-    study_file: str | Path,
-    workers: int,
-    overrides: list[str] | tuple[str, ...] = (),
-    storage: str | None = None,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-) -> RunSummary:
-    """Start ``workers`` local worker processes (``tuner run``) on the study and wait for them.
-
-    Each worker gets an even share of the CPU threads and, where GPUs are visible, one of them
-    (round-robin). Their output is shown prefixed with the worker's label, with a combined progress
-    line after each trial. SIGINT and SIGTERM are forwarded, and the workers end their trials
-    cleanly. The storage URL reaches them in the environment, never on a command line.
-
-    The pre-flight check runs here, once, before any worker starts; the workers skip it. If a worker
-    cannot be started, those already started are stopped before the error is raised; if this process
-    is killed, each worker notices and stops as on SIGTERM.
-    """
-    url = resolve_url(storage, run.study.storage)
-    check_sqlite_for_workers(url, workers)
-    _preflight(run)  # once, here: the workers skip it
-    study = open_study(run, storage)  # the schema and the study exist before any worker starts
-    before = finished(study.get_trials(deepcopy=False))
-    budget = n_trials or run.study.n_trials
-    from tuner import hardware
-
-    threads = hardware.thread_share(workers, requested_threads())
-    gpus = _visible_gpus()
-    command = [sys.executable, "-m", "tuner", "run", "--study", str(Path(study_file).resolve()),
-               *(f"--set={item}" for item in overrides), "--n-trials", str(budget)]
-    if timeout is not None:
-        command += ["--timeout", str(timeout)]
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for index in range(workers):
-            label = f"w{index}"
-            env = {**os.environ, "TUNER_STORAGE": url, "TUNER_NUM_THREADS": str(threads),
-                   "TUNER_WORKER_INDEX": str(worker_index() * workers + index),
-                   "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_PID_VARIABLE: str(os.getpid())}
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-            processes[label] = subprocess.Popen(
-                [*command, "--worker-id", f"{socket.gethostname()}-{label}"], env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True,  # our signals are forwarded, not shared
-            )  # bytes: the relay decodes each line itself, so that no line can stop it
-    except BaseException:
-        # in their own sessions, the workers already started would outlive this process
-        _stop(list(processes.values()))
-        raise
-    print(f"started {workers} workers on {mask(url)} ({threads} CPU threads each"
-          + (f", GPUs {', '.join(gpus)}" if gpus else "") + ")", flush=True)
-    forwarded: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        forwarded.append(signum)
-        print(f"{signal.Signals(signum).name}: stopping the workers after their trials end cleanly", flush=True)
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    readers = [threading.Thread(target=_relay, args=(label, process, study, budget), daemon=True)
-               for label, process in processes.items()]
-    try:
-        for reader in readers:
-            reader.start()
-        codes = {label: process.wait() for label, process in processes.items()}
-        for reader in readers:
-            reader.join()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    stopped = {128 + signal.SIGTERM, 128 + signal.SIGINT} if forwarded else set()
-    failed = [f"{label} (exit {code})" for label, code in codes.items() if code != 0 and code not in stopped]
-    after = finished(study.get_trials(deepcopy=False))
-    return RunSummary(run.name, mask(url), after - before, after, budget, best_row(study, run),
-                      interrupted=signal.Signals(forwarded[0]).name if forwarded else None, failed_workers=failed)
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    """End worker ``processes`` and their sessions: SIGTERM, SIGKILL for those still running
-    ``KILL_AFTER_S`` seconds later, and wait for them."""
-    for process in processes:
-        _signal_session(process, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_AFTER_S
-    for process in processes:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_session(process, signal.SIGKILL)
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def _signal_session(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
-
-
-def _relay(label: str, process: subprocess.Popen[bytes], study: optuna.Study, budget: int) -> None:
-    """Print a worker's output prefixed with its label, and the study's progress after each trial.
-
-    Whatever one line does (bytes that are not UTF-8, a study that cannot be read for the progress line),
-    the relay goes on reading: a worker whose pipe is no longer drained blocks once the pipe is full.
-    """
-    assert process.stdout is not None
-    failed = False
-    for raw in process.stdout:
-        try:
-            line = raw.decode(errors="replace").rstrip()
-            print(f"[{label}] {line}", flush=True)
-            if _TRIAL_LINE.match(line):
-                print(f"progress: {_progress_line(study.get_trials(deepcopy=False), budget)}", flush=True)
-        except Exception as err:  # noqa: BLE001 - see above; logged once, not once a line
-            if not failed:
-                log.warning("[%s] cannot show a line of this worker's output: %s: %s", label, type(err).__name__, err)
-                failed = True
-
-
-def _progress_line(trials: list[FrozenTrial], budget: int) -> str:
-    """The study's progress; the finished trials are the complete, pruned and failed ones that count."""
-    states = {state: sum(t.state == state for t in trials) for state in TrialState}
-    done = finished(trials)
-    failed = done - states[TrialState.COMPLETE] - states[TrialState.PRUNED]
-    return (f"{done}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
-            f"{states[TrialState.PRUNED]} pruned, {failed} failed), "
-            f"{states[TrialState.RUNNING]} running")
-
-
-def _visible_gpus() -> list[str]:
-    """The GPUs to share among workers: ``CUDA_VISIBLE_DEVICES`` if set, else every CUDA device."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [gpu for gpu in visible.split(",") if gpu.strip()]
-    try:
-        import torch
-    except ImportError:
-        return []
-    return [str(index) for index in range(torch.cuda.device_count())]
 
 
 def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
