@@ -116,3 +116,33 @@ def test_a_second_signal_raises_at_once_even_where_signals_are_deferred() -> Non
     with StopSignals(), pytest.raises(Interrupted) as first:
         signal.raise_signal(signal.SIGTERM)  # not deferred: the first one raises at once
     assert not isinstance(first.value, ForceQuit)
+
+
+class _Finalized:
+    """An object whose finalizer runs when the signal arrives, as the garbage collector's callbacks do."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.signum)  # the handler runs, and raises, inside the finalizer
+
+
+def test_a_signal_inside_a_finalizer_is_not_printed_and_stops_at_the_next_check(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Python cannot raise out of a finalizer or a weakref callback: it prints "Exception ignored in"
+    # with a traceback and goes on. The signal must still stop the worker, without that traceback.
+    hook = sys.unraisablehook
+    with StopSignals() as signals:
+        finalized = _Finalized(signal.SIGTERM)
+        del finalized
+        assert signals.name == "SIGTERM"
+        with pytest.raises(Interrupted) as raised:
+            signals.check()
+        assert not isinstance(raised.value, ForceQuit)
+        finalized = _Finalized(signal.SIGINT)
+        del finalized  # a second signal, swallowed the same way, still forces the quit
+        with pytest.raises(ForceQuit):
+            signals.check()
+    assert "Traceback" not in capsys.readouterr().err
+    assert sys.unraisablehook is hook  # given back

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -59,17 +60,33 @@ class StopSignals:
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
+        self._previous_hook: Any = None
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._previous_hook is not None:
+            sys.unraisablehook, self._previous_hook = self._previous_hook, None
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """A signal that raised inside a finalizer or a weakref callback (the garbage collector runs them
+        between any two bytecodes) cannot stop the code around it: Python prints it and goes on. It is
+        recorded all the same, and the next :meth:`check` raises it, so it is not printed."""
+        if isinstance(unraisable.exc_value, Interrupted):
+            log.debug("%s arrived inside %r; it stops the worker at the next check",
+                      signal.Signals(unraisable.exc_value.signum).name, unraisable.object)
+            return
+        assert self._previous_hook is not None
+        self._previous_hook(unraisable)
 
     @property
     def name(self) -> str | None:
@@ -127,6 +144,8 @@ class StopSignals:
             raise TrialAbandoned
         if self.signum is None:
             return
+        if self.forced:
+            raise ForceQuit(self.signum)
         if grace <= 0 or self.received_at is None or time.monotonic() - self.received_at >= grace:
             raise Interrupted(self.signum)
 
