@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tuner.keys import TOKEN_ATTR
 from tuner.storage import rdb
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import RETRY_S, open_storage, retrying
+from tuner.storage.rdb import RETRY_S, open_storage, opening, retrying
 from tuner.storage.urls import StorageError
 from tuner.study.worker import _ask
 
@@ -200,3 +200,29 @@ def test_errors_that_retrying_cannot_fix_fail_at_once_in_one_line(driver_error: 
     assert len(calls) == 1 and time.monotonic() - started < 1
     message = str(raised.value)
     assert "\n" not in message and said in message and "get_all_studies" in message and "hunter2" not in message
+
+
+def test_opening_waits_out_a_dropped_session_but_not_a_server_it_cannot_reach() -> None:
+    # a worker starting while sessions are killed (a restart, an administrator) waits; a wrong host or
+    # port fails at once
+    calls = []
+
+    def killed_once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            shutdown = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, shutdown)
+        return "open"
+
+    assert opening(killed_once, "postgresql://u:pw@db/x", deadline_s=5) == "open" and len(calls) == 2
+
+    def refused() -> None:
+        calls.append(1)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError(
+            'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused'))
+
+    calls.clear()
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        opening(refused, "postgresql://u:pw@db/x", deadline_s=5)
+    assert calls == [1] and time.monotonic() - started < 1

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuner.storage.rdb import RETRY_S, retrying
+from tuner.storage.rdb import RETRY_S, opening, retrying
 from tuner.storage.sqlite import check_writable, sqlite_path
 from tuner.storage.urls import StorageError, mask, missing_driver, parse_url, unknown_dialect, unreachable
 
@@ -75,7 +75,8 @@ class SlotLock:
 
     @contextlib.contextmanager
     def __call__(self, retry: bool = True) -> Iterator[None]:
-        """Hold the lock; ``retry=False`` fails at once, with a clear error, when the server is down."""
+        """Hold the lock; ``retry=False`` fails at once, with a clear error, when the server cannot be
+        reached at all (see :func:`tuner.storage.rdb.opening`)."""
         with self._thread_lock:
             if self._engine is not None:
                 keep = time.monotonic() - self._last_use < LOCK_KEEP_S
@@ -111,7 +112,7 @@ class SlotLock:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
-            return self._acquire()
+            return opening(self._acquire, self.url, self.retry_s)
         except SQLAlchemyError as err:
             raise unreachable(err, self.url) from None
 

@@ -89,7 +89,8 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 def _transient_driver_error(err: BaseException) -> bool:
     """Whether a driver's own exception (psycopg, pymysql, sqlite3) says the connection or lock failed."""
-    if type(err).__name__ not in ("OperationalError", "InterfaceError", "DatabaseError", "InternalError"):
+    kinds = {kind.__name__ for kind in type(err).__mro__}  # psycopg's AdminShutdown is an OperationalError
+    if not kinds & {"OperationalError", "InterfaceError", "DatabaseError", "InternalError"}:
         return False
     if type(err).__module__.startswith("sqlalchemy"):
         return False  # its driver's exception is in the chain, and says more
@@ -134,6 +135,40 @@ def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RE
                 delay = min(delay * 2, 5.0)
 
     return wrapper
+
+
+# What a driver says when the server could not be reached at all: nothing listens there, or the host
+# is unknown. At start-up that is more often a wrong URL than an outage.
+_REFUSED_MESSAGES = ("connection refused", "could not connect", "can't connect", "no route to host",
+                     "name or service not known", "could not translate host name", "unknown mysql server host")
+
+
+def _refused(err: BaseException) -> bool:
+    for seen in _chain(err):
+        code = seen.args[0] if seen.args else None
+        if isinstance(code, int) and code in (2002, 2003, 2005):
+            return True
+        if any(message in str(seen).lower() for message in _REFUSED_MESSAGES):
+            return True
+    return False
+
+
+def opening(call: Callable[[], T], url: str, deadline_s: float = RETRY_S) -> T:
+    """``call``, which opens a first connection: retried like :func:`retrying` while a connection drops
+    under it (a session killed, a server restarting), but given up at once when the server cannot be
+    reached at all, so that a wrong host or port fails in a second rather than minutes. Errors are
+    raised as they are, for the caller to explain."""
+    started, delay = time.monotonic(), 0.1
+    while True:
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - Optuna wraps a failed commit in StorageInternalError
+            if not _transient(err) or _refused(err) or time.monotonic() - started + delay > deadline_s:
+                raise
+            reason = scrub(str(_chain(err)[-1]).strip().splitlines()[0], url)
+            log.warning("storage %s: opening failed (%s); retrying in %.1f s", mask(url), reason, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _is_database_error(err: BaseException) -> bool:
@@ -360,17 +395,21 @@ def open_storage(url: str, *, create_schema: bool = True, heartbeat_interval: in
         if not create_schema:
             existing_sqlite(url)
         prepare_sqlite(url)
-    try:
+    retry_s = retry_deadline(heartbeat_interval, grace_period)
+
+    def build() -> ResilientRDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
             return ResilientRDBStorage(
                 url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create_schema,
-                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                retry_s=retry_deadline(heartbeat_interval, grace_period),
+                heartbeat_interval=heartbeat_interval, grace_period=grace_period, retry_s=retry_s,
             )
+
+    try:
+        return opening(build, url, retry_s)
     except ImportError as err:
         raise missing_driver(url, err) from None
     except NoSuchModuleError:
         raise unknown_dialect(url, parsed.drivername) from None
-    except SQLAlchemyError as err:
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
         raise unreachable(err, url) from None
