@@ -4,9 +4,11 @@ Any number of workers, on one machine or many, run :func:`work` against one stor
 nothing else. The rules that keep the study whole:
 
 - Slots. The budget ``n_trials`` counts every trial except a failed one that was retried (its retry
-  holds the slot). A worker checks the count and starts its trial under the study's lock
-  (:class:`tuner.storage.lock.SlotLock`), so finished trials end equal to ``n_trials`` whatever the number
-  of workers.
+  holds the slot), one failed by an error of the study, and one created past the budget. A worker
+  checks the count and starts its trial under the study's lock (:class:`tuner.storage.lock.SlotLock`),
+  and admits the trial by its place among the trials that hold slots (:func:`_admitted`), so that
+  finished trials end equal to ``n_trials`` whatever the number of workers, even when a lock is lost
+  with its database session.
 - Heartbeats. A running trial's worker records a heartbeat every ``heartbeat_interval`` seconds. A
   trial whose heartbeat is older than ``grace_period`` belongs to a dead worker (SIGKILL, power
   loss, a lost node): the next worker to look fails it, with the reason, and queues a retry with
