@@ -65,11 +65,13 @@ def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
-    """The number of the trial this one retries: tuner's ``retry_of``, else Optuna's retry callback's link."""
-    value = trial.user_attrs.get("retry_of")
+    """The number of the trial this one retries: the link Optuna's retry callback stores, else tuner's
+    ``retry_of``. A queued retry is a copy of the failed trial, user attributes and all, so until a worker
+    takes it up its ``retry_of`` is the failed trial's own."""
+    # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads, without its experimental warning
+    value = trial.system_attrs.get("failed_trial")
     if value is None:
-        # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads, without its experimental warning
-        value = trial.system_attrs.get("failed_trial")
+        value = trial.user_attrs.get("retry_of")
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
