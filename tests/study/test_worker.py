@@ -274,7 +274,11 @@ def test_a_killed_workers_trial_is_retried_by_another_and_resumes(study_dir: Pat
 
 def test_sigterm_ends_the_trial_cleanly_and_its_retry_resumes(study_dir: Path) -> None:
     first = start_tuner(study_dir)
-    wait_for(lambda: first_trial_has(study_dir, "start_step"), "training to start", process=first)
+    # after the first validation's checkpoint: a signal in a step that runs past the grace (a loaded
+    # machine) abandons the step, and the retry resumes from that checkpoint
+    last = study_dir / "runs" / "tiny" / "trial-0000" / "checkpoints" / "last.ckpt"
+    wait_for(lambda: last.is_file() and first_trial_has(study_dir, "start_step"), "the first checkpoint",
+             process=first)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGTERM
