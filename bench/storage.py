@@ -138,14 +138,7 @@ def _fresh_database(backend: str, pg_url: str, folder: Path, tag: str) -> str:
         return f"sqlite:///{path}"
     import sqlalchemy
 
-    url = sqlalchemy.engine.make_url(pg_url)
-    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                                     poolclass=sqlalchemy.pool.NullPool)
-    with admin.connect() as connection:
-        if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                                  {"name": url.database}).scalar():
-            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
+    url = _ensure_pg_database(pg_url)
     engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text("DROP SCHEMA IF EXISTS public CASCADE"))
@@ -302,6 +295,21 @@ def _wait_for_quiet() -> float:
     return busy
 
 
+def _ensure_pg_database(pg_url: str) -> Any:
+    """The PostgreSQL URL's database, created if absent; returns the parsed URL."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(pg_url)
+    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as connection:
+        if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                                  {"name": url.database}).scalar():
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
+    admin.dispose()
+    return url
+
+
 def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]:
     """What the figures were measured on: SQLite's version and file system, PostgreSQL's version."""
     found: dict[str, Any] = {}
@@ -313,7 +321,7 @@ def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]
     if "postgresql" in backends:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(_ensure_pg_database(pg_url), poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as connection:
             found["postgresql"] = {
                 "version": connection.execute(sqlalchemy.text("SHOW server_version")).scalar(),
