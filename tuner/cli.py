@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tuner.config.schema import PRECISIONS
 from tuner.errors import Interrupted, TunerError
 
 
@@ -165,10 +166,12 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tuner.config.loader import section_overrides
+    from tuner.config.schema import TrainerConfig
     from tuner.training.inference import evaluate
 
     data_overrides = section_overrides(args.set, "data", "tuner evaluate")
-    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides)
+    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides,
+                       trainer=TrainerConfig(precision=args.precision))
     if args.study and not args.data and args.split == "test":
         from tuner.study.queries import record_test
         from tuner.study.runner import load_run
@@ -305,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate on this file instead of a split (repeatable)")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a data setting for reading, e.g. --set data.separator=' <eos> '")
+    evaluate.add_argument("--precision", default="auto", choices=PRECISIONS,
+                          help="auto (the default) is the best for the hardware here; the training run's "
+                               "precision reproduces its test metrics exactly")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
