@@ -257,10 +257,19 @@ class ResilientRDBStorage(RDBStorage):
                 return found
         creation.tried = True
         # Optuna makes the trial from the caller's template (without one: RUNNING, started now), and the
-        # token goes in with one INSERT: through the template, Optuna would read the trial again and upsert
-        trial = super()._get_prepared_new_trial(study_id, creation.template, session)
-        session.add(models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=TOKEN_ATTR,
-                                                     value_json=json.dumps(token)))
+        # template's attributes and the token go in as plain INSERTs: through the template, Optuna would
+        # read the trial again and upsert each one, though a new trial has none yet
+        template = creation.template
+        user_attrs = dict(template.user_attrs) if template is not None else {}
+        system_attrs = {**(template.system_attrs if template is not None else {}), TOKEN_ATTR: token}
+        if template is not None and (template.user_attrs or template.system_attrs):
+            template = copy.copy(template)
+            template.user_attrs, template.system_attrs = {}, {}
+        trial = super()._get_prepared_new_trial(study_id, template, session)
+        for model, attrs in ((models.TrialUserAttributeModel, user_attrs),
+                             (models.TrialSystemAttributeModel, system_attrs)):
+            session.add_all(model(trial_id=trial.trial_id, key=key, value_json=json.dumps(value))
+                            for key, value in attrs.items())
         if trial.state == TrialState.RUNNING:
             self._first_heartbeat(session, int(trial.trial_id))
         return trial
@@ -374,6 +383,13 @@ def _trial_with_token(session: Any, study_id: int, token: str) -> Any:
                     attr.value_json == json.dumps(token))
             .order_by(models.TrialModel.trial_id)
             .first())
+
+
+def beats_when_started(storage: Any) -> bool:
+    """Whether ``storage``, or the one beneath Optuna's cache, stores a trial's first heartbeat in the
+    transaction that makes it RUNNING (:class:`ResilientRDBStorage` with heartbeats on)."""
+    backend = getattr(storage, "_backend", storage)
+    return isinstance(backend, ResilientRDBStorage) and bool(backend.heartbeat_interval)
 
 
 def open_storage(url: str, *, create_schema: bool = True, heartbeat_interval: int | None = None,

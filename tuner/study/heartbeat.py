@@ -30,14 +30,17 @@ class Heartbeat:
     """
 
     def __init__(self, storage: Any, trial_id: int, interval: int | None,
-                 on_ended: Callable[[], None] | None = None) -> None:
+                 on_ended: Callable[[], None] | None = None, first_stored: bool = False) -> None:
+        """``first_stored``: the storage stored the trial's first beat as it started it, so the first beat
+        here is an interval later (see :func:`tuner.storage.rdb.beats_when_started`)."""
         self.storage, self.trial_id, self.interval, self.on_ended = storage, trial_id, interval, on_ended
+        self.first_stored = first_stored
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> None:
         if self.interval:
-            beaten = self._beat()
+            beaten = self.first_stored or self._beat()
             self._thread = threading.Thread(target=self._run, args=(beaten,), name=f"heartbeat-{self.trial_id}",
                                             daemon=True)
             self._thread.start()

@@ -31,8 +31,10 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -40,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
 from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
+from tuner.storage.rdb import beats_when_started
 from tuner.storage.records import lineage, retry_history
 from tuner.study.heartbeat import Heartbeat
 from tuner.study.recovery import fail_stale, heartbeat_interval, requeue, retry_note, slot_holders, used_slots
@@ -100,6 +103,7 @@ def work(
     """
     result = WorkResult()
     started = time.monotonic()
+    labels = {"worker": worker, "host": socket.gethostname(), "pid": os.getpid()}
     interval = heartbeat_interval(study)
     trial: optuna.Trial | None = None
     idle_wait = IDLE_FIRST_LOOK_S
@@ -121,14 +125,14 @@ def work(
                     trials = study.get_trials(deepcopy=False)
                     waiting = any(t.state == TrialState.WAITING for t in trials)
                     running = sum(t.state == TrialState.RUNNING for t in trials)
-                    trial = _ask(study, waiting) if waiting or used_slots(trials) < budget else None
+                    trial = _ask(study, waiting, labels) if waiting or used_slots(trials) < budget else None
                     if trial is not None and not _admitted(study, trial, trials, budget):
                         _withdraw(study, trial)
                         trial = None
                         continue
                 if trial is not None:
                     result.ran += 1
-                    _label(trial, worker)
+                    _label(trial, labels)
                     if on_start is not None:
                         on_start(trial.number)
             if trial is None:
@@ -162,17 +166,23 @@ def work(
     return result
 
 
-def _ask(study: optuna.Study, waiting: bool) -> optuna.Trial:
+def _ask(study: optuna.Study, waiting: bool, labels: Mapping[str, Any] | None = None) -> optuna.Trial:
     """``study.ask()``, which looks for a queued retry only when ``waiting`` (the trials just read hold one).
 
     Optuna's ask reads the study's trials again to look for one; under the slot lock every other worker
     waits for that read, a fifth of the time the lock is held (bench/storage.py). A retry queued since
     the read (by an interrupted worker, which queues outside the lock) is taken by the next ask.
+    A new trial carries ``labels`` as user attributes from its creation, in the same transaction.
     """
     if waiting:
         return study.ask()
     study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
-    return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+    template = None
+    if labels:  # what Optuna makes without a template, plus the labels
+        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                               datetime_complete=None, params={}, distributions={}, user_attrs=dict(labels),
+                               system_attrs={}, intermediate_values={}, trial_id=-1)
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
 
 
 def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial], budget: int) -> bool:
@@ -203,14 +213,15 @@ def _withdraw(study: optuna.Study, trial: optuna.Trial) -> None:
     log.warning("trial %d not run: the budget was spent by trials started at the same time", trial.number)
 
 
-def _label(trial: optuna.Trial, worker: str) -> None:
-    """Record who runs ``trial``; a retry, which starts as a copy of the failed trial's attributes, is
-    linked to that trial and its failure cleared."""
+def _label(trial: optuna.Trial, labels: Mapping[str, Any]) -> None:
+    """Record who runs ``trial`` (``labels``), where its creation did not; a retry, which starts as a copy
+    of the failed trial's attributes, is linked to that trial and its failure cleared."""
     # the trial as `ask` read it, after popping a queued retry: reading it again costs a query per trial
+    stored = trial._cached_frozen_trial.user_attrs
+    for key, value in labels.items():
+        if stored.get(key) != value:
+            trial.set_user_attr(key, value)
     history = retry_history(trial._cached_frozen_trial)
-    trial.set_user_attr("worker", worker)
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
     if history:
         trial.set_user_attr("retry_of", history[-1])
         trial.set_user_attr("fail_reason", None)
@@ -251,7 +262,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
     study_error: TunerError | None = None
     interrupted: Interrupted | None = None
     with signals.deferred():
-        with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon):
+        with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon,
+                       first_stored=beats_when_started(study._storage)):
             try:
                 with signals.allowed():  # the objective defers signals itself where it stops cleanly
                     signals.check()
