@@ -38,3 +38,13 @@ def test_a_failed_beat_is_tried_again_soon_not_an_interval_later(monkeypatch: py
     with Heartbeat(storage, 1, interval=3600):  # the first beat, here, fails
         assert storage.beaten.wait(10), f"no beat landed after {storage.calls} attempts"
     assert storage.calls == 3
+
+
+def test_a_first_beat_stored_with_the_trial_is_not_written_again() -> None:
+    storage = _Storage(failures=0)
+    with Heartbeat(storage, 1, interval=3600, first_stored=True):
+        pass
+    assert storage.calls == 0
+    with Heartbeat(storage, 1, interval=3600):
+        pass
+    assert storage.calls == 1

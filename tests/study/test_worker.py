@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from processes import (
     assert_exact_budget,
@@ -27,10 +28,11 @@ from trivial_worker import open_trivial_study
 
 from tuner.errors import DataError
 from tuner.storage.lock import SlotLock
+from tuner.storage.rdb import beats_when_started
 from tuner.study import recovery
 from tuner.study.heartbeat import Heartbeat
 from tuner.study.recovery import fail_stale, used_slots
-from tuner.study.worker import work
+from tuner.study.worker import _ask, _label, work
 from tuner.study.workers import _progress_line
 from tuner.training.stopping import StopSignals
 
@@ -290,3 +292,23 @@ def test_sigterm_ends_the_trial_cleanly_and_its_retry_resumes(study_dir: Path) -
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, err
     assert_resumed(tiny_study(study_dir).trials[1], interrupted)
+
+
+def test_a_new_trial_is_labelled_and_beaten_as_it_is_created_with_no_writes_after(tmp_path: Path) -> None:
+    study = open_trivial_study(f"sqlite:///{tmp_path / 'study.db'}", "labels")
+    backend = study._storage._backend
+    written: list[str] = []
+    attr = backend.set_trial_user_attr
+    backend.set_trial_user_attr = lambda trial_id, key, value: (written.append(key), attr(trial_id, key, value))
+    labels = {"worker": "w3", "host": "node-7", "pid": 4242}
+    trial = _ask(study, waiting=False, labels=labels)
+    _label(trial, labels)
+    assert written == []  # the creating transaction stored them
+    stored = optuna.load_study(study_name="labels", storage=study._storage).trials[0]
+    assert {key: stored.user_attrs[key] for key in labels} == labels
+    assert beats_when_started(study._storage)
+    with backend.engine.connect() as connection:  # its first heartbeat is stored
+        beats = connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).scalars().all()
+    assert beats == [trial._trial_id]
+    _label(trial, {**labels, "pid": 99})  # a retry taken up by another worker: what differs is written
+    assert written == ["pid"]
