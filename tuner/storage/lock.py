@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuner.storage.rdb import RETRY_S, opening, retrying
+from tuner.storage.retry import RETRY_S, opening, retrying
 from tuner.storage.sqlite import check_writable, sqlite_path
 from tuner.storage.urls import StorageError, mask, missing_driver, parse_url, unknown_dialect, unreachable
 
@@ -40,7 +40,7 @@ class SlotLock:
 
     def __init__(self, url: str, study_name: str, retry_s: float = RETRY_S) -> None:
         """``retry_s``: how long taking the lock waits out a database outage (see
-        :func:`tuner.storage.rdb.retry_deadline`)."""
+        :func:`tuner.storage.retry.retry_deadline`)."""
         from sqlalchemy.exc import NoSuchModuleError
 
         self.url = url
@@ -76,7 +76,7 @@ class SlotLock:
     @contextlib.contextmanager
     def __call__(self, retry: bool = True) -> Iterator[None]:
         """Hold the lock; ``retry=False`` fails at once, with a clear error, when the server cannot be
-        reached at all (see :func:`tuner.storage.rdb.opening`)."""
+        reached at all (see :func:`tuner.storage.retry.opening`)."""
         with self._thread_lock:
             if self._engine is not None:
                 keep = time.monotonic() - self._last_use < LOCK_KEEP_S

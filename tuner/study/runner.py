@@ -29,8 +29,9 @@ from tuner.config.schema import RunConfig
 from tuner.errors import TunerError
 from tuner.hpo import search
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import open_storage, retry_deadline
+from tuner.storage.rdb import open_storage
 from tuner.storage.records import best_row
+from tuner.storage.retry import retry_deadline
 from tuner.storage.urls import mask, resolve_url
 from tuner.study.recovery import reap, used_slots
 from tuner.study.worker import work
