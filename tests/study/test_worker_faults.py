@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import optuna
@@ -25,17 +26,18 @@ BUDGET = 3
 
 # (the storage method, which of its calls fails): every write the worker makes on its way through a
 # study that holds a stale trial. Its loop fails the stale trial and queues its retry, takes the retry
-# up, then creates fresh trials; each trial is labelled, beats, reports and is told.
+# up, then creates fresh trials; each trial is labelled (a new one by the transaction that creates it),
+# beats (its first beat is stored as it starts), reports and is told.
 WRITES = [
     ("set_trial_user_attr", 0),  # the stale trial's fail_reason
     ("set_trial_state_values", 0),  # the stale trial failed
     ("_create_new_trial", 0),  # its retry queued (WAITING, from a template)
     ("set_trial_state_values", 1),  # the retry taken up (WAITING to RUNNING)
     ("set_trial_user_attr", 1),  # the retry's worker label
-    ("record_heartbeat", 0),
+    ("record_heartbeat", 0),  # the thread's first beat, a second in
     ("set_trial_intermediate_value", 0),  # the first report
     ("set_trial_state_values", 2),  # the retry's result (COMPLETE, its value)
-    ("_create_new_trial", 1),  # a new trial (RUNNING, without a template)
+    ("_create_new_trial", 1),  # a new trial (RUNNING, from a template with its labels)
 ]
 
 
@@ -64,10 +66,21 @@ def _objective(trial: optuna.Trial) -> float:
     return x * x
 
 
-def _run(study: optuna.Study, url: str) -> None:
+def _beating(faults: list[str]) -> Callable[[optuna.Trial], float]:
+    """The objective, running until the heartbeat thread's write has met its fault (beats are a second apart)."""
+    def objective(trial: optuna.Trial) -> float:
+        deadline = time.monotonic() + 10
+        while not faults and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return _objective(trial)
+
+    return objective
+
+
+def _run(study: optuna.Study, url: str, objective: Callable[[optuna.Trial], float] = _objective) -> None:
     started = time.monotonic()
     with StopSignals() as signals:
-        result = work(study, _objective, BUDGET, lock=SlotLock(url, study.study_name), signals=signals,
+        result = work(study, objective, BUDGET, lock=SlotLock(url, study.study_name), signals=signals,
                       timeout=20, poll_s=0.2)
     assert not result.timed_out and time.monotonic() - started < 20
 
@@ -96,7 +109,7 @@ def test_every_write_of_the_worker_survives_a_failed_commit(storage_url: str, me
     try:
         _stale_trial(study)
         with storage_faults(study._storage._backend, method, when, skip=skip) as faults:
-            _run(study, storage_url)
+            _run(study, storage_url, _beating(faults) if method == "record_heartbeat" else _objective)
         assert faults == [f"{method}:{when}"]  # the fault happened where it was aimed
         _assert_exactly_once(study)
     finally:
