@@ -145,7 +145,7 @@ def work(
                     continue
                 break
             idle_wait = IDLE_FIRST_LOOK_S
-            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval)
+            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval, lock)
             trial = None
             if on_end is not None:
                 on_end(frozen)
@@ -160,7 +160,7 @@ def work(
         result.forced = isinstance(err, ForceQuit)
         if trial is not None and not result.forced:
             with signals.deferred():
-                _end_interrupted(study, trial, err, max_retries)
+                _end_interrupted(study, trial, err, max_retries, lock)
     finally:
         study._thread_local.in_optimize_loop = False
     return result
@@ -171,8 +171,9 @@ def _ask(study: optuna.Study, waiting: bool, labels: Mapping[str, Any] | None = 
 
     Optuna's ask reads the study's trials again to look for one; under the slot lock every other worker
     waits for that read, a fifth of the time the lock is held (bench/storage.py). A retry queued since
-    the read (by an interrupted worker, which queues outside the lock) is taken by the next ask.
-    A new trial carries ``labels`` as user attributes from its creation, in the same transaction.
+    the read (by a worker that failed a trial of the study's own error, which queues outside the lock) is
+    taken by the next ask. A new trial carries ``labels`` as user attributes from its creation, in the
+    same transaction.
     """
     if waiting:
         return study.ask()
@@ -229,22 +230,30 @@ def _label(trial: optuna.Trial, labels: Mapping[str, Any]) -> None:
             trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
 
-def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
-    """Fail an interrupted trial with the signal as its reason and queue its retry."""
+def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int,
+                     lock: SlotLock) -> FrozenTrial:
+    """Fail an interrupted trial with the signal as its reason and queue its retry.
+
+    Both under the study lock, as the stale check does: an idle worker, which counts the budget under
+    the lock, would otherwise see the trial failed but its retry not yet queued, count the budget spent
+    with nothing left running, and stop, leaving the retry to no one.
+    """
     storage = study._storage
-    current = storage.get_trial(trial._trial_id)
-    if current.state != TrialState.RUNNING:
-        return current
-    reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
-    trial.set_user_attr("fail_reason", reason)
-    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    log.warning("trial %d failed: %s", trial.number, reason)
-    requeue(study, storage.get_trial(trial._trial_id), max_retries)
+    with lock():
+        current = storage.get_trial(trial._trial_id)
+        if current.state != TrialState.RUNNING:
+            return current
+        reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
+        trial.set_user_attr("fail_reason", reason)
+        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("trial %d failed: %s", trial.number, reason)
+        requeue(study, storage.get_trial(trial._trial_id), max_retries)
     return frozen
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-               signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
+               signals: StopSignals, max_retries: int, interval: int | None,
+               lock: SlotLock) -> tuple[FrozenTrial, str | None]:
     """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
 
     From the objective's end until its outcome is stored, the heartbeat's end included, signals are
@@ -290,7 +299,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         if ended is not None:
             return ended, None
         if interrupted is not None:
-            _end_interrupted(study, trial, interrupted, max_retries)
+            _end_interrupted(study, trial, interrupted, max_retries, lock)
             raise interrupted from None
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type

@@ -243,8 +243,12 @@ class StopOnSignal(Callback):
                            batch_idx: int) -> None:
         if self.signals is None:
             return
-        # an abandoned trial saves nothing: its retry may be resuming from this checkpoint already
-        if self.signals.signum is not None and not self.signals.abandoned:
+        # an abandoned trial saves nothing: its retry may be resuming from this checkpoint already. Nor
+        # does a batch that a validation follows: Lightning resumes such a checkpoint after that
+        # validation, which the retry would never run (its history would lack it); the last
+        # validation's checkpoint stands instead.
+        if (self.signals.signum is not None and not self.signals.abandoned
+                and not _validation_follows(trainer)):
             trainer.save_checkpoint(str(self.last))
         self.signals.check()
 
@@ -252,3 +256,9 @@ class StopOnSignal(Callback):
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.signals is not None and not trainer.sanity_checking:
             self.signals.check()  # the last checkpoint, from the last validation, stands
+
+
+def _validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended."""
+    loop = trainer.fit_loop
+    return loop._data_fetcher is not None and bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
