@@ -72,7 +72,9 @@ SETTINGS = {
                "optimiser (AdamW, weight decay 0.01, 10% warm-up, linear decay); no gradient clipping "
                "(Lightning's default); no LR finder; the data tokenised afresh in every trial (no cache); "
                "objective: the last validation's tau"),
-    "random": "as optuna, with RandomSampler(seed) and NopPruner()",
+    "random": ("as optuna, with RandomSampler(seed) and NopPruner(). With the same seed its trials are optuna's "
+               "first ones (TPE samples at random for its first 10 trials, the median pruner waits for 5): the two "
+               "differ only where TPE's model and the pruner act"),
     "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's multivariate, "
               "constant-liar TPE), pruner median (Optuna's defaults), LR finder in scale mode (100 steps, "
               "multiplier [0.03, 1]), the baseline trial first (lr 3e-5, first backbone and batch size), "
@@ -225,7 +227,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"NIPS subset: {sizing['train_docs']} train, {sizing['val_docs']} validation, {sizing['test_docs']} test "
         f"documents; MiniLM with {' or '.join(str(n) for n in sizing['backbone_layers'])} layers, batch size "
         f"{' or '.join(str(b) for b in sizing['batch_sizes'])}, learning rate {sizing['learning_rate'][0]:g} to "
-        f"{sizing['learning_rate'][1]:g}, {sizing['max_epochs']} epochs at most. Median [min, max] over seeds.",
+        f"{sizing['learning_rate'][1]:g}, {sizing['max_epochs']} epoch(s) at most. Median [min, max] over seeds.",
         "",
         "| system | best validation tau | test tau | test PMR | CPU s to validation tau "
         f"{_figure(summary['target_val_kendall_tau'])} (0.9 x best) | trials |",
