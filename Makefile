@@ -5,13 +5,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage clean
+.PHONY: setup demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick clean
 
 $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard,dashboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard,dashboard,bench]"
 	touch $(BIN)/tuner
 
 setup: $(BIN)/tuner
@@ -48,6 +48,13 @@ bench-storage: setup
 
 bench-report: setup
 	$(BIN)/python bench/report.py
+
+# tuner against HF Trainer.hyperparameter_search, plain Optuna and random search; resumes a stopped run
+bench-h2h: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.head_to_head
+
+bench-h2h-quick: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.head_to_head --quick
 
 clean:
 	rm -rf $(VENV) runs tuner.db

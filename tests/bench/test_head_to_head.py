@@ -1,0 +1,125 @@
+"""The head-to-head benchmark's pure parts: curves, time to match, the median with misses, resume, markdown."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.head_to_head import (
+    QUICK,
+    SETTINGS,
+    SYSTEMS,
+    best_curve,
+    cell_key,
+    match_fraction,
+    median_or_none,
+    pending_cells,
+    render_markdown,
+    replace_section,
+    same_settings,
+    summarize,
+    time_to_reach,
+)
+
+
+def _events(*pairs: tuple[float, float]) -> list[dict[str, float]]:
+    return [{"cpu_s": t, "tau": tau} for t, tau in pairs]
+
+
+def test_curve_keeps_improvements_within_the_budget_in_time_order() -> None:
+    events = _events((30, 0.5), (10, 0.4), (20, 0.3), (40, 0.5), (50, 0.6), (120, 0.9))
+    assert best_curve(events, budget_s=100) == [[10, 0.4], [30, 0.5], [50, 0.6]]
+    assert best_curve([], budget_s=100) == []
+
+
+def test_time_to_reach_is_the_first_point_at_or_above_the_target() -> None:
+    curve = [[10.0, 0.4], [30.0, 0.5], [50.0, 0.6]]
+    assert time_to_reach(curve, 0.5) == 30.0
+    assert time_to_reach(curve, 0.45) == 30.0
+    assert time_to_reach(curve, 0.61) is None
+
+
+def test_match_fraction_divides_tuner_time_by_the_peer_time_to_the_peer_best() -> None:
+    peer = [[100.0, 0.5], [300.0, 0.7]]
+    assert match_fraction([[50.0, 0.6], [100.0, 0.75]], peer) == pytest.approx(100 / 300)
+    assert match_fraction([[50.0, 0.69]], peer) is None  # never reached
+    assert match_fraction([[50.0, 0.8]], []) is None  # the peer found nothing
+
+
+def test_median_ranks_misses_above_every_number() -> None:
+    assert median_or_none([0.2, None, 0.4]) == 0.4
+    assert median_or_none([0.2, None, None]) is None
+    assert median_or_none([0.3, 0.1]) == pytest.approx(0.2)
+    assert median_or_none([]) is None
+
+
+def test_resume_skips_finished_cells_seed_by_seed() -> None:
+    done = {cell_key("hf", 0): {}, cell_key("optuna", 0): {}, cell_key("tuner", 1): {}}
+    assert pending_cells(done, ["hf", "optuna", "tuner"], [0, 1]) == [("tuner", 0), ("hf", 1), ("optuna", 1)]
+    assert pending_cells({}, ["tuner"], [2]) == [("tuner", 2)]
+
+
+def test_settings_match_as_the_results_file_stores_them() -> None:
+    import json
+    from dataclasses import asdict
+
+    settings = {"quick": True, "sizing": asdict(QUICK), "systems": list(SYSTEMS)}
+    assert same_settings(json.loads(json.dumps(settings)), settings)
+    assert not same_settings(json.loads(json.dumps({**settings, "quick": False})), settings)
+    assert not same_settings(None, settings)
+
+
+def _cells() -> dict[str, dict]:
+    test = {"kendall_tau": 0.6, "pmr": 0.1}
+    return {
+        "hf/0": {"curve": [[100.0, 0.5], [200.0, 0.6]], "test": test, "trials": 4},
+        "optuna/0": {"curve": [[50.0, 0.55]], "test": test, "trials": 5},
+        "random/0": {"curve": [[80.0, 0.4]], "test": {"kendall_tau": 0.3, "pmr": 0.0}, "trials": 6},
+        "tuner/0": {"curve": [[40.0, 0.58], [150.0, 0.7]], "test": {"kendall_tau": 0.7, "pmr": 0.2}, "trials": 3},
+        "hf/1": {"curve": [[100.0, 0.8]], "test": test, "trials": 4},
+        "optuna/1": {"curve": [[60.0, 0.5]], "test": test, "trials": 5},
+        "random/1": {"curve": [], "test": {"error": "nothing"}, "trials": 0},
+        "tuner/1": {"curve": [[30.0, 0.5]], "test": {"kendall_tau": 0.5, "pmr": 0.1}, "trials": 2},
+    }
+
+
+def test_summary_fractions_targets_and_test_taus() -> None:
+    summary = summarize(_cells(), SYSTEMS, [0, 1])
+    assert summary["target_val_kendall_tau"] == pytest.approx(0.9 * 0.8)
+    # seed 0: tuner reaches hf's 0.6 at 150 s, hf at 200 s; seed 1: tuner never reaches 0.8
+    assert summary["time_fraction_to_match_hf_per_seed"] == {"0": pytest.approx(0.75), "1": None}
+    assert summary["time_fraction_to_match_hf"] is None
+    assert "seed(s) 1" in summary["time_fraction_to_match_hf_note"]
+    # seed 0: 0.58 >= 0.55 at 40 s against 50 s; seed 1: 0.5 at 30 s against 60 s
+    assert summary["time_fraction_to_match_optuna"] == pytest.approx((0.8 + 0.5) / 2)
+    assert summary["time_fraction_to_match_optuna_note"] is None
+    assert summary["test_kendall_tau"]["tuner"] == pytest.approx(0.6)
+    assert summary["systems"]["random"]["test_kendall_tau"]["n"] == 1
+    assert summary["systems"]["hf"]["cpu_s_to_target"] == [None, 100.0]
+
+
+def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
+    results = {
+        "summary": summarize(_cells(), SYSTEMS, [0, 1]),
+        "settings": {"quick": True, "sizing": {**QUICK.__dict__, "seeds": (0, 1)}, "systems": list(SYSTEMS),
+                     "peers": SETTINGS},
+        "machine": {"summary": "AMD EPYC (AVX2, no native bf16), 2 cores", "precision": "32-true"},
+        "command": "python -m bench.head_to_head --quick",
+        "output": "bench/results/head_to_head_quick.json",
+    }
+    text = render_markdown(results)
+    assert "### Head-to-head (quick)" in text
+    assert "| tuner (defaults) | 0.600 [0.500, 0.700] | 0.600 [0.500, 0.700] |" in text
+    assert "`time_fraction_to_match_hf`" in text and "**null**" in text and "seed 1: n/a" in text
+    assert "**0.65**" in text  # optuna's median fraction
+    assert "(1 of 2 never)" in text  # hf never reached the target with seed 0
+    for system in SYSTEMS:
+        assert SETTINGS[system] in text
+    assert "head_to_head_quick.html" in text
+
+
+def test_section_is_replaced_in_place_or_appended() -> None:
+    first = replace_section("# Benchmarks\n\nintro\n", "h2h", "one")
+    assert first == "# Benchmarks\n\nintro\n\n<!-- h2h:start -->\none\n<!-- h2h:end -->\n"
+    second = replace_section(first + "\nafter\n", "h2h", "two")
+    assert "one" not in second and "<!-- h2h:start -->\ntwo\n<!-- h2h:end -->" in second and second.endswith("after\n")
+    assert replace_section("", "h2h", "x") == "<!-- h2h:start -->\nx\n<!-- h2h:end -->\n"
