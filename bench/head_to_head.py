@@ -259,7 +259,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [f"- **{NAMES[s]}**: {results['settings']['peers'][s]}" for s in systems]
     lines += ["", f"Measured, not adjusted: {PRECISION_NOTE}; the clock is each cell process's CPU time after its "
               "imports, and the budget ends the process wherever it is. Curves: "
-              f"`bench/results/{Path(results['output']).stem}.html`.", ""]
+              f"`bench/results/{Path(results['output']).stem}.html`, which the run writes beside its results "
+              "(too large to keep in git; the curves are in the results file too).", ""]
     return "\n".join(lines)
 
 
