@@ -11,8 +11,10 @@ import optuna
 import pytest
 import torch
 
+from tuner.data.module import SentenceOrderingData
 from tuner.errors import ConfigError, DataError
 from tuner.hpo import search
+from tuner.hpo.objective import training_steps
 from tuner.model import losses
 from tuner.storage.records import retry_history
 from tuner.study.recovery import requeue
@@ -152,3 +154,21 @@ def test_a_retry_that_resumes_takes_over_the_reports_of_the_checkpoints_trial(tm
     retry.set_user_attr("retry_of", 0)  # as the worker labels it
     assert _resume_point(retry) == last
     assert study.trials[1].intermediate_values == {0: 0.1, 1: 0.2}
+
+
+def test_a_finder_costing_more_than_a_trial_is_not_run(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    # 12 batches of 8 over 2 epochs: 24 training steps, so a 20-step finder costs 0.83 of a trial
+    run = load_run("tiny", ['study.lr_finder={mode="scale", num_training=20, max_cost=0.5}', "study.n_trials=2",
+                            "search.batch_size=[8]", 'study.pruner="none"', "study.baseline=false"])
+    data = SentenceOrderingData(run.data, run.model.backbone.name)
+    data.setup("fit")
+    assert training_steps(run, data) == 24
+    run_study(run, progress=False)
+    study = open_study(run)
+    for trial in study.trials:
+        info = trial.user_attrs["lr_finder"]
+        assert info["used"] == "sampled (finder too costly)"
+        assert info["reason"] == "its 20 steps would cost more than 0.5 x this trial's 24 training steps"
+        assert trial.user_attrs["lr_used"] == trial.params["learning_rate"] and "lr_multiplier" not in trial.params
+    assert not [k for k in study.user_attrs if k.startswith("lr_finder:")]

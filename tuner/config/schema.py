@@ -231,6 +231,9 @@ class LRFinderConfig:
     ``scale`` runs the finder once per (backbone, batch size), caches it in the study, and samples a
     log-uniform ``multiplier`` of the suggestion. A finder whose smoothed loss did not drop by at least
     ``min_drop`` (a fraction of its starting loss) is unreliable: the sampled learning rate is used.
+    The finder runs only where its ``num_training`` steps are at most ``max_cost`` times the training
+    steps of the trial that would run it: on a small data set, or with few epochs, a finder costing more
+    than a whole trial is not paid back, and the trial keeps its sampled learning rate.
     """
 
     mode: str = "scale"
@@ -239,6 +242,7 @@ class LRFinderConfig:
     max_lr: float = 1e-2
     multiplier: tuple[float, float] = (0.03, 1.0)
     min_drop: float = 0.1
+    max_cost: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.mode in LR_FINDER_MODES, "study.lr_finder.mode",
@@ -248,6 +252,7 @@ class LRFinderConfig:
         low, high = self.multiplier
         _check(0 < low <= high, "study.lr_finder.multiplier", f"needs 0 < low <= high, got {list(self.multiplier)}")
         _check(0 < self.min_drop < 1, "study.lr_finder.min_drop", "must be in (0, 1)")
+        _check(self.max_cost > 0, "study.lr_finder.max_cost", "must be positive (a share of a trial's training steps)")
 
 
 def outage_wait_s(heartbeat_interval: int | None, grace_period: int | None) -> int | None:

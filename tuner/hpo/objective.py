@@ -169,6 +169,13 @@ class Objective:
         key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
         cached = trial.study.user_attrs.get(key) if mode == "scale" else None
         ran_here = cached is None
+        config = run.study.lr_finder
+        steps = training_steps(run, data)
+        if cached is None and config.num_training > config.max_cost * steps:
+            reason = (f"its {config.num_training} steps would cost more than {config.max_cost:g} x this trial's "
+                      f"{steps} training steps")
+            log.info("LR finder not run for %s: %s; using the sampled learning rate %.3g", key, reason, sampled)
+            return sampled, {"mode": mode, "key": key, "reason": reason, "used": "sampled (finder too costly)"}
         if cached is None:
             cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root, self.signals)
             if mode == "scale":
@@ -188,6 +195,15 @@ class Objective:
         multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
                                                             "multiplier": multiplier}
+
+
+def training_steps(run: RunConfig, data: SentenceOrderingData) -> int:
+    """The optimiser steps a trial of ``run`` trains for at most: its batches per epoch (after
+    ``limit_train_batches``) over ``max_epochs``, fewer with gradient accumulation."""
+    batches = len(data.train_dataloader())
+    limit = run.trainer.limit_train_batches
+    batches = min(batches, int(limit)) if limit > 1 else max(1, int(batches * limit))
+    return max(1, batches // max(1, run.trainer.accumulate_grad_batches)) * run.trainer.max_epochs
 
 
 def _resume_point(trial: optuna.Trial) -> Path | None:
