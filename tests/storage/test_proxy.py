@@ -3,6 +3,7 @@ dies at a chosen write, after its commit and before its reply, and comes back on
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import uuid
@@ -197,3 +198,26 @@ def test_a_proxy_that_dies_after_a_commit_loses_and_duplicates_nothing(
     assert all(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     # the repeat through the restarted proxy found its own commit
     assert any("whose reply was lost" in r.getMessage() for r in caplog.records)
+
+
+def test_reports_and_the_dashboard_read_through_the_proxy(proxy: Proxy) -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    from tuner.dashboard import build_app, study_path
+    from tuner.report.snapshot import load_snapshot
+    from tuner.storage.reader import open_reader
+
+    name = _unique("read")
+    study = _study(proxy.address, name)
+    _run(study, proxy.address, 3)
+    snapshot = load_snapshot(name, proxy.address)
+    assert [t.number for t in snapshot.trials] == [0, 1, 2] and snapshot.storage == proxy.address
+    backend = open_reader(proxy.address)
+    app = build_app(backend)
+    page = study_path(backend, name, proxy.address)  # /dashboard/studies/ID, the page `tuner dashboard` opens
+    environ: dict[str, Any] = {"PATH_INFO": page.replace("/dashboard/", "/api/")}
+    setup_testing_defaults(environ)
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, *exc: statuses.append(status)))
+    assert statuses == ["200 OK"]
+    assert len(json.loads(body)["trials"]) == 3

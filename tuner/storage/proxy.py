@@ -342,12 +342,12 @@ def serve(url: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: 
     the database. It listens on this machine only unless ``host`` says otherwise, and warns then.
     ``on_ready`` is called with the bound port once it listens.
     """
-    if host not in LOCAL_HOSTS:
-        log.warning("the storage proxy listens on %s: anyone who reaches port %d there can read and write every "
-                    "study in %s (no authentication, no encryption); keep it on a private network", host, port,
-                    mask(url))
     backend = open_backend(url)
     server, bound = make_server(backend, host, port, threads)
+    if host not in LOCAL_HOSTS:
+        log.warning("the storage proxy listens on %s: anyone who reaches port %d there can read and write every "
+                    "study in %s (no authentication, no encryption); keep it on a private network", host, bound,
+                    mask(url))
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
