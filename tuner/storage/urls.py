@@ -132,5 +132,13 @@ def missing_driver(url: str, err: ImportError) -> StorageError:
 
 
 def unreachable(err: Exception, url: str) -> StorageError:
-    reason = scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
+    """The error that kept ``url`` from opening, said by the driver beneath: Optuna wraps a refused
+    connection ("too many clients") in a StorageInternalError about invalid data in a commit."""
+    root: BaseException = err
+    while True:
+        beneath = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(beneath, BaseException) or beneath is root:
+            break
+        root = beneath
+    reason = scrub((str(root).strip().splitlines() or [type(root).__name__])[0], url)
     return StorageError(f"cannot open storage {mask(url)}: {reason}")
