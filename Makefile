@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick clean
+.PHONY: setup demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick bench-scale clean
 
 $(BIN)/tuner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-study: setup
 
 bench-storage: setup
 	$(BIN)/python bench/storage.py
+
+bench-scale: setup
+	$(BIN)/python bench/scale.py
 
 bench-report: setup
 	$(BIN)/python bench/report.py

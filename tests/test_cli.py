@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ORDINALS, synthetic_documents, write_lines
+import sqlalchemy
+from conftest import ORDINALS, require_server, synthetic_documents, write_lines
 from processes import run_tuner
 
 from tuner.cli import main
@@ -272,3 +278,59 @@ def test_bad_cli_flags_and_storage(study_dir: Path) -> None:
     out = run_tuner("run", "--study", "tiny", "--storage", "postgresql://u:hunter2@127.0.0.1:1/x", cwd=study_dir)
     assert out.returncode == 2 and "cannot open storage postgresql://u:***@127.0.0.1:1/x" in out.stderr
     assert "hunter2" not in out.stderr + out.stdout
+
+
+def _serve(url: str, *args: str) -> tuple[subprocess.Popen[str], str, str]:
+    """``tuner storage serve`` on any free port; returns the process, its ``grpc://`` address, and the line
+    it prints once it listens, which names both."""
+    proxy = subprocess.Popen([sys.executable, "-m", "tuner.cli", "storage", "serve", "--storage", url, "--port", "0",
+                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proxy.stdout is not None
+    line = proxy.stdout.readline()
+    assert "listening on grpc://" in line, proxy.communicate()[1]
+    return proxy, line.split("listening on ")[1].split()[0], line
+
+
+def test_storage_serve_serves_the_studies_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="served", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    proxy, address, _ = _serve(url)
+    try:
+        listed = run_tuner("studies", "--storage", address, "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["studies"][0] == {"name": "served", "trials": 2,
+                                                          "best_value": pytest.approx(
+                                                              optuna.load_study(study_name="served",
+                                                                                storage=url).best_value)}
+        assert json.loads(listed.stdout)["storage"] == address
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        out, err = proxy.communicate(timeout=60)
+    assert proxy.returncode == 0, err
+    assert "storage proxy stopped" in out and "Traceback" not in err
+
+
+def test_storage_serve_warns_off_localhost_and_masks_the_password() -> None:
+    url = require_server("postgresql")
+    password = sqlalchemy.engine.make_url(url).password
+    proxy, address, ready = _serve(url, "--host", "0.0.0.0")
+    proxy.send_signal(signal.SIGTERM)
+    out, err = proxy.communicate(timeout=60)
+    assert proxy.returncode == 0, err
+    assert f"anyone who reaches port {address.rpartition(':')[2]} there" in err and "no authentication" in err
+    assert password and password not in ready + out + err and ":***@" in ready
+
+
+def test_a_bad_or_absent_proxy_is_named(tmp_path: Path) -> None:
+    bad = run_tuner("studies", "--storage", "grpc://127.0.0.1")
+    assert bad.returncode == 2 and "expected grpc://HOST:PORT" in bad.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    absent = run_tuner("studies", "--storage", f"grpc://127.0.0.1:{port}")
+    assert absent.returncode == 2 and "no storage proxy answered" in absent.stderr
+    served = run_tuner("storage", "serve", "--storage", f"grpc://127.0.0.1:{port}")
+    assert served.returncode == 2 and "a proxy serves a database" in served.stderr

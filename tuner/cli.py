@@ -220,6 +220,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_serve(args: argparse.Namespace) -> int:
+    from tuner.storage.proxy import serve
+    from tuner.storage.urls import mask, resolve_url
+
+    url = resolve_url(args.storage)
+
+    def ready(port: int) -> None:
+        print(f"storage proxy for {mask(url)} listening on grpc://{args.host}:{port} "
+              f"(workers: --storage grpc://{args.host}:{port}); SIGTERM or Ctrl+C stops it", flush=True)
+
+    serve(url, host=args.host, port=args.port, threads=args.threads, on_ready=ready)
+    print("storage proxy stopped", flush=True)
+    return 0
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -330,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=_port, default=8080, help="port (default: 8080; 0: any free port)")
     dashboard.add_argument("--storage", help="database URL")
     dashboard.set_defaults(func=cmd_dashboard)
+
+    storage = commands.add_parser("storage", help="serve a database to many workers (the gRPC storage proxy)")
+    storage_commands = storage.add_subparsers(dest="storage_command", required=True, metavar="COMMAND")
+    serve = storage_commands.add_parser(
+        "serve", help="run Optuna's gRPC storage proxy: workers use --storage grpc://HOST:PORT, and only the "
+                      "proxy connects to the database")
+    serve.add_argument("--storage", help="database URL to serve (default: $TUNER_STORAGE, sqlite:///tuner.db)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; elsewhere it warns: "
+                            "the proxy has no authentication)")
+    serve.add_argument("--port", type=_port, default=13000, help="port (default: 13000; 0: any free port)")
+    serve.add_argument("--threads", type=_positive_int, default=10,
+                       help="calls served at once, and so at most the database connections (default: 10)")
+    serve.set_defaults(func=cmd_storage_serve)
 
     order = commands.add_parser("order", help="put the sentences of one document in order")
     _checkpoint_arguments(order)

@@ -69,3 +69,22 @@ def test_a_driver_tuner_db_installs_is_the_extra(monkeypatch: pytest.MonkeyPatch
 def test_unknown_driver() -> None:
     with pytest.raises(StorageError, match="unknown database dialect or driver 'mysql\\+nosuchdriver'"):
         open_storage("mysql+nosuchdriver://u:p@127.0.0.1/x")
+
+
+def test_a_refused_connection_wrapped_by_optuna_says_what_the_server_said() -> None:
+    import optuna
+    import psycopg
+    import sqlalchemy
+
+    from tuner.storage.urls import unreachable
+
+    refused = psycopg.OperationalError("connection failed: FATAL:  sorry, too many clients already")
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, refused)
+        except sqlalchemy.exc.OperationalError as err:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from err
+    except optuna.exceptions.StorageInternalError as wrapped:
+        message = str(unreachable(wrapped, "postgresql://u:hunter2@db/x"))
+    assert message == ("cannot open storage postgresql://u:***@db/x: connection failed: FATAL:  sorry, too many "
+                       "clients already")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from tuner.storage.retry import RETRY_S, opening, retrying
 from tuner.storage.sqlite import check_writable, sqlite_path
-from tuner.storage.urls import StorageError, mask, missing_driver, parse_url, unknown_dialect, unreachable
+from tuner.storage.urls import StorageError, is_proxy, mask, missing_driver, parse_url, unknown_dialect, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ class SlotLock:
 
     PostgreSQL and MySQL hold it on the server (``pg_advisory_lock``, ``GET_LOCK``), so it is released
     when a holder's connection dies; SQLite, which only local workers share, uses ``flock`` on a file
-    next to the database. Hold it only for a few queries. A server lock taken again within
+    next to the database. Through the storage proxy (``grpc://``) there is none: a worker there holds no
+    database session, and admission by trial number keeps the budget exact without the lock
+    (:func:`tuner.study.worker._admitted`). Hold it only for a few queries. A server lock taken again within
     ``LOCK_KEEP_S`` of its last use keeps its connection open for the next; one used less often (a
     worker on long trials, a one-off lock) closes it, so it holds no idle connection on the server.
     """
@@ -54,7 +56,9 @@ class SlotLock:
         self._last_use = -math.inf
         self._engine: Any = None
         self._path: Path | None = None
-        if self.backend == "sqlite":
+        if is_proxy(url):
+            pass  # no lock: see the class docstring
+        elif self.backend == "sqlite":
             database = sqlite_path(url)
             if database is not None:
                 check_writable(url, database)
@@ -105,7 +109,7 @@ class SlotLock:
                         yield
                     finally:
                         fcntl.flock(handle, fcntl.LOCK_UN)
-            else:  # an in-memory database: only this process can see it
+            else:  # an in-memory database, which only this process can see, or the storage proxy
                 yield
 
     def _first(self) -> tuple[Any, tuple[Any, dict[str, Any]]]:

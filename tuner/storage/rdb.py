@@ -24,13 +24,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.keys import CLAIM_ATTR, TOKEN_ATTR
+from tuner.keys import CLAIM_ATTR, REQUEST_ATTR, TOKEN_ATTR
 from tuner.storage.retry import RETRY_S, opening, retry_deadline, retrying
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
-from tuner.storage.urls import mask, missing_driver, parse_url, unknown_dialect, unreachable
+from tuner.storage.urls import is_proxy, mask, missing_driver, parse_url, unknown_dialect, unreachable
 
 log = logging.getLogger(__name__)
-
 
 class ResilientRDBStorage(RDBStorage):
     """Optuna's ``RDBStorage`` whose calls are retried through database outages (see :func:`retrying`).
@@ -48,7 +47,7 @@ class ResilientRDBStorage(RDBStorage):
       Optuna's own, which ``_create_new_trial`` makes after a failed commit.
     - Taking up a queued trial (WAITING to RUNNING): a repeat finds it RUNNING and says no, and the
       trial would be orphaned. The claim carries a token too (``CLAIM_ATTR``), and a repeat that
-      finds its own token says yes (:meth:`_claim`).
+      finds its own token says yes (:meth:`claim`).
     - Finishing a trial: a repeat finds it finished (``UpdateFinishedTrialError``). A repeat that
       finds the state and values it was asked to store says yes.
 
@@ -82,31 +81,36 @@ class ResilientRDBStorage(RDBStorage):
         return self._create_new_trial(study_id, template_trial)._trial_id
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        """Optuna's, retried, and creating one trial however many attempts it takes (see the class)."""
-        token = uuid.uuid4().hex
+        """Optuna's, retried, and creating one trial however many attempts it takes (see the class).
+
+        A template may name the creation itself (``REQUEST_ATTR``: a token, and whether an earlier
+        attempt may have committed it): a client of the gRPC proxy, whose attempts reach this process
+        as separate calls, or a creation that must happen once per study (the baseline)."""
+        request = _request(template_trial)
+        call = uuid.uuid4().hex  # this call's entry in _creating (callers may share a requested token)
         plain = _without_token(template_trial)
-        self._creating[token] = _Creation(plain)
+        self._creating[call] = _Creation(plain, str(request.get("token") or call), bool(request.get("lookup")))
         try:
-            # the template carries the token to _get_prepared_new_trial, and into the trial returned
-            template = _with_token(plain, token)
+            # the template carries the call to _get_prepared_new_trial, and into the trial returned
+            template = _with_token(plain, call)
             return retrying(super()._create_new_trial, "_create_new_trial", self.url, self.retry_s)(study_id, template)
         finally:
-            del self._creating[token]
+            del self._creating[call]
 
     def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
         """The new trial's row, in the session that holds the study's row lock; on an attempt after the
         first, the row an earlier attempt committed, if one did."""
         from optuna.storages._rdb import models
 
-        token: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
-        creation = self._creating.get(token)
+        call: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
+        creation = self._creating.get(call)
         if creation is None:  # not a creation through _create_new_trial
             return super()._get_prepared_new_trial(study_id, template_trial, session)
         if creation.tried:
-            found = _trial_with_token(session, study_id, token)
+            found = _trial_with_token(session, study_id, creation.token)
             if found is not None:
-                log.info("storage %s: trial %d was created by an attempt whose reply was lost; not created again",
-                         mask(self.url), found.number)
+                log.info("storage %s: trial %d was created by an attempt whose reply was lost, or by its first "
+                         "request; not created again", mask(self.url), found.number)
                 return found
         creation.tried = True
         # Optuna makes the trial from the caller's template (without one: RUNNING, started now), and the
@@ -114,7 +118,7 @@ class ResilientRDBStorage(RDBStorage):
         # read the trial again and upsert each one, though a new trial has none yet
         template = creation.template
         user_attrs = dict(template.user_attrs) if template is not None else {}
-        system_attrs = {**(template.system_attrs if template is not None else {}), TOKEN_ATTR: token}
+        system_attrs = {**(template.system_attrs if template is not None else {}), TOKEN_ATTR: creation.token}
         if template is not None and (template.user_attrs or template.system_attrs):
             template = copy.copy(template)
             template.user_attrs, template.system_attrs = {}, {}
@@ -131,7 +135,7 @@ class ResilientRDBStorage(RDBStorage):
                                ) -> bool:
         """Optuna's, retried; a repeat recognises its own earlier commit (see the class)."""
         if state == TrialState.RUNNING:
-            return self._claim(trial_id)
+            return self.claim(trial_id)
         attempts = 0
 
         def attempt() -> bool:
@@ -140,7 +144,7 @@ class ResilientRDBStorage(RDBStorage):
             try:
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
-                if attempts > 1 and self._stored_as(trial_id, state, values):
+                if attempts > 1 and stored_as(RDBStorage.get_trial(self, trial_id), state, values):
                     log.info("storage %s: trial %d was already stored %s by an attempt whose reply was lost",
                              mask(self.url), trial_id, state.name)
                     return True
@@ -148,23 +152,30 @@ class ResilientRDBStorage(RDBStorage):
 
         return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
 
-    def _stored_as(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
-        trial = RDBStorage.get_trial(self, trial_id)
-        return trial.state == state and (values is None or list(trial.values or []) == list(values))
+    def stale_trial_ids(self, study_id: int, grace_period: int) -> list[int]:
+        """The study's RUNNING trials whose heartbeat is older than ``grace_period`` seconds (the gRPC
+        proxy serves studies with different settings: each worker gives its own)."""
+        # Optuna's query reads only these three settings; it is private, and takes them from the storage
+        view = _StaleView(self.scoped_session, self.heartbeat_interval or grace_period, grace_period)
+        return retrying(RDBStorage._get_stale_trial_ids, "_get_stale_trial_ids", self.url,
+                        self.retry_s)(view, study_id)
 
-    def _claim(self, trial_id: int) -> bool:
-        """Take up the queued trial ``trial_id`` (WAITING to RUNNING); ``False`` when another worker did."""
+    def claim(self, trial_id: int, token: str | None = None) -> bool:
+        """Take up the queued trial ``trial_id`` (WAITING to RUNNING); ``False`` when another worker did.
+
+        ``token`` names the claim (a fresh one without it); a client of the gRPC proxy gives its own, so
+        that its repeat through a restarted proxy recognises the claim an earlier attempt committed."""
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        token, tried = uuid.uuid4().hex, False
+        token = token or uuid.uuid4().hex
 
         def attempt() -> bool:
-            nonlocal tried
             with _create_scoped_session(self.scoped_session) as session:
                 trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
                 claim = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, CLAIM_ATTR, session)
-                if tried and trial.state == TrialState.RUNNING:
+                if trial.state == TrialState.RUNNING:
+                    # a token names one claim call: finding it, an earlier attempt of this call committed
                     if claim is not None and json.loads(str(claim.value_json)) == token:
                         log.info("storage %s: trial %d was taken up by an attempt whose reply was lost",
                                  mask(self.url), trial.number)
@@ -172,7 +183,6 @@ class ResilientRDBStorage(RDBStorage):
                 self.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
                 if trial.state != TrialState.WAITING:
                     return False
-                tried = True
                 trial.state = TrialState.RUNNING
                 trial.datetime_start = datetime.now()
                 if claim is None:
@@ -193,35 +203,69 @@ class ResilientRDBStorage(RDBStorage):
             session.add(models.TrialHeartbeatModel(trial_id=trial_id))
 
 
+def stored_as(trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> bool:
+    """Whether ``trial`` is stored with ``state`` and ``values``: what a repeated final write, refused
+    because the trial is finished, checks to tell its own lost commit from another worker's."""
+    return trial.state == state and (values is None or list(trial.values or []) == list(values))
+
+
+@dataclass
+class _StaleView:
+    """What Optuna's stale-trial query reads from its storage (:meth:`ResilientRDBStorage.stale_trial_ids`)."""
+
+    scoped_session: Any
+    heartbeat_interval: int
+    grace_period: int
+
+
 @dataclass
 class _Creation:
     """A trial creation in progress (:meth:`ResilientRDBStorage._create_new_trial`)."""
 
     template: FrozenTrial | None  # the caller's, without a token
+    token: str  # stored with the trial (TOKEN_ATTR)
     tried: bool = False  # an attempt got as far as storing the trial, and may have committed
+
+
+def _request(template: FrozenTrial | None) -> dict[str, Any]:
+    """The creation a template names (``REQUEST_ATTR``: ``token``, ``lookup``), or ``{}``."""
+    value = template.system_attrs.get(REQUEST_ATTR) if template is not None else None
+    return value if isinstance(value, dict) else {}
+
+
+def request_template(template: FrozenTrial | None, token: str, lookup: bool) -> FrozenTrial:
+    """``template`` naming its creation by ``token`` (see :meth:`ResilientRDBStorage._create_new_trial`);
+    with ``lookup``, a trial the study already holds with that token is returned instead of a new one."""
+    return _with_attr(_without_token(template), REQUEST_ATTR, {"token": token, "lookup": lookup})
 
 
 def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
     """``template`` without creation or claim tokens. A retry queued by ``RetryHeartbeatStaleTrialCallback``
     copies the failed trial's system attributes, its tokens among them."""
-    if template is None or not {TOKEN_ATTR, CLAIM_ATTR} & template.system_attrs.keys():
+    if template is None or not {TOKEN_ATTR, CLAIM_ATTR, REQUEST_ATTR} & template.system_attrs.keys():
         return template
     plain = copy.copy(template)
     plain.system_attrs = {key: value for key, value in template.system_attrs.items()
-                          if key not in (TOKEN_ATTR, CLAIM_ATTR)}
+                          if key not in (TOKEN_ATTR, CLAIM_ATTR, REQUEST_ATTR)}
     return plain
 
 
 def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
     """A copy of ``template`` carrying ``token``; without a template, of the trial Optuna makes without one
     (RUNNING: its number and start are set when it is stored)."""
+    return _with_attr(template, TOKEN_ATTR, token)
+
+
+def _with_attr(template: FrozenTrial | None, key: str, value: Any) -> FrozenTrial:
+    """A copy of ``template`` with the system attribute ``key``; without a template, of the trial Optuna
+    makes without one (RUNNING: its number and start are set when it is stored)."""
     if template is None:
         template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                                datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
                                intermediate_values={}, trial_id=-1)
     else:
         template = copy.copy(template)
-    template.system_attrs = {**template.system_attrs, TOKEN_ATTR: token}
+    template.system_attrs = {**template.system_attrs, key: value}
     return template
 
 
@@ -246,25 +290,32 @@ def beats_when_started(storage: Any) -> bool:
 
 
 def open_storage(url: str, *, create_schema: bool = True, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None) -> Any:
-    """An Optuna ``RDBStorage`` for ``url``, with clear errors for bad URLs and unreachable servers.
+                 grace_period: int | None = None, retry_s: float | None = None) -> Any:
+    """An Optuna ``RDBStorage`` for ``url``, with clear errors for bad URLs and unreachable servers; for
+    ``grpc://HOST:PORT``, a client of the storage proxy there (:func:`tuner.storage.proxy.open_proxy`).
 
     Args:
-        url: a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql://...``, ``mysql+pymysql://...``).
+        url: a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql://...``, ``mysql+pymysql://...``), or
+            ``grpc://HOST:PORT``.
         create_schema: create the database and Optuna's tables. Do it once, before workers start:
             concurrent creation on a fresh file races (Optuna issue #4621). With ``False`` a SQLite file
             must exist already (:class:`NoDatabase`), and nothing is created.
         heartbeat_interval, grace_period: Optuna's heartbeat settings; they also shorten how long a call
             waits out an outage (:func:`retry_deadline`).
+        retry_s: how long a call waits out an outage, whatever the heartbeat settings.
     """
     from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
+    if is_proxy(url):
+        from tuner.storage.proxy import open_proxy  # the proxy's server opens this module's storage
+
+        return open_proxy(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         if not create_schema:
             existing_sqlite(url)
         prepare_sqlite(url)
-    retry_s = retry_deadline(heartbeat_interval, grace_period)
+    retry_s = retry_deadline(heartbeat_interval, grace_period) if retry_s is None else retry_s
 
     def build() -> ResilientRDBStorage:
         with warnings.catch_warnings():

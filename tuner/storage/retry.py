@@ -49,11 +49,18 @@ _TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "40001", "40P01", "5330
 _TRANSIENT_MYSQL_CODES = (1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055)
 
 
+class TransientError(StorageError):
+    """A failure that waiting may fix, raised by a storage client that is not a database driver (the
+    gRPC proxy's, while the proxy is down or restarting): :func:`retrying` retries it."""
+
+
 def _transient(err: BaseException) -> bool:
     """Whether ``err`` (or what it wraps) is a lost connection, a server restart or a locked database."""
     from sqlalchemy import exc
 
     for seen in _chain(err):
+        if isinstance(seen, TransientError):
+            return True
         if isinstance(seen, exc.DBAPIError) and seen.connection_invalidated:
             return True
         if _transient_driver_error(seen):

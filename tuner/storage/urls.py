@@ -21,6 +21,7 @@ DEFAULT_URL = "sqlite:///tuner.db"
 
 
 ENV_VAR = "TUNER_STORAGE"
+PROXY_SCHEME = "grpc"  # grpc://HOST:PORT: the storage proxy of `tuner storage serve` (tuner.storage.proxy)
 
 
 class StorageError(TunerError):
@@ -37,6 +38,26 @@ def resolve_url(cli: str | None = None, study_file: str | None = None) -> str:
         if value:
             return value
     return DEFAULT_URL
+
+
+def is_proxy(url: str) -> bool:
+    """Whether ``url`` names a storage proxy (``grpc://HOST:PORT``) rather than a database."""
+    return url.partition("://")[0].lower() == PROXY_SCHEME
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """The host and port of ``grpc://HOST:PORT``, or an error that shows the expected form."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query or parts.username:
+        raise StorageError(f"bad storage proxy URL {mask(url)!r}: expected grpc://HOST:PORT, e.g. "
+                           "grpc://127.0.0.1:13000 (see tuner storage serve)")
+    return parts.hostname, port
 
 
 def mask(url: str) -> str:
@@ -111,5 +132,13 @@ def missing_driver(url: str, err: ImportError) -> StorageError:
 
 
 def unreachable(err: Exception, url: str) -> StorageError:
-    reason = scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
+    """The error that kept ``url`` from opening, said by the driver beneath: Optuna wraps a refused
+    connection ("too many clients") in a StorageInternalError about invalid data in a commit."""
+    root: BaseException = err
+    while True:
+        beneath = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(beneath, BaseException) or beneath is root:
+            break
+        root = beneath
+    reason = scrub((str(root).strip().splitlines() or [type(root).__name__])[0], url)
     return StorageError(f"cannot open storage {mask(url)}: {reason}")

@@ -29,7 +29,7 @@ from tuner.config.schema import RunConfig
 from tuner.errors import TunerError
 from tuner.hpo import search
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import open_storage
+from tuner.storage.rdb import open_storage, request_template
 from tuner.storage.records import best_row
 from tuner.storage.retry import retry_deadline
 from tuner.storage.urls import mask, resolve_url
@@ -225,7 +225,7 @@ def run_study(
     lock = SlotLock(url, run.name, retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
     with lock():
         if run.study.baseline and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(search.baseline_params(run), user_attrs={"baseline": True})
+            _enqueue_baseline(study, search.baseline_params(run))
     interactive = sys.stderr.isatty() if progress is None else progress
     lines = _Progress(budget, counted(study), interactive)
     with StopSignals() as signals, ParentWatch(parent):
@@ -236,6 +236,18 @@ def run_study(
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,
                       best_row(study, run), interrupted=result.interrupted, forced=result.forced,
                       repeated_failure=result.repeated_failure)
+
+
+BASELINE_TOKEN = "baseline"
+
+
+def _enqueue_baseline(study: optuna.Study, params: dict[str, Any]) -> None:
+    """Queue the baseline trial, once per study, as ``study.enqueue_trial`` does. On a database the study
+    lock keeps a second worker from queueing it again; through the storage proxy, which has no lock, the
+    creation is named (``BASELINE_TOKEN``), and a second worker's finds the first's trial instead."""
+    trial = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
+                                      user_attrs={"baseline": True})
+    study.add_trial(request_template(trial, BASELINE_TOKEN, lookup=True))
 
 
 def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:

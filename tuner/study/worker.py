@@ -8,7 +8,7 @@ nothing else. The rules that keep the study whole:
   checks the count and starts its trial under the study's lock (:class:`tuner.storage.lock.SlotLock`),
   and admits the trial by its place among the trials that hold slots (:func:`_admitted`), so that
   finished trials end equal to ``n_trials`` whatever the number of workers, even when a lock is lost
-  with its database session.
+  with its database session, or there is none (the storage proxy: :mod:`tuner.storage.proxy`).
 - Heartbeats. A running trial's worker records a heartbeat every ``heartbeat_interval`` seconds. A
   trial whose heartbeat is older than ``grace_period`` belongs to a dead worker (SIGKILL, power
   loss, a lost node): the next worker to look fails it, with the reason, and queues a retry with

@@ -1,0 +1,223 @@
+"""The gRPC storage proxy: a worker's whole loop through it, heartbeats and stale trials, and a proxy that
+dies at a chosen write, after its commit and before its reply, and comes back on the same port."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+from conftest import require_server
+from optuna.trial import TrialState
+from processes import assert_exact_budget
+
+from tuner.keys import REQUEST_ATTR, TOKEN_ATTR
+from tuner.storage.lock import SlotLock
+from tuner.storage.proxy import make_server, open_backend, open_proxy
+from tuner.storage.rdb import open_storage
+from tuner.storage.urls import StorageError, proxy_address
+from tuner.study.recovery import fail_stale, reap
+from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline
+from tuner.study.worker import work
+from tuner.training.stopping import StopSignals
+
+HEARTBEAT_S, GRACE_S = 1, 10
+
+
+class Proxy:
+    """A storage proxy in this process that can die after a chosen write commits, before it replies, and
+    come back at once on the same port, over a fresh storage (as a restarted proxy process would)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.backend = open_backend(url)
+        self.server, self.port = make_server(self.backend, "127.0.0.1", 0)
+        self.server.start()
+        self.deaths: list[str] = []
+
+    @property
+    def address(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def die_after(self, write: str, when: Callable[[Any], bool] = lambda result: True) -> None:
+        """Die once, after the first call of the backend's ``write`` whose result ``when`` accepts."""
+        original = getattr(self.backend, write)
+
+        def dying(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)  # committed
+            if not self.deaths and when(result):
+                self.deaths.append(write)
+                self.restart()
+            return result
+
+        setattr(self.backend, write, dying)
+
+    def restart(self) -> None:
+        self.server.stop(0)  # the calls in progress are aborted: their replies are lost
+        self.backend = open_backend(self.url)
+        self.server, _ = make_server(self.backend, "127.0.0.1", self.port)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0).wait()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return require_server("postgresql")
+
+
+@pytest.fixture
+def proxy(database: str) -> Iterator[Proxy]:
+    served = Proxy(database)
+    yield served
+    served.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _study(address: str, name: str) -> optuna.Study:
+    storage = open_storage(address, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def _run(study: optuna.Study, address: str, budget: int) -> list[int]:
+    """One worker's loop through the proxy; the trial numbers its objective ran."""
+    ran: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        ran.append(trial.number)
+        return float(trial.suggest_float("x", -10, 10) ** 2)
+
+    with StopSignals() as signals:
+        work(study, objective, budget, lock=SlotLock(address, study.study_name), signals=signals)
+    return ran
+
+
+def _unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"  # the PostgreSQL test database is shared by the tests
+
+
+def test_proxy_urls_are_checked() -> None:
+    assert proxy_address("grpc://127.0.0.1:13000") == ("127.0.0.1", 13000)
+    for bad in ("grpc://127.0.0.1", "grpc://:13000", "grpc://host:13000/db", "grpc://u:secret@host:1"):
+        with pytest.raises(StorageError, match="expected grpc://HOST:PORT") as err:
+            proxy_address(bad)
+        assert "secret" not in str(err.value)
+
+
+def test_a_proxy_that_does_not_answer_is_named_at_once() -> None:
+    port = _free_port()
+    with pytest.raises(StorageError, match=f"no storage proxy answered.*tuner storage serve.*--port {port}"):
+        open_proxy(f"grpc://127.0.0.1:{port}")
+
+
+def test_a_worker_through_the_proxy_keeps_the_budget_exact(proxy: Proxy) -> None:
+    study = _study(proxy.address, _unique("through"))
+    ran = [n for _ in range(2) for n in _run(study, proxy.address, 5)]  # the second finds the budget spent
+    assert sorted(ran) == list(range(5))
+    assert_exact_budget(study, 5)
+    trials = study.get_trials(deepcopy=False)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(REQUEST_ATTR not in t.system_attrs and TOKEN_ATTR in t.system_attrs for t in trials)
+
+
+def test_the_baseline_is_queued_once_by_workers_without_a_lock(proxy: Proxy) -> None:
+    name = _unique("baseline")
+    studies = [_study(proxy.address, name) for _ in range(2)]
+    for study in studies:
+        _enqueue_baseline(study, {"x": 1.0})
+        _enqueue_baseline(study, {"x": 1.0})
+    trials = studies[0].get_trials(deepcopy=False)
+    assert [(t.state, t.user_attrs, t.system_attrs.get(TOKEN_ATTR)) for t in trials] == [
+        (TrialState.WAITING, {"baseline": True}, BASELINE_TOKEN)]
+
+
+def _age_heartbeats(database: str, trial_ids: list[int]) -> None:
+    """Make these trials' heartbeats years old, as a worker long dead would leave them."""
+    engine = sqlalchemy.create_engine(database, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as connection:
+        for trial_id in trial_ids:
+            updated = connection.execute(
+                sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :h WHERE trial_id = :t"),
+                {"h": datetime(2000, 1, 1), "t": trial_id})
+            assert updated.rowcount == 1  # the proxy recorded the trial's first heartbeat
+
+
+def test_heartbeats_and_stale_trials_work_through_the_proxy(proxy: Proxy, database: str) -> None:
+    study = _study(proxy.address, _unique("stale"))
+    storage = study._storage
+    # each gets its first heartbeat as it is created
+    live, dead, reaped = (storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(3))
+    study._storage.record_heartbeat(live._trial_id)
+    _age_heartbeats(database, [dead._trial_id])
+    assert study._storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
+    assert fail_stale(study, max_retries=2) == [dead.number]
+    _age_heartbeats(database, [reaped._trial_id])
+    assert [r["number"] for r in reap(study, 2)] == [reaped.number]  # `tuner reap`
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.WAITING, TrialState.WAITING]
+    assert trials[1].user_attrs["fail_reason"].startswith("stale: the heartbeat of")
+    assert [t.system_attrs["failed_trial"] for t in trials[3:]] == [dead.number, reaped.number]
+
+
+@pytest.mark.parametrize("write", ["create", "claim", "finish"])
+def test_a_proxy_that_dies_after_a_commit_loses_and_duplicates_nothing(
+        proxy: Proxy, write: str, caplog: pytest.LogCaptureFixture) -> None:
+    name = _unique(f"dies-{write}")
+    study = _study(proxy.address, name)
+    if write == "claim":
+        study.enqueue_trial({"x": 1.0})
+        proxy.die_after("claim")
+    elif write == "create":
+        proxy.die_after("_create_new_trial", lambda trial: trial.number == 1)
+    else:
+        proxy.die_after("set_trial_state_values", lambda stored: True)
+    caplog.set_level(logging.INFO, logger="tuner")
+    ran = _run(study, proxy.address, 4)
+    assert proxy.deaths  # the proxy died where the test chose
+    assert sorted(ran) == list(range(4))  # each trial ran once
+    assert_exact_budget(study, 4)
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    # the repeat through the restarted proxy found its own commit
+    assert any("whose reply was lost" in r.getMessage() for r in caplog.records)
+
+
+def test_reports_and_the_dashboard_read_through_the_proxy(proxy: Proxy) -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    from tuner.dashboard import build_app, study_path
+    from tuner.report.snapshot import load_snapshot
+    from tuner.storage.reader import open_reader
+
+    name = _unique("read")
+    study = _study(proxy.address, name)
+    _run(study, proxy.address, 3)
+    snapshot = load_snapshot(name, proxy.address)
+    assert [t.number for t in snapshot.trials] == [0, 1, 2] and snapshot.storage == proxy.address
+    backend = open_reader(proxy.address)
+    app = build_app(backend)
+    page = study_path(backend, name, proxy.address)  # /dashboard/studies/ID, the page `tuner dashboard` opens
+    environ: dict[str, Any] = {"PATH_INFO": page.replace("/dashboard/", "/api/")}
+    setup_testing_defaults(environ)
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, *exc: statuses.append(status)))
+    assert statuses == ["200 OK"]
+    assert len(json.loads(body)["trials"]) == 3
