@@ -77,7 +77,9 @@ def test_sigint_inside_a_long_backward_pass_ends_the_run_in_seconds(
 
     threading.Thread(target=interrupt, daemon=True).start()
     code = main(["run", "--study", "tiny", "--set", "study.n_trials=1", "--set", "study.baseline=false",
-                 "--set", f'study.lr_finder={{mode="{finder}", num_training=20}}', "--set", 'study.pruner="none"'])
+                 # max_cost: the finder runs even where it costs more than this tiny trial (12 steps at batch 16)
+                 "--set", f'study.lr_finder={{mode="{finder}", num_training=20, max_cost=100}}',
+                 "--set", 'study.pruner="none"'])
     ended = time.monotonic()
     assert sent, "no SIGINT was sent"
     assert code == 128 + signal.SIGINT
