@@ -36,3 +36,18 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def ensure_pg_database(pg_url: str) -> Any:
+    """The PostgreSQL URL's database, created if absent; returns the parsed URL."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(pg_url)
+    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as connection:
+        if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                                  {"name": url.database}).scalar():
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
+    admin.dispose()
+    return url

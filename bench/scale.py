@@ -41,7 +41,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine, write_results
+from _common import ROOT, ensure_pg_database, machine, write_results
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tuner_scale"
 RUN_DEADLINE_S = 100.0
@@ -109,13 +109,7 @@ def _fresh_database(pg_url: str) -> None:
     """The benchmark's database, created if absent, with an empty schema."""
     import sqlalchemy
 
-    url = sqlalchemy.engine.make_url(pg_url)
-    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                                     poolclass=sqlalchemy.pool.NullPool)
-    with admin.connect() as connection:
-        if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                                  {"name": url.database}).scalar():
-            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
+    url = ensure_pg_database(pg_url)
     engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text("DROP SCHEMA IF EXISTS public CASCADE"))

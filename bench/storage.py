@@ -61,7 +61,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine, write_results
+from _common import ROOT, ensure_pg_database, machine, write_results
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tuner_bench"
 METHODS = ("tuner", "optuna", "optuna_heartbeat")
@@ -138,7 +138,7 @@ def _fresh_database(backend: str, pg_url: str, folder: Path, tag: str) -> str:
         return f"sqlite:///{path}"
     import sqlalchemy
 
-    url = _ensure_pg_database(pg_url)
+    url = ensure_pg_database(pg_url)
     engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text("DROP SCHEMA IF EXISTS public CASCADE"))
@@ -295,21 +295,6 @@ def _wait_for_quiet() -> float:
     return busy
 
 
-def _ensure_pg_database(pg_url: str) -> Any:
-    """The PostgreSQL URL's database, created if absent; returns the parsed URL."""
-    import sqlalchemy
-
-    url = sqlalchemy.engine.make_url(pg_url)
-    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                                     poolclass=sqlalchemy.pool.NullPool)
-    with admin.connect() as connection:
-        if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                                  {"name": url.database}).scalar():
-            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
-    return url
-
-
 def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]:
     """What the figures were measured on: SQLite's version and file system, PostgreSQL's version."""
     found: dict[str, Any] = {}
@@ -321,7 +306,7 @@ def _databases(backends: list[str], pg_url: str, folder: Path) -> dict[str, Any]
     if "postgresql" in backends:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(_ensure_pg_database(pg_url), poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(ensure_pg_database(pg_url), poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as connection:
             found["postgresql"] = {
                 "version": connection.execute(sqlalchemy.text("SHOW server_version")).scalar(),
