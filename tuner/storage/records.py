@@ -65,11 +65,14 @@ def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
-    """The number of the trial this one retries: the link Optuna's retry callback stores, else tuner's
-    ``retry_of``. A queued retry is a copy of the failed trial, user attributes and all, so until a worker
-    takes it up its ``retry_of`` is the failed trial's own."""
-    # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads, without its experimental warning
-    value = trial.system_attrs.get("failed_trial")
+    """The number of the trial this one retries (the one before it, for a retry of a retry): the last
+    of the retry history Optuna's retry callback stores, else its ``failed_trial``, else tuner's
+    ``retry_of``. ``failed_trial`` alone will not do: it is the first attempt's number, inherited by every
+    later retry. A queued retry is a copy of the failed trial's user attributes, so its ``retry_of``
+    attribute is the failed trial's own until a worker takes it up; the history is right at once."""
+    history = retry_history(trial)
+    # failed_trial is what RetryHeartbeatStaleTrialCallback.retried_trial_number reads
+    value = history[-1] if history else trial.system_attrs.get("failed_trial")
     if value is None:
         value = trial.user_attrs.get("retry_of")
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
