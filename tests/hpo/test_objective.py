@@ -46,7 +46,7 @@ def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatc
 @pytest.mark.parametrize("mode", ["suggest", "scale"])
 def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", [f'study.lr_finder={{mode="{mode}", num_training=20}}', "study.n_trials=3",
+    run = load_run("tiny", [f'study.lr_finder={{mode="{mode}", num_training=20, max_cost=1}}', "study.n_trials=3",
                             "search.batch_size=[8]", 'study.pruner="none"'])
     run_study(run, progress=False)
     study = open_study(run)

@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from tuner.config.loader import load_study
-from tuner.config.schema import RunConfig, SamplerConfig
-from tuner.hpo.search import build_sampler
+from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
+from tuner.hpo.search import MEDIAN_STARTUP_TRIALS, build_pruner, build_sampler
 from tuner.study.runner import load_run
 
 
@@ -66,3 +66,24 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
     assert 1e-5 <= sampled.model.learning_rate <= 3e-3 and sampled.data.batch_size in (8, 16)
     if sampler == '"tpe"':
         assert study.sampler._multivariate and study.sampler._constant_liar
+
+
+@pytest.mark.parametrize("pruner", ["median", "patient"])
+def test_median_pruners_wait_for_three_trials_unless_told(pruner: str) -> None:
+    def pruned_at(options: dict[str, int]) -> list[bool]:
+        """Three trials ending at 1.0, then two ending at 0.0, each falling over 3 steps (so patient's patience
+        runs out), each asked at its last step whether it would be pruned."""
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(PrunerConfig(pruner, options)))
+        decisions = []
+        for value in (1.0, 1.0, 1.0, 0.0, 0.0):
+            trial = study.ask()
+            for step in range(3):
+                trial.report(value + 0.1 * (2 - step), step)
+            decisions.append(trial.should_prune())
+            study.tell(trial, value)
+        return decisions
+
+    assert MEDIAN_STARTUP_TRIALS == 3
+    # after 3 finished trials, a trial below their median is pruned (Optuna's own default waits for 5)
+    assert pruned_at({}) == [False, False, False, True, True]
+    assert pruned_at({"n_startup_trials": 5}) == [False] * 5

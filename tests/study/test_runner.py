@@ -22,7 +22,7 @@ def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatc
     states = [t.state for t in study.trials]
     assert len(states) == 5 and optuna.trial.TrialState.PRUNED in states
     baseline = study.trials[0]
-    assert baseline.user_attrs["baseline"] and baseline.params == {"learning_rate": 3e-5, "batch_size": 8}
+    assert baseline.user_attrs["baseline"] and baseline.params == {"learning_rate": 5e-5, "batch_size": 8}
     for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         attrs = trial.user_attrs
         assert {"val_kendall_tau", "val_pmr", "val_acc", "val_loss", "epochs", "lr_used", "lr_finder", "wall_s",
@@ -76,7 +76,7 @@ def test_an_error_of_the_study_in_a_trial_stops_the_run_and_spends_nothing(
     assert "study tiny in sqlite:///" in out and ": 2/2 trials finished, 2 run now" in out
     failed, baseline, sampled = open_study(run).trials
     assert failed.state == optuna.trial.TrialState.FAIL
-    assert baseline.user_attrs["retry_of"] == 0 and baseline.params == {"learning_rate": 3e-5, "batch_size": 8}
+    assert baseline.user_attrs["retry_of"] == 0 and baseline.params == {"learning_rate": 5e-5, "batch_size": 8}
     assert baseline.state == sampled.state == optuna.trial.TrialState.COMPLETE
 
 

@@ -242,7 +242,7 @@ class LRFinderConfig:
     max_lr: float = 1e-2
     multiplier: tuple[float, float] = (0.03, 1.0)
     min_drop: float = 0.1
-    max_cost: float = 1.0
+    max_cost: float = 0.25
 
     def __post_init__(self) -> None:
         _check(self.mode in LR_FINDER_MODES, "study.lr_finder.mode",
