@@ -25,7 +25,8 @@ cell's best validation are then tested on the test split.
 
 Each cell is written to the results file as it finishes; a run that was stopped resumes with the
 cells still missing (``--fresh`` starts over). Results: ``bench/results/head_to_head.json``
-(``head_to_head_quick.json`` with ``--quick``), the curves as ``.html``, and a section of ``BENCHMARKS.md``.
+(``head_to_head_quick.json`` with ``--quick``), the curves as ``.png`` and ``.html`` beside it, and a section of
+``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ SETTINGS = {
                "first ones (TPE samples at random for its first 10 trials, the median pruner waits for 5): the two "
                "differ only where TPE's model and the pruner act"),
     "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's multivariate, "
-              "constant-liar TPE), pruner median (Optuna's defaults), LR finder in scale mode (100 steps, "
-              "multiplier [0.03, 1]), the baseline trial first (lr 3e-5, first backbone and batch size), "
+              "constant-liar TPE), pruner median (n_startup_trials=3, else Optuna's defaults), LR finder in scale "
+              "mode (100 steps, multiplier [0.03, 1], run only where it costs at most 0.25 of the trial's training "
+              "steps), the baseline trial first (lr 5e-5, first backbone and batch size), "
               "tokenisation cached (in the cell's folder, so every cell starts cold), checkpoints, gradient "
               "clipping 1.0; objective: the best validation"),
 }
@@ -106,11 +108,14 @@ class Sizing:
 # Sizing at ~1,000 tokens/s of training for MiniLM-L6 in fp32 on the 2-core machine, ~2,000 for a 3-layer cut,
 # ~180 tokens per NIPS abstract, and CPU time ~1.8x wall time with 2 torch threads (see README).
 # Quick: 4 cells of 300 CPU s (~170 s wall each) + ~40 s each to start, test and, for hf, start twice: ~15 min.
-# Full: 12 cells of 1,000 CPU s (~9.5 min wall each) + ~1 min each: ~125 min, within the 150 asked.
+# Full: 12 cells of 700 CPU s (~6.5 min wall each) + ~1 min each: ~90 min, within the 150 asked. The whole
+# model is left out, and trials are 2 epochs: on a 2-core AMD EPYC (AVX2) a batch-8 step took 1.6 s with 6
+# layers and 0.9 s with 3, so a 3-epoch 6-layer trial on 320 documents cost ~350 CPU s (two trials a budget,
+# one for hf's half-budget search on it); a 2-epoch 3-layer trial costs ~130.
 QUICK = Sizing(train_docs=160, val_docs=80, test_docs=150, budget_cpu_s=300, seeds=(0,), max_epochs=2,
                backbone_layers=(3, 2))
-FULL = Sizing(train_docs=320, val_docs=120, test_docs=377, budget_cpu_s=1000, seeds=(0, 1, 2), max_epochs=3,
-              backbone_layers=(6, 3))
+FULL = Sizing(train_docs=320, val_docs=120, test_docs=377, budget_cpu_s=700, seeds=(0, 1, 2), max_epochs=2,
+              backbone_layers=(3, 2))
 
 
 # --- pure parts: curves, time to a target, summaries, resume, markdown ------------------------------------------
@@ -258,9 +263,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["", "What each system got:", ""]
     lines += [f"- **{NAMES[s]}**: {results['settings']['peers'][s]}" for s in systems]
     lines += ["", f"Measured, not adjusted: {PRECISION_NOTE}; the clock is each cell process's CPU time after its "
-              "imports, and the budget ends the process wherever it is. Curves: "
-              f"`bench/results/{Path(results['output']).stem}.html`, which the run writes beside its results "
-              "(too large to keep in git; the curves are in the results file too).", ""]
+              "imports, and the budget ends the process wherever it is.", "",
+              f"![anytime curves](bench/results/{Path(results['output']).stem}.png)", "",
+              f"The interactive plot, `bench/results/{Path(results['output']).stem}.html`, is written beside the "
+              "results too (too large to keep in git; the curves are in the results file as well).", ""]
     return "\n".join(lines)
 
 
@@ -294,6 +300,36 @@ def curves_html(results: dict[str, Any]) -> str:
     figure.update_layout(title="Best validation Kendall's tau against CPU seconds", xaxis_title="CPU seconds",
                          yaxis_title="best validation tau so far", template="plotly_white")
     return str(figure.to_html(include_plotlyjs=True, full_html=True))
+
+
+def curves_png(results: dict[str, Any], path: Path) -> None:
+    """The same curves as :func:`curves_html`, as a PNG (matplotlib, no browser needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"hf": "#ff7f0e", "optuna": "#1f77b4", "random": "#7f7f7f", "tuner": "#2ca02c"}
+    budget = results["settings"]["sizing"]["budget_cpu_s"]
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=120)
+    labelled: set[str] = set()
+    for key, cell in sorted(results["cells"].items()):
+        curve = cell.get("curve") or []
+        if not curve:
+            continue
+        system = key.split("/")[0]
+        xs = [t for t, _ in curve] + [budget]
+        ys = [tau for _, tau in curve] + [curve[-1][1]]
+        axes.step(xs, ys, where="post", color=colours.get(system), alpha=0.8, marker="o", markersize=3,
+                  label=None if system in labelled else NAMES[system])
+        labelled.add(system)
+    axes.set(title="Best validation Kendall's tau against CPU seconds (one line per seed)", xlabel="CPU seconds",
+             ylabel="best validation tau so far", xlim=(0, budget))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 # --- running the cells -------------------------------------------------------------------------------------------
@@ -436,6 +472,7 @@ def main() -> None:
     results["summary"] = summarize(results["cells"], args.systems, sizing.seeds)
     _write(output, results)
     output.with_suffix(".html").write_text(curves_html(results))
+    curves_png(results, output.with_suffix(".png"))
     section = render_markdown(results)
     print(section)
     if not args.no_markdown:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.head_to_head import (
@@ -10,6 +12,7 @@ from bench.head_to_head import (
     SYSTEMS,
     best_curve,
     cell_key,
+    curves_png,
     match_fraction,
     median_or_none,
     pending_cells,
@@ -114,7 +117,19 @@ def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
     assert "(1 of 2 never)" in text  # hf never reached the target with seed 0
     for system in SYSTEMS:
         assert SETTINGS[system] in text
-    assert "head_to_head_quick.html" in text
+    assert "head_to_head_quick.html" in text and "(bench/results/head_to_head_quick.png)" in text
+
+
+def test_the_curves_are_drawn_as_a_png(tmp_path: Path) -> None:
+    results = {"cells": _cells(), "settings": {"sizing": {"budget_cpu_s": 300.0}}}
+    path = tmp_path / "curves.png"
+    curves_png(results, path)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1080, 660)  # 9 x 5.5 inches at 120 dpi
+    curves_png({**results, "cells": {}}, tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").read_bytes() != data  # the curves are drawn, not just the axes
 
 
 def test_section_is_replaced_in_place_or_appended() -> None:
