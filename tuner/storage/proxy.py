@@ -13,7 +13,7 @@ a worker needs beyond it travels in a second service on the same server, ``tuner
   have been committed by a proxy that died before it replied, so the writes that create or move a
   trial name themselves with tokens the database keeps: a creation carries its token in its template
   (``REQUEST_ATTR``), a claim of a queued trial is ``Claim`` with the client's token, and a final state
-  whose repeat finds it stored is accepted (:func:`tuner.storage.rdb.stored_as`). A repeat through a
+  whose repeat finds it stored is accepted (:func:`tuner.storage.retry.final_write`). A repeat through a
   restarted proxy then finds its own earlier commit instead of making a second.
 
 What does not cross: the study lock (:class:`tuner.storage.lock.SlotLock`) is a database session's,
@@ -47,8 +47,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.keys import REQUEST_ATTR
-from tuner.storage.rdb import open_storage, request_template, stored_as
-from tuner.storage.retry import RETRY_S, TransientError, retry_deadline, retrying
+from tuner.storage.rdb import open_storage, request_template
+from tuner.storage.retry import RETRY_S, TransientError, final_write, retry_deadline, retrying
 from tuner.storage.urls import StorageError, is_proxy, mask, proxy_address
 
 log = logging.getLogger(__name__)
@@ -193,20 +193,8 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
             token = uuid.uuid4().hex
             return bool(self._retried(lambda: self._call("Claim", {"trial_id": trial_id, "token": token}),
                                       "claim")()["claimed"])
-        attempts = 0
-
-        def attempt() -> bool:
-            nonlocal attempts
-            attempts += 1
-            try:
-                return bool(GrpcStorageProxy.set_trial_state_values(self, trial_id, state, values))
-            except UpdateFinishedTrialError:
-                if attempts > 1 and stored_as(GrpcStorageProxy.get_trial(self, trial_id), state, values):
-                    log.info("storage %s: trial %d was already stored %s by an attempt whose reply was lost",
-                             mask(self.url), trial_id, state.name)
-                    return True
-                raise
-
+        attempt = final_write(lambda: GrpcStorageProxy.set_trial_state_values(self, trial_id, state, values),
+                              lambda: GrpcStorageProxy.get_trial(self, trial_id), state, values, self.url, trial_id)
         return bool(self._retried(attempt, "set_trial_state_values")())
 
     def record_heartbeat(self, trial_id: int) -> None:

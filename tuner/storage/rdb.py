@@ -20,12 +20,11 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.keys import CLAIM_ATTR, REQUEST_ATTR, TOKEN_ATTR
-from tuner.storage.retry import RETRY_S, opening, retry_deadline, retrying
+from tuner.storage.retry import RETRY_S, final_write, opening, retry_deadline, retrying
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
 from tuner.storage.urls import is_proxy, mask, missing_driver, parse_url, unknown_dialect, unreachable
 
@@ -136,20 +135,8 @@ class ResilientRDBStorage(RDBStorage):
         """Optuna's, retried; a repeat recognises its own earlier commit (see the class)."""
         if state == TrialState.RUNNING:
             return self.claim(trial_id)
-        attempts = 0
-
-        def attempt() -> bool:
-            nonlocal attempts
-            attempts += 1
-            try:
-                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
-            except UpdateFinishedTrialError:
-                if attempts > 1 and stored_as(RDBStorage.get_trial(self, trial_id), state, values):
-                    log.info("storage %s: trial %d was already stored %s by an attempt whose reply was lost",
-                             mask(self.url), trial_id, state.name)
-                    return True
-                raise
-
+        attempt = final_write(lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
+                              lambda: RDBStorage.get_trial(self, trial_id), state, values, self.url, trial_id)
         return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
 
     def stale_trial_ids(self, study_id: int, grace_period: int) -> list[int]:
@@ -201,12 +188,6 @@ class ResilientRDBStorage(RDBStorage):
 
         if self.heartbeat_interval:
             session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-
-
-def stored_as(trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> bool:
-    """Whether ``trial`` is stored with ``state`` and ``values``: what a repeated final write, refused
-    because the trial is finished, checks to tell its own lost commit from another worker's."""
-    return trial.state == state and (values is None or list(trial.values or []) == list(values))
 
 
 @dataclass

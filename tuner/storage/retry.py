@@ -10,8 +10,11 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.schema import outage_wait_s
 from tuner.storage.urls import StorageError, mask, scrub
@@ -169,3 +172,31 @@ def _is_database_error(err: BaseException) -> bool:
     from sqlalchemy import exc
 
     return any(isinstance(seen, exc.DBAPIError) and not isinstance(seen, exc.IntegrityError) for seen in _chain(err))
+
+
+def stored_as(trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> bool:
+    """Whether ``trial`` is stored with ``state`` and ``values``: what a repeated final write, refused
+    because the trial is finished, checks to tell its own lost commit from another worker's."""
+    return trial.state == state and (values is None or list(trial.values or []) == list(values))
+
+
+def final_write(write: Callable[[], Any], read: Callable[[], FrozenTrial], state: TrialState,
+                values: Sequence[float] | None, url: str, trial_id: int) -> Callable[[], bool]:
+    """One attempt, for :func:`retrying`, of storing a trial's final ``state``: ``write`` does it, and a
+    repeat that ``write`` refuses because the trial is finished succeeds if ``read`` finds it stored so,
+    by an earlier attempt whose reply was lost. A first attempt refused is another worker's doing."""
+    attempts = 0
+
+    def attempt() -> bool:
+        nonlocal attempts
+        attempts += 1
+        try:
+            return bool(write())
+        except UpdateFinishedTrialError:
+            if attempts > 1 and stored_as(read(), state, values):
+                log.info("storage %s: trial %d was already stored %s by an attempt whose reply was lost",
+                         mask(url), trial_id, state.name)
+                return True
+            raise
+
+    return attempt
