@@ -184,7 +184,9 @@ def run_tuner(spec: dict[str, Any], log: EventLog) -> None:
     def observed(config: TrainerConfig, root: Path, callbacks: Sequence[pl.Callback] = (), **kwargs: Any
                  ) -> pl.Trainer:
         trial = next(c._trial for c in callbacks if hasattr(c, "_trial"))
-        return plain(config, root, [*callbacks, Observer(log, str(trial.number))], **kwargs)
+        # the observer first: a trial pruned at a validation has that validation recorded before the pruning
+        # callback ends it
+        return plain(config, root, [Observer(log, str(trial.number)), *callbacks], **kwargs)
 
     objective.build_trainer = observed  # type: ignore[assignment]
     run_study(load_run(str(study_file)), n_trials=100_000, progress=False)
@@ -221,7 +223,7 @@ def lightning_objective(spec: dict[str, Any], log: EventLog) -> Callable[[optuna
             logger=True, enable_checkpointing=False, max_epochs=spec["max_epochs"], accelerator="auto", devices=1,
             precision=hardware.best_precision(),  # type: ignore[arg-type]
             default_root_dir=str(Path(spec["folder"]) / "lightning"), enable_progress_bar=False,
-            callbacks=[PyTorchLightningPruningCallback(trial, monitor=METRIC), Observer(log, str(trial.number))],
+            callbacks=[Observer(log, str(trial.number)), PyTorchLightningPruningCallback(trial, monitor=METRIC)],
         )
         trainer.fit(model, datamodule=data)
         return float(trainer.callback_metrics[METRIC].item())
