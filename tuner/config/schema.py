@@ -233,7 +233,7 @@ class LRFinderConfig:
     ``min_drop`` (a fraction of its starting loss) is unreliable: the sampled learning rate is used.
     The finder runs only where its ``num_training`` steps are at most ``max_cost`` times the training
     steps of the trial that would run it: on a small data set, or with few epochs, a finder costing more
-    than a whole trial is not paid back, and the trial keeps its sampled learning rate.
+    than that share of a trial is not paid back, and the trial keeps its sampled learning rate.
     """
 
     mode: str = "scale"

@@ -164,19 +164,19 @@ class Objective:
         sampled = run.model.learning_rate
         mode = run.study.lr_finder.mode
         if mode == "off" or trial.user_attrs.get("baseline"):
-            # the baseline trial keeps the original design's learning rate, whatever the mode
+            # the baseline trial keeps its own learning rate (BASELINE_LEARNING_RATE), whatever the mode
             return sampled, {"mode": mode, "used": "sampled" if mode == "off" else "baseline"}
         key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
         cached = trial.study.user_attrs.get(key) if mode == "scale" else None
         ran_here = cached is None
-        config = run.study.lr_finder
-        steps = training_steps(run, data)
-        if cached is None and config.num_training > config.max_cost * steps:
-            reason = (f"its {config.num_training} steps would cost more than {config.max_cost:g} x this trial's "
-                      f"{steps} training steps")
-            log.info("LR finder not run for %s: %s; using the sampled learning rate %.3g", key, reason, sampled)
-            return sampled, {"mode": mode, "key": key, "reason": reason, "used": "sampled (finder too costly)"}
         if cached is None:
+            config = run.study.lr_finder
+            steps = training_steps(run, data)  # only a finder about to run is weighed: a cached one is paid for
+            if config.num_training > config.max_cost * steps:
+                reason = (f"its {config.num_training} steps would cost more than {config.max_cost:g} x this "
+                          f"trial's {steps} training steps")
+                log.info("LR finder not run for %s: %s; using the sampled learning rate %.3g", key, reason, sampled)
+                return sampled, {"mode": mode, "key": key, "reason": reason, "used": "sampled (finder too costly)"}
             cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root, self.signals)
             if mode == "scale":
                 trial.study.set_user_attr(key, cached)
