@@ -2,6 +2,7 @@
 would pick instead?
 
     python -m bench.head_to_head [--quick] [--fresh] [--systems tuner optuna ...] [--seeds 0 1 2] [--budget S]
+                                 [--reuse RESULTS.json]
     make bench-h2h            # the full run (make bench-h2h-quick: --quick)
 
 Four systems search the same task under the same CPU-time budget, one at a time, each (system, seed)
@@ -24,7 +25,9 @@ each cell has an anytime curve: the best validation tau so far against CPU secon
 cell's best validation are then tested on the test split.
 
 Each cell is written to the results file as it finishes; a run that was stopped resumes with the
-cells still missing (``--fresh`` starts over). Results: ``bench/results/head_to_head.json``
+cells still missing (``--fresh`` starts over). ``--reuse`` takes the finished cells of another results file
+for the systems whose settings it has unchanged, from the same mode and sizing on a machine that reads the
+same: after a change to tuner's defaults only tuner's cells run again. Results: ``bench/results/head_to_head.json``
 (``head_to_head_quick.json`` with ``--quick``), the curves as ``.png`` and ``.html`` beside it, and a section of
 ``BENCHMARKS.md``.
 """
@@ -77,9 +80,9 @@ SETTINGS = {
                "first ones (TPE samples at random for its first 10 trials, the median pruner waits for 5): the two "
                "differ only where TPE's model and the pruner act"),
     "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's multivariate, "
-              "constant-liar TPE), pruner median (n_startup_trials=3, else Optuna's defaults), LR finder in scale "
-              "mode (100 steps, multiplier [0.03, 1], run only where it costs at most 0.25 of the trial's training "
-              "steps), the baseline trial first (lr 5e-5, first backbone and batch size), "
+              "constant-liar TPE, n_startup_trials=5), pruner median (n_startup_trials=3, else Optuna's defaults), "
+              "LR finder in scale mode (100 steps, multiplier [0.03, 1], run only where it costs at most 0.25 of the "
+              "trial's training steps), the baseline trial first (lr 5e-5, first backbone and batch size), "
               "tokenisation cached (in the cell's folder, so every cell starts cold), checkpoints, gradient "
               "clipping 1.0; objective: the best validation"),
 }
@@ -171,6 +174,21 @@ def same_settings(stored: Any, settings: dict[str, Any]) -> bool:
     return bool(stored == json.loads(json.dumps(settings)))
 
 
+def reusable_cells(previous: dict[str, Any], settings: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The finished cells of another results file that this run would only repeat: those of the systems whose
+    settings are unchanged, from a run of the same mode and sizing, measured on a machine that reads the same
+    (CPU, capability, cores, torch and its threads, precision). ``ValueError`` says why none can be."""
+    stored, now = previous.get("settings") or {}, json.loads(json.dumps(settings))
+    if stored.get("quick") != now["quick"] or stored.get("sizing") != now["sizing"]:
+        raise ValueError("it is a run of another mode or sizing")
+    keys = ("cpu_model", "cpu_capability", "cores", "torch", "torch_threads", "precision")
+    differ = [key for key in keys if (previous.get("machine") or {}).get(key) != record.get(key)]
+    if differ:
+        raise ValueError(f"it ran on another machine ({', '.join(differ)} differ)")
+    same = {system for system in now["systems"] if (stored.get("peers") or {}).get(system) == now["peers"][system]}
+    return {key: cell for key, cell in (previous.get("cells") or {}).items() if key.split("/")[0] in same}
+
+
 def cell_key(system: str, seed: int) -> str:
     return f"{system}/{seed}"
 
@@ -252,6 +270,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {NAMES[system]} | {_range(row['best_val_kendall_tau'])} | {_range(row['test_kendall_tau'])} | "
                      f"{_range(row['test_pmr'])} | {to_target} | {_range(row['trials'], 0)} |")
     lines.append("")
+    sources: dict[str, list[str]] = {}
+    for key, cell in sorted(results.get("cells", {}).items()):
+        if cell.get("reused_from"):
+            sources.setdefault(cell["reused_from"], []).append(key)
+    for source, keys in sources.items():
+        lines += [f"Taken from `{source}`, a run with the same settings for these systems, the same sizing and a "
+                  f"machine that reads the same (`--reuse`): the cells {', '.join(keys)}.", ""]
     for peer in ("hf", "optuna"):
         if peer not in systems or "tuner" not in systems:
             continue
@@ -292,7 +317,7 @@ def curves_html(results: dict[str, Any]) -> str:
     figure = go.Figure()
     colours = {"hf": "#ff7f0e", "optuna": "#1f77b4", "random": "#7f7f7f", "tuner": "#2ca02c"}
     budget = results["settings"]["sizing"]["budget_cpu_s"]
-    for key, cell in sorted(results["cells"].items()):
+    for key, cell in sorted(results.get("cells", {}).items()):
         curve = cell.get("curve") or []
         if not curve:
             continue
@@ -317,7 +342,7 @@ def curves_png(results: dict[str, Any], path: Path) -> None:
     budget = results["settings"]["sizing"]["budget_cpu_s"]
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=120)
     labelled: set[str] = set()
-    for key, cell in sorted(results["cells"].items()):
+    for key, cell in sorted(results.get("cells", {}).items()):
         curve = cell.get("curve") or []
         if not curve:
             continue
@@ -443,6 +468,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--output", help="results file name in bench/results/ (default head_to_head[_quick].json)")
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
+    parser.add_argument("--reuse", metavar="RESULTS", help="a results file in bench/results/ whose finished cells "
+                        "this run takes for the systems whose settings are unchanged")
     args = parser.parse_args()
     sizing = _sizing(args)
     output = RESULTS / (args.output or ("head_to_head_quick.json" if args.quick else "head_to_head.json"))
@@ -462,6 +489,16 @@ def main() -> None:
     record["summary"] = hardware.summary(record)
     results = {"settings": settings, "cells": results.get("cells", {}), "machine": record, "command": command,
                "output": str(output.relative_to(ROOT))}
+    if args.reuse:
+        source = RESULTS / args.reuse
+        try:
+            reused = reusable_cells(json.loads(source.read_text()), settings, record)
+        except (OSError, ValueError) as err:
+            sys.exit(f"--reuse {source}: {err}")
+        reused = {key: cell for key, cell in reused.items() if key not in results["cells"]}
+        for key, cell in reused.items():
+            results["cells"][key] = {**cell, "reused_from": str(source.relative_to(ROOT))}
+        print(f"reusing {len(reused)} cell(s) from {source}: {', '.join(sorted(reused)) or 'none'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for system, seed in pending_cells(results["cells"], args.systems, sizing.seeds):
         print(f"{NAMES[system]}, seed {seed}: {sizing.budget_cpu_s:g} CPU s ...", flush=True)

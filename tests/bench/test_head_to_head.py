@@ -18,6 +18,7 @@ from bench.head_to_head import (
     pending_cells,
     render_markdown,
     replace_section,
+    reusable_cells,
     same_settings,
     summarize,
     time_to_reach,
@@ -71,6 +72,26 @@ def test_settings_match_as_the_results_file_stores_them() -> None:
     assert not same_settings(None, settings)
 
 
+def test_reuse_takes_the_cells_of_systems_whose_settings_are_unchanged() -> None:
+    import json
+    from dataclasses import asdict
+
+    machine = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "torch": "2.13.0+cpu",
+               "torch_threads": 2, "precision": "32-true"}
+    settings = {"quick": False, "sizing": asdict(QUICK), "systems": list(SYSTEMS),
+                "peers": {**SETTINGS, "tuner": "tuner with new defaults"}}
+    previous = {"settings": json.loads(json.dumps({**settings, "peers": SETTINGS})), "machine": machine,
+                "cells": {"hf/0": {"curve": []}, "optuna/0": {"curve": []}, "tuner/0": {"curve": []}}}
+    # tuner's settings changed: its cell runs again, the peers' are taken
+    assert sorted(reusable_cells(previous, settings, machine)) == ["hf/0", "optuna/0"]
+    assert sorted(reusable_cells(previous, {**settings, "peers": SETTINGS}, machine)) == ["hf/0", "optuna/0",
+                                                                                          "tuner/0"]
+    with pytest.raises(ValueError, match="another mode or sizing"):
+        reusable_cells(previous, {**settings, "sizing": {**asdict(QUICK), "budget_cpu_s": 1.0}}, machine)
+    with pytest.raises(ValueError, match=r"another machine \(cpu_capability, precision differ\)"):
+        reusable_cells(previous, settings, {**machine, "cpu_capability": "AVX512", "precision": "bf16-mixed"})
+
+
 def _cells() -> dict[str, dict]:
     test = {"kendall_tau": 0.6, "pmr": 0.1}
     return {
@@ -118,6 +139,11 @@ def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
     for system in SYSTEMS:
         assert SETTINGS[system] in text
     assert "head_to_head_quick.html" in text and "(bench/results/head_to_head_quick.png)" in text
+    assert "--reuse" not in text
+    cells = {**_cells(), "hf/0": {**_cells()["hf/0"], "reused_from": "bench/results/earlier.json"},
+             "hf/1": {**_cells()["hf/1"], "reused_from": "bench/results/earlier.json"}}
+    text = render_markdown({**results, "cells": cells})
+    assert "Taken from `bench/results/earlier.json`" in text and "the cells hf/0, hf/1." in text
 
 
 def test_the_curves_are_drawn_as_a_png(tmp_path: Path) -> None:

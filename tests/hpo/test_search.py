@@ -9,7 +9,7 @@ import pytest
 
 from tuner.config.loader import load_study
 from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
-from tuner.hpo.search import MEDIAN_STARTUP_TRIALS, build_pruner, build_sampler
+from tuner.hpo.search import MEDIAN_STARTUP_TRIALS, TPE_STARTUP_TRIALS, build_pruner, build_sampler
 from tuner.study.runner import load_run
 
 
@@ -66,6 +66,34 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
     assert 1e-5 <= sampled.model.learning_rate <= 3e-3 and sampled.data.batch_size in (8, 16)
     if sampler == '"tpe"':
         assert study.sampler._multivariate and study.sampler._constant_liar
+
+
+def test_tpe_models_the_results_from_its_sixth_trial_unless_told() -> None:
+    """Seeded TPE draws what a random sampler with that seed draws while it starts up: tuner's for 5 trials
+    (Optuna's default is 10), then it samples near the best result so far."""
+
+    def draws(config: SamplerConfig, n: int = 10) -> list[float]:
+        study = optuna.create_study(direction="maximize", sampler=build_sampler(config, RunConfig(name="tpe")))
+        found = []
+        for _ in range(n):
+            trial = study.ask()
+            x = trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, -abs(x - 0.9))
+            found.append(x)
+        return found
+
+    assert TPE_STARTUP_TRIALS == 5
+    modelled, told = [], []
+    for seed in range(6):
+        random = draws(SamplerConfig(type="random", seed=seed))
+        default = draws(SamplerConfig(type="tpe", seed=seed))
+        assert default[:5] == random[:5] and default[5] != random[5]
+        assert draws(SamplerConfig(type="tpe", seed=seed, options={"n_startup_trials": 10})) == random
+        modelled += default[5:]
+        told += random[5:]
+    # trials 6 to 10 land nearer the optimum than the random draws a 10-trial start-up would make there
+    distance = [sum(abs(x - 0.9) for x in xs) / len(xs) for xs in (modelled, told)]
+    assert distance[0] < 0.9 * distance[1], distance
 
 
 @pytest.mark.parametrize("pruner", ["median", "patient"])

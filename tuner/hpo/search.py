@@ -16,15 +16,21 @@ BASELINE_LEARNING_RATE = 5e-5
 # Optuna's median pruner waits for 5 finished trials before it prunes: in a study of 5 to 20 trials that is
 # most of the budget unpruned. tuner's median (and patient) pruner waits for 3 unless the study file says.
 MEDIAN_STARTUP_TRIALS = 3
+# Optuna's TPE samples at random until 10 trials have finished (pruned ones count): a study of 5 to 20
+# fine-tuning trials is then mostly random search. tuner's TPE models the results from its 6th trial on (the
+# baseline and 4 random draws before it) unless the study file says.
+TPE_STARTUP_TRIALS = 5
 
 
 def build_sampler(config: SamplerConfig, run: RunConfig) -> optuna.samplers.BaseSampler:
-    """The configured sampler. TPE is multivariate with a constant liar (parallel workers spread out)."""
+    """The configured sampler. TPE is multivariate with a constant liar (parallel workers spread out) and samples
+    at random for its first :data:`TPE_STARTUP_TRIALS` trials unless ``n_startup_trials`` is given."""
     options = dict(config.options)
     try:
         if config.type == "tpe":
             options.setdefault("multivariate", True)
             options.setdefault("constant_liar", True)
+            options.setdefault("n_startup_trials", TPE_STARTUP_TRIALS)
             return optuna.samplers.TPESampler(seed=config.seed, **options)
         if config.type == "random":
             return optuna.samplers.RandomSampler(seed=config.seed, **options)
