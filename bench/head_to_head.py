@@ -102,8 +102,8 @@ class Sizing:
     batch_sizes: tuple[int, ...] = (8, 16)
     # Four decades, as a user who does not yet know the rate searches them. Within [1e-5, 2e-4], the range of
     # the first full run, nearly every draw trained, and random search tied plain Optuna: too easy to tell
-    # the searches apart. Here rates well below 1e-5 barely move the model in two epochs and rates above
-    # ~2e-4 collapse it (tau ~ 0), so a search is judged on how fast it finds and keeps the narrow good band.
+    # the searches apart. Here rates below ~1e-5 barely move the model in two epochs, and at ~3e-3 the
+    # 3-layer cut collapses (tau < 0.1), so a draw can waste a whole trial (BENCHMARKS.md has the trials).
     learning_rate: tuple[float, float] = (1e-6, 1e-2)
     max_length: int = 512
 
