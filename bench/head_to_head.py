@@ -55,7 +55,8 @@ NAMES = {"hf": "HF Trainer.hyperparameter_search", "optuna": "Optuna + Lightning
          "tuner": "tuner (defaults)"}
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TARGET_SHARE = 0.9  # "compute to a target": CPU seconds to 0.9 x the best validation tau any system found
-PRECISION_NOTE = "every system trains in tuner.hardware.best_precision() (fp32 on a CPU without native bf16)"
+PRECISION_NOTE = ("every system trains in tuner.hardware.best_precision() (bf16-mixed on a CPU with native bf16, "
+                  "fp32 on one without)")
 
 # What each system gets, beyond the shared task. Their own documented defaults unless said.
 SETTINGS = {
@@ -112,16 +113,18 @@ class Sizing:
                 for n in self.backbone_layers]
 
 
-# Sizing at ~1,000 tokens/s of training for MiniLM-L6 in fp32 on the 2-core machine, ~2,000 for a 3-layer cut,
+# Sizing at ~1,000 tokens/s of training for MiniLM-L6 in fp32 on a 2-core AVX2 machine, ~2,000 for a 3-layer cut,
 # ~180 tokens per NIPS abstract, and CPU time ~1.8x wall time with 2 torch threads (see README).
 # Quick: 4 cells of 300 CPU s (~170 s wall each) + ~40 s each to start, test and, for hf, start twice: ~15 min.
 # Full: 12 cells of 700 CPU s (~6.5 min wall each) + ~1 min each: ~90 min, within the 150 asked. The whole
 # model is left out, and trials are 2 epochs: on a 2-core AMD EPYC (AVX2) a batch-8 step took 1.6 s with 6
-# layers and 0.9 s with 3, so a 3-epoch 6-layer trial on 320 documents cost ~350 CPU s (two trials a budget,
-# one for hf's half-budget search on it); a 2-epoch 3-layer trial costs ~130.
+# layers and 0.9 s with 3. The full mode trains on 160 documents, so that a cell fits more than 10 trials
+# (~60 CPU s each on the 3-layer cut), past the 10 random start-up trials of Optuna's TPE and the 5 its
+# median pruner waits for: with 320 documents a cell fit 6 to 8 trials, and plain Optuna drew exactly
+# random search's trials (BENCHMARKS.md).
 QUICK = Sizing(train_docs=160, val_docs=80, test_docs=150, budget_cpu_s=300, seeds=(0,), max_epochs=2,
                backbone_layers=(3, 2))
-FULL = Sizing(train_docs=320, val_docs=120, test_docs=377, budget_cpu_s=700, seeds=(0, 1, 2), max_epochs=2,
+FULL = Sizing(train_docs=160, val_docs=120, test_docs=377, budget_cpu_s=700, seeds=(0, 1, 2), max_epochs=2,
               backbone_layers=(3, 2))
 
 
