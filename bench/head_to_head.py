@@ -80,7 +80,7 @@ SETTINGS = {
     "random": ("as optuna, with RandomSampler(seed) and NopPruner(). With the same seed its trials are optuna's "
                "first ones (TPE samples at random for its first 10 trials, the median pruner waits for 5): the two "
                "differ only where TPE's model and the pruner act"),
-    "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's multivariate, "
+    "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's independent, "
               "constant-liar TPE, n_startup_trials=5), pruner median (n_startup_trials=3, else Optuna's defaults), "
               "LR finder in scale mode (100 steps, multiplier [0.03, 1], run only where it costs at most 0.25 of the "
               "trial's training steps), the baseline trial first (lr 5e-5, first backbone and batch size), "
@@ -119,7 +119,8 @@ class Sizing:
 # Full: 12 cells of 700 CPU s (~6.5 min wall each) + ~1 min each: ~90 min, within the 150 asked. The whole
 # model is left out, and trials are 2 epochs: on a 2-core AMD EPYC (AVX2) a batch-8 step took 1.6 s with 6
 # layers and 0.9 s with 3. The full mode trains on 160 documents, so that a cell fits more than 10 trials
-# (~60 CPU s each on the 3-layer cut), past the 10 random start-up trials of Optuna's TPE and the 5 its
+# (a 2-epoch trial on the 3-layer cut at batch 8: ~65 CPU s in fp32 on AVX2, ~42 in bf16-mixed on
+# AVX512-BF16), past the 10 random start-up trials of Optuna's TPE and the 5 its
 # median pruner waits for: with 320 documents a cell fit 6 to 8 trials, and plain Optuna drew exactly
 # random search's trials (BENCHMARKS.md).
 QUICK = Sizing(train_docs=160, val_docs=80, test_docs=150, budget_cpu_s=300, seeds=(0,), max_epochs=2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,8 @@ from tuner.study.runner import load_run
 
 def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:
     """Four workers asking at the same moment, simulated by four asks before any tell: with its constant
-    liar (tuner's default), TPE gives them different backbones and batch sizes; without, mostly the same."""
+    liar (tuner's default), TPE gives them different backbones and batch sizes; without, mostly the same.
+    Optuna's joint (multivariate) model spreads them further, the price of tuner's independent default."""
 
     def score(backbone: str, batch_size: int) -> float:
         return {"a": 0.6, "b": 0.5, "c": 0.3}[backbone] + {8: 0.05, 16: 0.1, 32: 0.0}[batch_size]
@@ -41,9 +43,12 @@ def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:
                 study.tell(trial, score(*config))
         return sum(distinct) / len(distinct)
 
-    with_liar = [distinct_per_batch(seed) for seed in range(4)]
-    without = [distinct_per_batch(seed, constant_liar=False) for seed in range(4)]
-    assert min(with_liar) >= 2.5 and max(without) <= 2.0, (with_liar, without)
+    seeds = range(8)
+    with_liar = [distinct_per_batch(seed) for seed in seeds]
+    without = [distinct_per_batch(seed, constant_liar=False) for seed in seeds]
+    joint = [distinct_per_batch(seed, multivariate=True) for seed in seeds]
+    assert statistics.mean(with_liar) >= 2.25 and max(without) <= 1.5, (with_liar, without)
+    assert statistics.mean(joint) > statistics.mean(with_liar), (joint, with_liar)
 
 
 def test_shipped_studies_have_valid_search_sections() -> None:
@@ -65,7 +70,7 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
     sampled = search.sample(trial, run)
     assert 1e-5 <= sampled.model.learning_rate <= 3e-3 and sampled.data.batch_size in (8, 16)
     if sampler == '"tpe"':
-        assert study.sampler._multivariate and study.sampler._constant_liar
+        assert study.sampler._multivariate is False and study.sampler._constant_liar
 
 
 def test_tpe_models_the_results_from_its_sixth_trial_unless_told() -> None:
