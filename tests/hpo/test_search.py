@@ -73,6 +73,16 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
         assert study.sampler._multivariate is False and study.sampler._constant_liar
 
 
+def test_tpe_is_independent_unless_the_study_file_asks_for_the_joint_model(study_dir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    for override, multivariate in (('study.sampler="tpe"', False),
+                                   ('study.sampler={type="tpe", multivariate=true}', True)):
+        run = load_run("tiny", [override])
+        sampler = build_sampler(run.study.sampler, run)
+        assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate is multivariate
+
+
 def test_tpe_models_the_results_from_its_sixth_trial_unless_told() -> None:
     """Seeded TPE draws what a random sampler with that seed draws while it starts up: tuner's for 5 trials
     (Optuna's default is 10), then it samples near the best result so far."""
