@@ -73,14 +73,12 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
         assert study.sampler._multivariate is False and study.sampler._constant_liar
 
 
-def test_tpe_is_independent_unless_the_study_file_asks_for_the_joint_model(study_dir: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tpe_takes_the_joint_model_when_the_study_file_asks(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tuner's TPE is independent (checked with every sampler above); ``multivariate = true`` overrides it."""
     monkeypatch.chdir(study_dir)
-    for override, multivariate in (('study.sampler="tpe"', False),
-                                   ('study.sampler={type="tpe", multivariate=true}', True)):
-        run = load_run("tiny", [override])
-        sampler = build_sampler(run.study.sampler, run)
-        assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate is multivariate
+    run = load_run("tiny", ['study.sampler={type="tpe", multivariate=true}'])
+    sampler = build_sampler(run.study.sampler, run)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate is True
 
 
 def test_tpe_models_the_results_from_its_sixth_trial_unless_told() -> None:
