@@ -5,16 +5,37 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick bench-scale clean
+.PHONY: setup lock demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick bench-scale bench-table clean
 
-$(BIN)/tuner: pyproject.toml
+# Every extra: what `make setup` installs and what requirements.lock pins.
+EXTRAS := dev,db,tensorboard,dashboard,bench
+LOCK := requirements.lock
+
+# Installs from the lock: pyproject.toml keeps ranges for users, the lock pins what the tests ran with
+# (torch apart, installed first so that no other build is pulled in). pip fails here when the lock no
+# longer satisfies pyproject.toml; tests/test_lock.py says which requirement.
+$(BIN)/tuner: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,db,tensorboard,dashboard,bench]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $(BIN)/tuner
 
 setup: $(BIN)/tuner
+
+# Refreshes requirements.lock: the newest versions that satisfy pyproject.toml, resolved in a new
+# virtualenv beside the project's (then `make setup` reinstalls from it).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	{ echo "# make lock: every package that 'pip install -e .[$(EXTRAS)]' resolved, torch apart,"; \
+	  echo "# on $$(.venv-lock/bin/python -c 'import platform; print("Python", platform.python_version(), platform.machine())')."; \
+	  echo "# make setup installs with it as a constraints file; pyproject.toml keeps the ranges."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -iv '^torch=='; } > $(LOCK)
+	rm -rf .venv-lock
 
 demo: setup
 	$(BIN)/tuner run --study demo
@@ -58,6 +79,14 @@ bench-h2h: setup
 
 bench-h2h-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.head_to_head --quick
+
+# Learning-curve tables for bench/replay.py (hours; a stopped run resumes). NIPS is sized as the head-to-head's
+# task (its 2- and 3-layer cuts, batch 8 and 16, learning rate 1e-6 to 1e-2) on 720 training documents.
+TABLE_NIPS := --study studies/nips.toml --set 'search.learning_rate=[1e-6, 1e-2]' \
+	--set 'search.backbone=[{name="sentence-transformers/all-MiniLM-L6-v2", config={num_hidden_layers=3}}, {name="sentence-transformers/all-MiniLM-L6-v2", config={num_hidden_layers=2}}]' \
+	--set 'search.max_epochs=[2]' --train-docs 720 --val-docs 120 --test-docs 120
+bench-table: setup
+	$(BIN)/python -m bench.lc_table $(TABLE_NIPS) --output bench/results/lc_table_nips.json
 
 clean:
 	rm -rf $(VENV) runs tuner.db

@@ -87,8 +87,13 @@ def write_lines(path: Path, documents: list[list[str]], separator: str = " <eos>
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs offline, whatever the shell set: the variable for subprocesses, and the constant
+    that huggingface_hub read from it when this process imported it."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("TUNER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _tiny_config_args() -> dict[str, int]:

@@ -167,7 +167,7 @@ class ResilientRDBStorage(RDBStorage):
                         log.info("storage %s: trial %d was taken up by an attempt whose reply was lost",
                                  mask(self.url), trial.number)
                         return True
-                self.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
+                self.check_trial_is_updatable(trial_id, trial.state)
                 if trial.state != TrialState.WAITING:
                     return False
                 trial.state = TrialState.RUNNING
