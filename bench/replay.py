@@ -1,0 +1,511 @@
+"""Search policies replayed against a learning-curve table (``bench/lc_table.py``), hundreds of seeds in minutes.
+
+    python -m bench.replay [TABLE.json ...] [--seeds 200] [--budget-trials 30] [--variant NAME:KEY=VALUE,...]
+                           [--policies random optuna_example ...] [--no-markdown]
+    make bench-replay
+
+Each policy is run unchanged through Optuna's ask/tell: its sampler picks a backbone, a batch size and a
+learning rate; the trial's result is the table's curve of that configuration (the learning rate snapped to the
+nearest grid value in log-rate), with one of the table's training seeds drawn at random. The trial reports
+its validations to the policy's pruner, which may stop it there. Seed ``i`` gives every policy the same draws
+of training seeds (its k-th trial gets the k-th draw), so policies are compared pair by pair.
+
+Compute is charged from the table, never from a clock: the CPU seconds the configuration spent training up
+to where the trial stopped, its own validations (a policy that validates once an epoch pays for those
+only), the fixed costs each trial pays (loading the backbone; tokenising, unless the policy caches it), and
+the LR finder's measured cost the first time a policy runs it for a (backbone, batch size). The budget is
+``--budget-trials`` times the mean cost of one whole configuration.
+
+Reported per table: the anytime median normalised regret ``(tau* - best) / tau*`` with a bootstrap 95% band
+(``tau*``: the best configuration's validation tau, averaged over its training seeds; ``best``: the policy's
+best finished trial so far, what ``study.best_value`` would say); the compute each policy needs to come within
+0.01 of ``tau*`` (censored at the budget where it never does); every policy's median speed-up over every
+other at that target, with a paired Wilcoxon test; and the test tau of the configuration each policy chooses
+at the end (its best trial's checkpoint). Results: ``bench/results/replay_<table>.json``, a PNG beside it,
+and a section of ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from bench._common import RESULTS, ROOT
+
+TARGET_GAP = 0.01  # "within 0.01 tau of the table's best configuration"
+BUDGET_POINTS = [round(0.05 * i, 2) for i in range(1, 21)]  # fractions of the budget for the anytime curves
+TABLES = ("lc_table_nips.json", "lc_table_rocstories.json")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A search policy as the replay runs it.
+
+    Args:
+        sampler: ``random``, ``tpe`` (Optuna's ``TPESampler`` with ``sampler_options``) or ``tuner`` (the
+            sampler ``tuner.hpo.search.build_sampler`` makes from ``study.sampler``'s defaults).
+        pruner: ``none``, ``median`` (Optuna's ``MedianPruner`` with ``pruner_options``), ``hyperband``,
+            ``successive_halving``, or ``tuner`` (``build_pruner`` from ``study.pruner``'s defaults).
+        evals: ``epoch`` (a validation at each epoch's end, Lightning's default) or ``all`` (every validation
+            the table holds).
+        objective: ``last`` (the last validation, as optuna-examples and HF return) or ``best``.
+        baseline: the first trial is tuner's baseline (``BASELINE_LEARNING_RATE``, the first of each choice).
+        finder: ``off``, or ``tuner`` (tuner's LR-finder rule: scale mode, run where it costs at most
+            ``max_cost`` of the trial's steps, its suggestion times a sampled multiplier when reliable).
+        cache: tokenisation is cached across trials (tuner), else paid by every trial.
+        per_backbone: one search per backbone with an equal share of the budget (HF's hyperparameter_search).
+        stop_diverged: a trial whose training loss is not finite ends at that step (tuner's NaN guard).
+    """
+
+    name: str
+    sampler: str = "tpe"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner: str = "median"
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    evals: str = "epoch"
+    objective: str = "last"
+    baseline: bool = False
+    finder: str = "off"
+    finder_max_cost: float | None = None
+    cache: bool = False
+    per_backbone: bool = False
+    stop_diverged: bool = False
+
+
+def default_policies() -> dict[str, Policy]:
+    """The peers as their users run them, and tuner with its defaults (read from tuner's own code)."""
+    from tuner.config.schema import StudyConfig
+
+    study = StudyConfig()
+    return {
+        "random": Policy("random", sampler="random", pruner="none"),
+        # optuna-examples pytorch_lightning_simple.py: TPESampler(), MedianPruner(), report at each epoch's end
+        "optuna_example": Policy("optuna_example", sampler="tpe", pruner="median"),
+        # Optuna's advice for TPE: Hyperband (the pruner's documentation and the benchmarks it links)
+        "tpe_hyperband": Policy("tpe_hyperband", sampler="tpe", pruner="hyperband"),
+        # Trainer.hyperparameter_search(backend="optuna"): TPE, create_study's MedianPruner, one search per backbone
+        "hf": Policy("hf", sampler="tpe", pruner="median", per_backbone=True),
+        "tuner": Policy("tuner", sampler="tuner", pruner="tuner", objective=study.objective, baseline=study.baseline,
+                        finder="tuner" if study.lr_finder.mode != "off" else "off", cache=True, stop_diverged=True),
+    }
+
+
+def parse_variant(text: str, base: dict[str, Policy]) -> Policy:
+    """``NAME:KEY=VALUE,...`` on top of tuner's defaults (``KEY`` a :class:`Policy` field; values are JSON or
+    plain strings; ``sampler.X`` and ``pruner.X`` set an option)."""
+    name, _, assignments = text.partition(":")
+    policy = replace(base["tuner"], name=name)
+    for item in filter(None, assignments.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key.startswith(("sampler.", "pruner.")):
+            group, option = key.split(".", 1)
+            options = dict(getattr(policy, f"{group}_options"))
+            options[option] = value
+            policy = replace(policy, **{f"{group}_options": options})
+        elif key in Policy.__dataclass_fields__ and key != "name":
+            policy = replace(policy, **{key: value})
+        else:
+            known = sorted(Policy.__dataclass_fields__)
+            raise SystemExit(f"--variant {text!r}: unknown key {key!r}; use one of {known}")
+    return policy
+
+
+# --- the table -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Table:
+    """A learning-curve table, indexed for the replay."""
+
+    path: Path
+    raw: dict[str, Any]
+    backbones: list[str]
+    batch_sizes: list[int]
+    rates: list[float]
+    seeds: list[int]
+    low: float
+    high: float
+    epochs: int
+    evals_per_epoch: int
+
+    @classmethod
+    def load(cls, path: Path) -> Table:
+        raw = json.loads(path.read_text())
+        configs = list(raw["configs"].values())
+        if not configs:
+            raise SystemExit(f"{path}: no configuration trained yet")
+        settings = raw["settings"]
+        table = cls(path, raw, sorted({c["backbone"] for c in configs}, key=_backbone_order(raw)),
+                    sorted({c["batch_size"] for c in configs}), sorted({c["learning_rate"] for c in configs}),
+                    sorted({c["seed"] for c in configs}), *settings["learning_rate_range"], settings["epochs"],
+                    settings["evals_per_epoch"])
+        missing = [f"{b}|{s}|{lr:.4g}|{seed}" for b in table.backbones for s in table.batch_sizes
+                   for lr in table.rates for seed in table.seeds
+                   if f"{b}|{s}|{lr:.4g}|{seed}" not in raw["configs"]]
+        if missing:
+            raise SystemExit(f"{path}: {len(missing)} configurations of the grid are missing (first: {missing[0]}); "
+                             "finish the table (run its bench/lc_table.py command again) before replaying")
+        return table
+
+    def curve(self, backbone: str, batch_size: int, rate: float, seed: int) -> dict[str, Any]:
+        return self.raw["configs"][f"{backbone}|{batch_size}|{rate:.4g}|{seed}"]  # type: ignore[no-any-return]
+
+    def snap(self, learning_rate: float) -> float:
+        """The grid's learning rate nearest in log-rate."""
+        return min(self.rates, key=lambda r: abs(math.log(r) - math.log(learning_rate)))
+
+    def config_mean(self, backbone: str, batch_size: int, rate: float) -> float:
+        """A configuration's best validation tau, averaged over its training seeds."""
+        return statistics.fmean(_best_val(self.curve(backbone, batch_size, rate, s)) for s in self.seeds)
+
+    def best_config(self) -> tuple[float, tuple[str, int, float]]:
+        scored = [(self.config_mean(b, s, r), (b, s, r)) for b in self.backbones for s in self.batch_sizes
+                  for r in self.rates]
+        return max(scored)
+
+    def full_cost(self, policy: Policy) -> float:
+        """Mean CPU seconds of one whole configuration as ``policy`` validates it."""
+        costs = []
+        for config in self.raw["configs"].values():
+            records = _evaluated(config["curve"], policy.evals, self.evals_per_epoch)
+            costs.append(_cost_at(config["curve"], records, len(records) - 1) if records else 0.0)
+        return statistics.fmean(costs)
+
+
+def _backbone_order(raw: dict[str, Any]) -> Callable[[str], int]:
+    """Backbones in the study file's order (the baseline's backbone is the first)."""
+    order = [k.rsplit("|", 1)[0] for k in raw.get("finder", {})]
+    seen = list(dict.fromkeys(order))
+    return lambda label: seen.index(label) if label in seen else len(seen)
+
+
+def _best_val(config: dict[str, Any]) -> float:
+    return max((r["val_kendall_tau"] for r in config["curve"] if r["val_kendall_tau"] is not None), default=0.0)
+
+
+def _evaluated(curve: Sequence[dict[str, Any]], evals: str, per_epoch: int) -> list[int]:
+    """Indices of the table's validations the policy runs."""
+    if evals == "all":
+        return list(range(len(curve)))
+    return [i for i in range(len(curve)) if (i + 1) % per_epoch == 0]
+
+
+def _cost_at(curve: Sequence[dict[str, Any]], evaluated: Sequence[int], upto: int) -> float:
+    """Training CPU seconds to validation ``evaluated[upto]``, plus the policy's own validations so far."""
+    index = evaluated[upto]
+    validation = 0.0
+    for i in evaluated[: upto + 1]:
+        validation += curve[i]["val_cpu_s"] - (curve[i - 1]["val_cpu_s"] if i else 0.0)
+    return float(curve[index]["train_cpu_s"]) + validation
+
+
+# --- one replay -----------------------------------------------------------------------------------------------
+
+def _sampler(policy: Policy, seed: int) -> optuna.samplers.BaseSampler:
+    if policy.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if policy.sampler == "tuner":
+        from tuner.config.schema import SamplerConfig
+        from tuner.hpo.search import build_sampler
+
+        return build_sampler(SamplerConfig(type="tpe", seed=seed, options=dict(policy.sampler_options)), None)  # type: ignore[arg-type]
+    return optuna.samplers.TPESampler(seed=seed, **policy.sampler_options)
+
+
+def _pruner(policy: Policy) -> optuna.pruners.BasePruner:
+    options = dict(policy.pruner_options)
+    if policy.pruner == "tuner":
+        from tuner.config.schema import PrunerConfig
+        from tuner.hpo.search import build_pruner
+
+        return build_pruner(PrunerConfig(type=options.pop("type", "median"), options=options))
+    if policy.pruner == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if policy.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(**options)
+    if policy.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def _finder(table: Table, backbone: str, batch_size: int) -> dict[str, Any] | None:
+    return table.raw.get("finder", {}).get(f"{backbone}|{batch_size}")  # type: ignore[no-any-return]
+
+
+def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, Any]:
+    """One search by ``policy`` with replay seed ``seed``: the trials it ran and its anytime best."""
+    draws = random.Random(f"draws-{seed}")  # the training seed of each trial: shared by every policy
+    seeds = [draws.choice(table.seeds) for _ in range(10_000)]
+    fixed = table.raw["fixed_costs"]
+    spent = float(fixed["import_cpu_s"])
+    events: list[tuple[float, float, float]] = []  # (cpu_s, best value so far, its test tau)
+    best = (-math.inf, math.nan)
+    trials: list[dict[str, Any]] = []
+    parts = [[b] for b in table.backbones] if policy.per_backbone else [table.backbones]
+    for part_index, backbones in enumerate(parts):
+        part_budget = spent + (budget - spent) / (len(parts) - part_index)
+        study = optuna.create_study(direction="maximize", sampler=_sampler(policy, seed * 10 + part_index),
+                                    pruner=_pruner(policy))
+        if policy.baseline:
+            from tuner.hpo.search import BASELINE_LEARNING_RATE
+
+            study.enqueue_trial({"backbone": backbones[0], "batch_size": table.batch_sizes[0],
+                                 "learning_rate": BASELINE_LEARNING_RATE}, user_attrs={"baseline": True})
+        finders: set[str] = set()
+        tokenized: set[str] = set()
+        while spent < part_budget:
+            trial = study.ask()
+            backbone = trial.suggest_categorical("backbone", backbones)
+            batch_size = trial.suggest_categorical("batch_size", table.batch_sizes)
+            learning_rate = trial.suggest_float("learning_rate", table.low, table.high, log=True)
+            training_seed = seeds[len(trials)]
+            costs = fixed["backbones"][backbone]
+            spent += costs["load_cpu_s"]
+            if policy.cache and backbone in tokenized:
+                spent += costs["tokenize_cached_cpu_s"]
+            elif not (policy.per_backbone and backbone in tokenized):  # HF tokenises once per search
+                spent += costs["tokenize_cpu_s"]
+            tokenized.add(backbone)
+            if policy.finder == "tuner" and not trial.user_attrs.get("baseline"):
+                learning_rate, finder_cost = _finder_rate(table, policy, trial, backbone, batch_size, learning_rate,
+                                                          finders)
+                spent += finder_cost
+            rate = table.snap(learning_rate)
+            config = table.curve(backbone, batch_size, rate, training_seed)
+            curve = config["curve"]
+            evaluated = _evaluated(curve, policy.evals, table.evals_per_epoch)
+            values: list[float] = []
+            state = optuna.trial.TrialState.COMPLETE
+            chosen = -1
+            for n, index in enumerate(evaluated):
+                cost = _cost_at(curve, evaluated, n)
+                if spent + cost > part_budget:
+                    state = None  # the budget ran out inside this trial
+                    spent = part_budget
+                    break
+                tau = curve[index]["val_kendall_tau"]
+                tau = 0.0 if tau is None or not math.isfinite(tau) else float(tau)
+                values.append(tau)
+                trial.report(tau, n)
+                if trial.should_prune():
+                    state = optuna.trial.TrialState.PRUNED
+                    spent += cost
+                    break
+            else:
+                spent += _cost_at(curve, evaluated, len(evaluated) - 1) if evaluated else 0.0
+                if config["diverged_at"] is not None and not policy.stop_diverged:
+                    spent += _remaining_cost(config, table)  # a run that diverged trains on to its last epoch
+                    values.append(0.0)
+            if state is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif state == optuna.trial.TrialState.PRUNED or not values:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED if values else optuna.trial.TrialState.FAIL)
+            else:
+                value = max(values) if policy.objective == "best" else values[-1]
+                chosen = values.index(value) if policy.objective == "best" else len(values) - 1
+                study.tell(trial, value)
+                if value > best[0]:
+                    record = curve[evaluated[chosen]] if chosen < len(evaluated) else curve[-1]
+                    best = (value, float(record["test_kendall_tau"] or 0.0))
+                    events.append((spent, value, best[1]))
+            trials.append({"backbone": backbone, "batch_size": batch_size, "rate": rate, "seed": training_seed,
+                           "state": state.name if state else "BUDGET", "validations": len(values),
+                           "cpu_s": round(spent, 1)})
+            if state is None:
+                break
+    return {"events": events, "trials": trials, "spent": spent}
+
+
+def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: str, batch_size: int,
+                 sampled: float, finders: set[str]) -> tuple[float, float]:
+    """tuner's LR-finder rule (``tuner.hpo.objective.Objective._learning_rate``) on the table's finder curve."""
+    from tuner.config.schema import LRFinderConfig
+
+    config = LRFinderConfig()
+    max_cost = policy.finder_max_cost if policy.finder_max_cost is not None else config.max_cost
+    found = _finder(table, backbone, batch_size)
+    key = f"{backbone}|{batch_size}"
+    if found is None:
+        return sampled, 0.0
+    steps = next(c["steps_per_epoch"] for c in table.raw["configs"].values() if c["batch_size"] == batch_size)
+    if key not in finders and found["num_training"] > max_cost * steps * table.epochs:
+        return sampled, 0.0
+    cost = 0.0 if key in finders else float(found["cpu_s"])
+    finders.add(key)
+    if not found["reliable"]:
+        return sampled, cost
+    multiplier = trial.suggest_float("lr_multiplier", *config.multiplier, log=True)
+    return float(found["suggestion"]) * multiplier, cost
+
+
+def _remaining_cost(config: dict[str, Any], table: Table) -> float:
+    """Training CPU seconds a diverged run would have spent after its last recorded validation."""
+    curve = config["curve"]
+    if not curve or not curve[-1]["step"]:
+        return 0.0
+    per_step = curve[-1]["train_cpu_s"] / curve[-1]["step"]
+    return per_step * max(0, config["steps_per_epoch"] * table.epochs - curve[-1]["step"])
+
+
+# --- statistics -----------------------------------------------------------------------------------------------
+
+def best_at(events: Sequence[Sequence[float]], cpu_s: float) -> float | None:
+    found = None
+    for at, value, _ in events:
+        if at <= cpu_s:
+            found = value
+    return found
+
+
+def compute_to(events: Sequence[Sequence[float]], target: float) -> float | None:
+    """CPU seconds at which the best value first reached ``target``; None if it never did."""
+    return next((at for at, value, _ in events if value >= target), None)
+
+
+def bootstrap_median(values: Sequence[float], rounds: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """The median and a 95% bootstrap band around it."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return statistics.median(values), medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
+
+
+def paired_speedup(mine: Sequence[float | None], theirs: Sequence[float | None], budget: float) -> dict[str, Any]:
+    """Median over seeds of ``theirs / mine`` in compute to the target, a miss counted as the whole budget
+    (which flatters whoever missed), and the Wilcoxon signed-rank test on the paired log costs."""
+    from scipy.stats import wilcoxon
+
+    a = [budget if v is None else v for v in mine]
+    b = [budget if v is None else v for v in theirs]
+    ratios = [y / x for x, y in zip(a, b, strict=True)]
+    differences = [math.log(y) - math.log(x) for x, y in zip(a, b, strict=True)]
+    p = 1.0
+    if any(differences):
+        p = float(wilcoxon(differences, zero_method="zsplit", alternative="two-sided").pvalue)
+    return {"median_ratio": statistics.median(ratios), "p_value": p,
+            "faster_in": sum(d > 0 for d in differences), "slower_in": sum(d < 0 for d in differences),
+            "seeds": len(ratios)}
+
+
+def summarize(table: Table, runs: dict[str, list[dict[str, Any]]], budget: float) -> dict[str, Any]:
+    tau_star, best = table.best_config()
+    target = tau_star - TARGET_GAP
+    policies: dict[str, Any] = {}
+    reach: dict[str, list[float | None]] = {}
+    for name, results in runs.items():
+        regret = {}
+        for fraction in BUDGET_POINTS:
+            values = [best_at(r["events"], fraction * budget) for r in results]
+            regret[str(fraction)] = bootstrap_median([(tau_star - (v if v is not None else 0.0)) / tau_star
+                                                      for v in values])
+        reach[name] = [compute_to(r["events"], target) for r in results]
+        finals = [r["events"][-1] if r["events"] else None for r in results]
+        reached = [v for v in reach[name] if v is not None]
+        policies[name] = {
+            "regret": regret,
+            "compute_to_target": {"reached": len(reached), "seeds": len(results),
+                                  "median_cpu_s": statistics.median([budget if v is None else v
+                                                                     for v in reach[name]])},
+            "final_val_tau": bootstrap_median([f[1] if f else 0.0 for f in finals]),
+            "final_test_tau": bootstrap_median([f[2] if f else 0.0 for f in finals]),
+            "trials": statistics.median(len(r["trials"]) for r in results),
+            "pruned_share": statistics.fmean(sum(t["state"] == "PRUNED" for t in r["trials"]) / max(1, len(r["trials"]))
+                                             for r in results),
+        }
+    speedups = {a: {b: paired_speedup(reach[a], reach[b], budget) for b in runs if b != a} for a in runs}
+    return {"tau_star": tau_star, "best_config": list(best), "target": target, "budget_cpu_s": budget,
+            "policies": policies, "speedup": speedups}
+
+
+def _replay_one(args: tuple[Path, Policy, int, float]) -> tuple[str, int, dict[str, Any]]:
+    path, policy, seed, budget = args
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    result = replay(_TABLES.setdefault(str(path), Table.load(path)), policy, seed, budget)
+    return policy.name, seed, result
+
+
+_TABLES: dict[str, Table] = {}
+
+
+def run_table(path: Path, policies: Sequence[Policy], seeds: int, budget_trials: float, workers: int
+              ) -> dict[str, Any]:
+    table = Table.load(path)
+    budget = budget_trials * table.full_cost(Policy("full", evals="epoch"))
+    jobs = [(path, policy, seed, budget) for policy in policies for seed in range(seeds)]
+    runs: dict[str, list[dict[str, Any]]] = {p.name: [{}] * seeds for p in policies}
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for name, seed, result in pool.imap_unordered(_replay_one, jobs, chunksize=4):
+            runs[name][seed] = result
+    summary = summarize(table, runs, budget)
+    machines = [s["machine"] for s in table.raw["sittings"]]
+    return {"table": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+            "table_settings": table.raw["settings"], "table_machines": machines, "seeds": seeds,
+            "budget_trials": budget_trials, "policies": {p.name: _policy_json(p) for p in policies}, **summary,
+            "trials_seed0": {name: results[0]["trials"] for name, results in runs.items()}}
+
+
+def _policy_json(policy: Policy) -> dict[str, Any]:
+    return {k: getattr(policy, k) for k in Policy.__dataclass_fields__ if k != "name"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tables", nargs="*", type=Path, help=f"default: {', '.join(TABLES)} in bench/results")
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--budget-trials", type=float, default=30.0)
+    parser.add_argument("--policies", nargs="*", default=None)
+    parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... on tuner's defaults")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--output", type=Path, default=None, help="with one table: the results file")
+    args = parser.parse_args(argv)
+    base = default_policies()
+    chosen = [base[name] for name in (args.policies or list(base))] + [parse_variant(v, base) for v in args.variant]
+    tables = args.tables or [RESULTS / name for name in TABLES]
+    for path in tables:
+        if not path.is_file():
+            print(f"skipped: {path} does not exist (build it with make bench-table)", file=sys.stderr)
+            continue
+        result = run_table(path, chosen, args.seeds, args.budget_trials, args.workers)
+        stem = path.stem.removeprefix("lc_table_")
+        output = args.output or RESULTS / f"replay_{stem}.json"
+        output.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        print(render(result))
+        print(f"wrote {output}")
+
+
+def render(result: dict[str, Any]) -> str:
+    """A plain-text summary: per policy, regret at 25/50/100% of the budget, compute to the target, test tau."""
+    lines = [f"tau* {result['tau_star']:.3f} ({result['best_config']}); target {result['target']:.3f}; "
+             f"budget {result['budget_cpu_s']:.0f} CPU s; {result['seeds']} seeds"]
+    lines.append(f"{'policy':16} {'regret@25%':>11} {'@50%':>6} {'@100%':>6} {'reached':>8} {'median CPU s':>13} "
+                 f"{'test tau':>9} {'trials':>7}")
+    for name, p in result["policies"].items():
+        reach = p["compute_to_target"]
+        lines.append(f"{name:16} {p['regret']['0.25'][0]:11.3f} {p['regret']['0.5'][0]:6.3f} "
+                     f"{p['regret']['1.0'][0]:6.3f} {reach['reached']:>4}/{reach['seeds']:<3} "
+                     f"{reach['median_cpu_s']:13.0f} {p['final_test_tau'][0]:9.3f} {p['trials']:7.0f}")
+    if "tuner" in result["speedup"]:
+        for peer, s in result["speedup"]["tuner"].items():
+            lines.append(f"tuner vs {peer}: median speed-up {s['median_ratio']:.2f}x (faster in {s['faster_in']}, "
+                         f"slower in {s['slower_in']} of {s['seeds']}; Wilcoxon p = {s['p_value']:.2g})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

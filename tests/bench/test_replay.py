@@ -1,0 +1,184 @@
+"""The replay of search policies against a learning-curve table: costs, pairing, pruning and statistics, on a
+synthetic table whose answer is known."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.lc_table import config_key, log_grid
+from bench.replay import (
+    Policy,
+    Table,
+    _cost_at,
+    _evaluated,
+    compute_to,
+    default_policies,
+    paired_speedup,
+    parse_variant,
+    replay,
+    run_table,
+)
+
+BACKBONES = ["small", "large"]
+RATES = log_grid(1e-6, 1e-2, 12)
+
+
+def _curve(backbone: str, batch_size: int, rate: float, seed: int, evals: int = 8) -> list[dict[str, Any]]:
+    """Validation tau rising towards a peak that is highest at the grid's 7th rate on the large backbone at
+    batch 8."""
+    peak = 0.7 - 0.12 * abs(math.log10(rate) - math.log10(RATES[6]))
+    peak -= (0.05 if backbone == "small" else 0) + 0.02 * (batch_size == 16)
+    peak = max(0.0, peak) + 0.01 * seed
+    step_cost = (2.0 if backbone == "large" else 1.0) * (batch_size / 8)
+    steps = 40 if batch_size == 8 else 20
+    return [{"step": (i + 1) * steps // evals, "epoch": i // 4, "tokens": 0,
+             "train_cpu_s": round(step_cost * (i + 1) * steps / evals, 3), "val_cpu_s": 0.5 * (i + 1),
+             "test_cpu_s": 0.5 * (i + 1), "val_kendall_tau": round(peak * (i + 1) / evals, 5),
+             "test_kendall_tau": round(peak * (i + 1) / evals - 0.01, 5), "val_pmr": 0.0, "val_acc": 0.0,
+             "val_loss": 0.6, "test_pmr": 0.0, "test_acc": 0.0, "test_loss": 0.6} for i in range(evals)]
+
+
+def synthetic_table(folder: Path, drop: int = 0) -> Path:
+    configs = {}
+    for seed in (0, 1):
+        for backbone in BACKBONES:
+            for batch_size in (8, 16):
+                for rate in RATES:
+                    key = config_key(backbone, batch_size, rate, seed)
+                    configs[key] = {"backbone": backbone, "batch_size": batch_size, "learning_rate": rate,
+                                    "seed": seed, "curve": _curve(backbone, batch_size, rate, seed),
+                                    "steps_per_epoch": 20 if batch_size == 8 else 10, "diverged_at": None,
+                                    "train_loss": []}
+    for key in list(configs)[:drop]:
+        del configs[key]
+    finder = {f"{b}|{s}": {"suggestion": 1e-3, "reliable": True, "num_training": 100, "cpu_s": 30.0}
+              for b in BACKBONES for s in (8, 16)}
+    table = {"settings": {"learning_rate_range": [1e-6, 1e-2], "epochs": 2, "evals_per_epoch": 4},
+             "configs": configs, "finder": finder, "sittings": [{"machine": {"cpu": "synthetic"}}],
+             "fixed_costs": {"import_cpu_s": 5.0, "backbones": {b: {"load_cpu_s": 1.0, "tokenize_cpu_s": 3.0,
+                                                                     "tokenize_cached_cpu_s": 0.1}
+                                                                 for b in BACKBONES}}}
+    path = folder / "lc_table_synthetic.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+@pytest.fixture()
+def table(tmp_path: Path) -> Table:
+    return Table.load(synthetic_table(tmp_path))
+
+
+def test_a_table_missing_configurations_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="3 configurations of the grid are missing"):
+        Table.load(synthetic_table(tmp_path, drop=3))
+
+
+def test_the_best_configuration_and_the_snapped_rate(table: Table) -> None:
+    tau_star, best = table.best_config()
+    assert best == ("large", 8, RATES[6])
+    assert math.isclose(tau_star, 0.705, abs_tol=1e-6)  # the mean of seeds 0 and 1
+    assert table.snap(RATES[6] * 1.3) == table.snap(RATES[6] / 1.3) == best[2]
+    assert table.backbones == ["small", "large"]  # the study's order: the baseline's backbone first
+
+
+def test_a_policy_pays_for_the_validations_it_runs_only(table: Table) -> None:
+    curve = table.curve("large", 8, RATES[0], 0)["curve"]
+    assert _evaluated(curve, "epoch", 4) == [3, 7]
+    assert _evaluated(curve, "all", 4) == list(range(8))
+    # at the end of epoch 1: 20 steps trained at 2 CPU s, and one validation of 0.5 s (not the four the table ran)
+    assert _cost_at(curve, [3, 7], 0) == pytest.approx(40.0 + 0.5)
+    assert _cost_at(curve, list(range(8)), 3) == pytest.approx(40.0 + 2.0)
+
+
+def test_random_search_without_pruning_is_charged_whole_trials(table: Table) -> None:
+    result = replay(table, default_policies()["random"], seed=3, budget=1000.0)
+    assert all(t["state"] == "COMPLETE" for t in result["trials"][:-1]) and result["trials"][-1]["state"] == "BUDGET"
+    first = result["trials"][0]
+    full = table.curve(first["backbone"], first["batch_size"], first["rate"], first["seed"])
+    expected = 5.0 + 1.0 + 3.0 + _cost_at(full["curve"], [3, 7], 1)  # import, load, tokenise, train and validate
+    assert first["cpu_s"] == pytest.approx(expected, abs=0.1)
+    assert result["spent"] == pytest.approx(1000.0)
+    assert [e[0] for e in result["events"]] == sorted(e[0] for e in result["events"])
+
+
+def test_seed_i_gives_every_policy_the_same_training_seeds(table: Table) -> None:
+    runs = [replay(table, policy, seed=7, budget=600.0) for policy in default_policies().values()]
+    for run in runs:
+        assert len(run["trials"]) >= 4
+    seeds = [[t["seed"] for t in run["trials"][:4]] for run in runs]
+    assert all(s == seeds[0] for s in seeds), seeds
+    again = replay(table, default_policies()["tuner"], seed=7, budget=600.0)
+    assert again == runs[-1]  # deterministic: no clock anywhere
+
+
+def test_tuner_starts_with_its_baseline_and_caches_tokenisation(table: Table) -> None:
+    result = replay(table, default_policies()["tuner"], seed=0, budget=2000.0)
+    first = result["trials"][0]
+    assert (first["backbone"], first["batch_size"]) == ("small", 8) and math.isclose(first["rate"], table.snap(5e-5))
+    no_cache = replay(table, Policy("uncached", sampler="tuner", pruner="none", baseline=True), seed=0, budget=2000.0)
+    cached = replay(table, Policy("cached", sampler="tuner", pruner="none", baseline=True, cache=True), seed=0,
+                    budget=2000.0)
+
+    def fixed_costs(result: dict[str, Any]) -> list[tuple[str, float]]:
+        """What each trial cost beyond its curve, with its backbone."""
+        found, before = [], 5.0  # the import
+        for trial in result["trials"][:-1]:
+            curve = table.curve(trial["backbone"], trial["batch_size"], trial["rate"], trial["seed"])["curve"]
+            found.append((trial["backbone"], round(trial["cpu_s"] - before - _cost_at(curve, [3, 7], 1), 1)))
+            before = trial["cpu_s"]
+        return found
+
+    seen: set[str] = set()
+    for (backbone, paid), (_, paid_cached) in zip(fixed_costs(no_cache), fixed_costs(cached), strict=False):
+        assert paid == 1.0 + 3.0  # load and tokenise, every trial
+        assert paid_cached == (1.0 + 0.1 if backbone in seen else 1.0 + 3.0)
+        seen.add(backbone)
+    assert len(seen) == 2
+
+
+def test_pruning_stops_trials_and_charges_what_they_trained(table: Table) -> None:
+    policy = Policy("sha", sampler="random", pruner="successive_halving", evals="all")
+    result = replay(table, policy, seed=1, budget=3000.0)
+    pruned = [t for t in result["trials"] if t["state"] == "PRUNED"]
+    assert pruned and all(t["validations"] < 8 for t in pruned)
+
+
+def test_hf_searches_each_backbone_with_half_the_budget(table: Table) -> None:
+    result = replay(table, default_policies()["hf"], seed=2, budget=1200.0)
+    backbones = [t["backbone"] for t in result["trials"]]
+    switch = backbones.index("large")
+    assert set(backbones[:switch]) == {"small"} and set(backbones[switch:]) == {"large"}
+    assert result["trials"][switch - 1]["cpu_s"] <= 5.0 + (1200.0 - 5.0) / 2 + 1e-6
+
+
+def test_variants_change_tuner_defaults_by_name() -> None:
+    policy = parse_variant("fast:evals=all,pruner=hyperband,pruner.reduction_factor=2", default_policies())
+    assert (policy.name, policy.evals, policy.pruner, policy.pruner_options) == ("fast", "all", "hyperband",
+                                                                                {"reduction_factor": 2})
+    assert policy.baseline and policy.cache  # the rest stays tuner's
+    with pytest.raises(SystemExit, match="unknown key 'nope'"):
+        parse_variant("bad:nope=1", default_policies())
+
+
+def test_compute_to_target_and_the_paired_speedup() -> None:
+    events = [(10.0, 0.3, 0.3), (50.0, 0.6, 0.6), (90.0, 0.7, 0.7)]
+    assert compute_to(events, 0.6) == 50.0 and compute_to(events, 0.8) is None
+    faster = paired_speedup([10.0] * 12, [30.0] * 12, budget=100.0)
+    assert faster["median_ratio"] == pytest.approx(3.0) and faster["faster_in"] == 12 and faster["p_value"] < 0.01
+    missed = paired_speedup([None] * 3, [20.0] * 3, budget=100.0)  # a miss counts as the whole budget
+    assert missed["median_ratio"] == pytest.approx(0.2) and missed["slower_in"] == 3
+
+
+def test_a_whole_table_summarises_every_policy(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    policies = [default_policies()[name] for name in ("random", "tuner")]
+    result = run_table(path, policies, seeds=6, budget_trials=8, workers=1)
+    assert result["target"] == pytest.approx(result["tau_star"] - 0.01)
+    assert set(result["policies"]) == {"random", "tuner"} and result["speedup"]["tuner"]["random"]["seeds"] == 6
+    regret = result["policies"]["tuner"]["regret"]
+    assert 0.0 <= regret["1.0"][0] <= regret["0.05"][0] <= 1.0  # regret falls as the budget grows
