@@ -10,11 +10,13 @@ nearest grid value in log-rate), with one of the table's training seeds drawn at
 its validations to the policy's pruner, which may stop it there. Seed ``i`` gives every policy the same draws
 of training seeds (its k-th trial gets the k-th draw), so policies are compared pair by pair.
 
-Compute is charged from the table, never from a clock: the CPU seconds the configuration spent training up
-to where the trial stopped, its own validations (a policy that validates once an epoch pays for those
-only), the fixed costs each trial pays (loading the backbone; tokenising, unless the policy caches it), and
-the LR finder's measured cost the first time a policy runs it for a (backbone, batch size). The budget is
-``--budget-trials`` times the mean cost of one whole configuration.
+Compute is charged from the table, never from a clock: the training tokens up to where the trial stopped
+and its own validations (a policy that validates once an epoch pays for those only), each at the median
+CPU seconds per token and per validation of its (backbone, batch size) over the whole table, so that one
+configuration measured while the machine was busy does not skew the rest; the fixed costs each trial pays
+(loading the backbone; tokenising, unless the policy caches it); and the LR finder's measured cost the first
+time a policy runs it for a (backbone, batch size). The budget is ``--budget-trials`` times the mean cost of
+one whole configuration.
 
 Reported per table: the anytime median normalised regret ``(tau* - best) / tau*`` with a bootstrap 95% band
 (``tau*``: the best configuration's validation tau, averaged over its training seeds; ``best``: the policy's
@@ -180,12 +182,29 @@ class Table:
                   for r in self.rates]
         return max(scored)
 
+    def __post_init__(self) -> None:
+        # The cost model: a (backbone, batch size)'s median CPU s per training token and per validation over
+        # the whole table, so that a configuration trained while the machine was busy is not charged more.
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for config in self.raw["configs"].values():
+            if config["curve"]:
+                groups.setdefault((config["backbone"], config["batch_size"]), []).append(config)
+        self.prices = {
+            key: (statistics.median(c["curve"][-1]["train_cpu_s"] / max(1, c["curve"][-1]["tokens"]) for c in found),
+                  statistics.median(c["curve"][-1]["val_cpu_s"] / len(c["curve"]) for c in found))
+            for key, found in groups.items()}
+
+    def cost(self, config: dict[str, Any], evaluated: Sequence[int], upto: int) -> float:
+        """CPU seconds of training ``config`` to validation ``evaluated[upto]``, with the validations run so far."""
+        per_token, per_validation = self.prices[(config["backbone"], config["batch_size"])]
+        return per_token * config["curve"][evaluated[upto]]["tokens"] + per_validation * (upto + 1)
+
     def full_cost(self, policy: Policy) -> float:
         """Mean CPU seconds of one whole configuration as ``policy`` validates it."""
         costs = []
         for config in self.raw["configs"].values():
             records = _evaluated(config["curve"], policy.evals, self.evals_per_epoch)
-            costs.append(_cost_at(config["curve"], records, len(records) - 1) if records else 0.0)
+            costs.append(self.cost(config, records, len(records) - 1) if records else 0.0)
         return statistics.fmean(costs)
 
 
@@ -205,15 +224,6 @@ def _evaluated(curve: Sequence[dict[str, Any]], evals: str, per_epoch: int) -> l
     if evals == "all":
         return list(range(len(curve)))
     return [i for i in range(len(curve)) if (i + 1) % per_epoch == 0]
-
-
-def _cost_at(curve: Sequence[dict[str, Any]], evaluated: Sequence[int], upto: int) -> float:
-    """Training CPU seconds to validation ``evaluated[upto]``, plus the policy's own validations so far."""
-    index = evaluated[upto]
-    validation = 0.0
-    for i in evaluated[: upto + 1]:
-        validation += curve[i]["val_cpu_s"] - (curve[i - 1]["val_cpu_s"] if i else 0.0)
-    return float(curve[index]["train_cpu_s"]) + validation
 
 
 # --- one replay -----------------------------------------------------------------------------------------------
@@ -295,7 +305,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, 
             state = optuna.trial.TrialState.COMPLETE
             chosen = -1
             for n, index in enumerate(evaluated):
-                cost = _cost_at(curve, evaluated, n)
+                cost = table.cost(config, evaluated, n)
                 if spent + cost > part_budget:
                     state = None  # the budget ran out inside this trial
                     spent = part_budget
@@ -309,7 +319,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, 
                     spent += cost
                     break
             else:
-                spent += _cost_at(curve, evaluated, len(evaluated) - 1) if evaluated else 0.0
+                spent += table.cost(config, evaluated, len(evaluated) - 1) if evaluated else 0.0
                 if config["diverged_at"] is not None and not policy.stop_diverged:
                     spent += _remaining_cost(config, table)  # a run that diverged trains on to its last epoch
                     values.append(0.0)
@@ -360,7 +370,8 @@ def _remaining_cost(config: dict[str, Any], table: Table) -> float:
     curve = config["curve"]
     if not curve or not curve[-1]["step"]:
         return 0.0
-    per_step = curve[-1]["train_cpu_s"] / curve[-1]["step"]
+    per_token = table.prices[(config["backbone"], config["batch_size"])][0]
+    per_step = per_token * curve[-1]["tokens"] / curve[-1]["step"]
     return per_step * max(0, config["steps_per_epoch"] * table.epochs - curve[-1]["step"])
 
 

@@ -14,7 +14,6 @@ from bench.lc_table import config_key, log_grid
 from bench.replay import (
     Policy,
     Table,
-    _cost_at,
     _evaluated,
     compute_to,
     default_policies,
@@ -36,7 +35,7 @@ def _curve(backbone: str, batch_size: int, rate: float, seed: int, evals: int = 
     peak = max(0.0, peak) + 0.01 * seed
     step_cost = (2.0 if backbone == "large" else 1.0) * (batch_size / 8)
     steps = 40 if batch_size == 8 else 20
-    return [{"step": (i + 1) * steps // evals, "epoch": i // 4, "tokens": 0,
+    return [{"step": (i + 1) * steps // evals, "epoch": i // 4, "tokens": 100 * (i + 1) * steps // evals,
              "train_cpu_s": round(step_cost * (i + 1) * steps / evals, 3), "val_cpu_s": 0.5 * (i + 1),
              "test_cpu_s": 0.5 * (i + 1), "val_kendall_tau": round(peak * (i + 1) / evals, 5),
              "test_kendall_tau": round(peak * (i + 1) / evals - 0.01, 5), "val_pmr": 0.0, "val_acc": 0.0,
@@ -87,12 +86,23 @@ def test_the_best_configuration_and_the_snapped_rate(table: Table) -> None:
 
 
 def test_a_policy_pays_for_the_validations_it_runs_only(table: Table) -> None:
-    curve = table.curve("large", 8, RATES[0], 0)["curve"]
-    assert _evaluated(curve, "epoch", 4) == [3, 7]
-    assert _evaluated(curve, "all", 4) == list(range(8))
+    config = table.curve("large", 8, RATES[0], 0)
+    assert _evaluated(config["curve"], "epoch", 4) == [3, 7]
+    assert _evaluated(config["curve"], "all", 4) == list(range(8))
     # at the end of epoch 1: 20 steps trained at 2 CPU s, and one validation of 0.5 s (not the four the table ran)
-    assert _cost_at(curve, [3, 7], 0) == pytest.approx(40.0 + 0.5)
-    assert _cost_at(curve, list(range(8)), 3) == pytest.approx(40.0 + 2.0)
+    assert table.cost(config, [3, 7], 0) == pytest.approx(40.0 + 0.5)
+    assert table.cost(config, list(range(8)), 3) == pytest.approx(40.0 + 2.0)
+
+
+def test_a_configuration_measured_on_a_busy_machine_is_charged_at_the_table_median(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    raw = json.loads(path.read_text())
+    slow = raw["configs"][config_key("large", 8, RATES[0], 0)]
+    for record in slow["curve"]:
+        record["train_cpu_s"] *= 3
+    path.write_text(json.dumps(raw))
+    table = Table.load(path)
+    assert table.cost(table.curve("large", 8, RATES[0], 0), [3, 7], 0) == pytest.approx(40.0 + 0.5)
 
 
 def test_random_search_without_pruning_is_charged_whole_trials(table: Table) -> None:
@@ -100,7 +110,7 @@ def test_random_search_without_pruning_is_charged_whole_trials(table: Table) -> 
     assert all(t["state"] == "COMPLETE" for t in result["trials"][:-1]) and result["trials"][-1]["state"] == "BUDGET"
     first = result["trials"][0]
     full = table.curve(first["backbone"], first["batch_size"], first["rate"], first["seed"])
-    expected = 5.0 + 1.0 + 3.0 + _cost_at(full["curve"], [3, 7], 1)  # import, load, tokenise, train and validate
+    expected = 5.0 + 1.0 + 3.0 + table.cost(full, [3, 7], 1)  # import, load, tokenise, train and validate
     assert first["cpu_s"] == pytest.approx(expected, abs=0.1)
     assert result["spent"] == pytest.approx(1000.0)
     assert [e[0] for e in result["events"]] == sorted(e[0] for e in result["events"])
@@ -128,8 +138,8 @@ def test_tuner_starts_with_its_baseline_and_caches_tokenisation(table: Table) ->
         """What each trial cost beyond its curve, with its backbone."""
         found, before = [], 5.0  # the import
         for trial in result["trials"][:-1]:
-            curve = table.curve(trial["backbone"], trial["batch_size"], trial["rate"], trial["seed"])["curve"]
-            found.append((trial["backbone"], round(trial["cpu_s"] - before - _cost_at(curve, [3, 7], 1), 1)))
+            config = table.curve(trial["backbone"], trial["batch_size"], trial["rate"], trial["seed"])
+            found.append((trial["backbone"], round(trial["cpu_s"] - before - table.cost(config, [3, 7], 1), 1)))
             before = trial["cpu_s"]
         return found
 
