@@ -303,15 +303,17 @@ def replies_lost(engine: Any, failures: int = 1, drop: Callable[[Any], None] | N
 
 @contextlib.contextmanager
 def storage_faults(storage: Any, method: str, when: str = "after", skip: int = 0, times: int = 1,
-                   before: Callable[[], None] | None = None) -> Iterator[list[str]]:
+                   before: Callable[[], None] | None = None, during: Callable[[], None] | None = None
+                   ) -> Iterator[list[str]]:
     """Fail the commits made inside one call of ``storage.<method>``, at a chosen point.
 
     ``storage`` is the worker's ``ResilientRDBStorage`` (``study._storage._backend``). The first ``skip``
     calls of ``method`` go through; in the next one, ``times`` commits fail with the driver's
     ``OperationalError``: with ``when="before"`` the commit never reaches the server (the connection
     dropped first), with ``when="after"`` it is committed and then its reply is lost. ``before`` is
-    called as that call starts (to let another worker act at that very point). Every call counts,
-    retries included. Yields the faults made, as ``"method:when"``.
+    called as that call starts (to let another worker act at that very point), ``during`` inside each
+    failing commit, before it fails (another worker acting between two attempts of the call). Every call
+    counts, retries included. Yields the faults made, as ``"method:when"``.
     """
     import threading
 
@@ -338,6 +340,10 @@ def storage_faults(storage: Any, method: str, when: str = "after", skip: int = 0
             faults.append(f"{method}:{when}")
             if when == "after":
                 commit(dbapi_connection)
+            else:
+                dbapi_connection.rollback()  # what the server does with a transaction whose connection dropped
+            if during is not None:
+                during()
             raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
         commit(dbapi_connection)
 

@@ -20,6 +20,7 @@ FINDER_ATTR = "lr_finder:"  # prefix of cached LR-finder results, by backbone an
 TEST_ATTR = "test:"  # prefix of a trial's test metrics, set by `tuner evaluate --study`
 
 # Trial user attributes
+FAIL_REASON_ATTR = "fail_reason"  # why a trial failed, in one line
 STUDY_ERROR_ATTR = "study_error"  # a trial failed by an error of the study itself
 NOT_ADMITTED_ATTR = "not_admitted"  # a trial created past the budget and failed before it ran
 RANKS_ATTR = "ddp_ranks"  # one fingerprint per DDP rank

@@ -221,3 +221,19 @@ def test_reports_and_the_dashboard_read_through_the_proxy(proxy: Proxy) -> None:
     body = b"".join(app(environ, lambda status, headers, *exc: statuses.append(status)))
     assert statuses == ["200 OK"]
     assert len(json.loads(body)["trials"]) == 3
+
+
+def test_a_creation_served_twice_by_two_proxies_makes_one_trial(proxy: Proxy) -> None:
+    # A proxy stopped while its handler retries a creation, and the restarted proxy serving the client's
+    # repeat: both commit the same request. The second must find the first's trial.
+    study = _study(proxy.address, _unique("twice"))
+    original = proxy.backend.create_new_trial
+
+    def served_twice(study_id: int, template: Any = None) -> int:
+        first = original(study_id, template)
+        original(study_id, template)  # the other proxy's handler, committing the same request
+        return int(first)
+
+    proxy.backend.create_new_trial = served_twice  # type: ignore[method-assign]
+    trial = study.ask()
+    assert [t.number for t in study.get_trials(deepcopy=False)] == [trial.number]

@@ -173,14 +173,14 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         """Optuna's, retried; the trial's template names the creation, so that a repeat after a lost reply
-        returns the trial made before (:meth:`tuner.storage.rdb.ResilientRDBStorage._create_new_trial`)."""
+        returns the trial made before (:meth:`tuner.storage.rdb.ResilientRDBStorage._create_new_trial`).
+
+        Every attempt asks the server to look the name up first, the first one too: a handler of a proxy
+        that was stopped may still be retrying an attempt after a restarted proxy served the next one."""
         named = template_trial is not None and REQUEST_ATTR in template_trial.system_attrs
-        token, attempts = uuid.uuid4().hex, 0
+        template = template_trial if named else request_template(template_trial, uuid.uuid4().hex, lookup=True)
 
         def attempt() -> int:
-            nonlocal attempts
-            attempts += 1
-            template = template_trial if named else request_template(template_trial, token, lookup=attempts > 1)
             return int(GrpcStorageProxy.create_new_trial(self, study_id, template))
 
         return int(self._retried(attempt, "create_new_trial")())

@@ -3,25 +3,25 @@
 The budget ``n_trials`` counts every trial except a failed one that was retried (its retry holds the
 slot) and one failed by an error of the study itself. A trial whose heartbeat is older than
 ``grace_period`` belongs to a dead worker (SIGKILL, power loss, a lost node): the next worker to look
-fails it, with the reason, and queues a retry with Optuna's ``RetryHeartbeatStaleTrialCallback`` up to
-``max_retries`` times.
+fails it, with the reason, and queues a retry up to ``max_retries`` times (:func:`fail_and_retry`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
-import warnings
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage.records import is_not_admitted, is_study_error, retry_history
+from tuner.keys import FAIL_REASON_ATTR, STUDY_ERROR_ATTR
+from tuner.storage.rdb import request_template
+from tuner.storage.records import is_not_admitted, is_study_error, lineage, retry_history
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,86 @@ def _retries_left(trial: FrozenTrial, max_retries: int) -> bool:
     return len(retry_history(trial)) < max_retries
 
 
+def fail_and_retry(study: optuna.Study, trial_id: int, reason: str, max_retries: int, *,
+                   study_error: bool = False, trial: optuna.Trial | None = None) -> FrozenTrial | None:
+    """Fail the RUNNING trial ``trial_id`` with ``reason``, its retry queued first; every failure of a
+    running trial (stale, interrupted, an error of the study, reaped) goes through here.
+
+    The retry is queued before the failure is written, and its creation is named after the failed trial
+    (:func:`requeue`). So a slot of the budget is held at every moment, by the running trial or by its
+    waiting retry, on every storage, lock or no lock: a worker that counts between the two writes never
+    sees the budget spent with nothing left to run, nor a free slot. However many workers fail the same
+    trial at once (a lost lock; the storage proxy, which has none), it has one retry. A retry whose
+    trial ended otherwise (its worker finished it first) is withdrawn by whoever takes it up
+    (:func:`retry_admitted`).
+
+    Args:
+        study_error: the trial failed through an error of the study itself (it uses no slot).
+        trial: the worker's own ``optuna.Trial`` for ``trial_id``, told through the study (its sampler
+            sees the failure); otherwise the failure is written to the storage.
+    Returns:
+        The failed trial as stored, or ``None`` when it was no longer running (another worker ended it).
+    """
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+        if study_error:
+            storage.set_trial_user_attr(trial_id, STUDY_ERROR_ATTR, True)
+    except UpdateFinishedTrialError:
+        return None
+    current = storage.get_trial(trial_id)
+    if current.state != TrialState.RUNNING:
+        return None
+    requeue(study, current, max_retries)
+    try:
+        if trial is not None:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        elif not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return None
+    except UpdateFinishedTrialError:
+        return None
+    stored = storage.get_trial(trial_id)
+    return stored if stored.state == TrialState.FAIL else None
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
-    """Queue a retry of the failed ``trial`` (same parameters and attributes) unless it used up
-    ``max_retries``. Returns whether a retry was queued.
+    """Queue a retry of ``trial`` (its parameters and attributes, linked as Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` links them) unless it used up ``max_retries``; returns whether
+    it did. The creation is named after ``trial``: however often and by whomever asked, one retry exists.
 
     The retry starts without the failed trial's reports: it takes them over only if it resumes from that
     trial's checkpoint (see :mod:`tuner.hpo.objective`), which only the retry, where it runs, can tell.
     """
     if not _retries_left(trial, max_retries):
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, trial)
+    system_attrs = {"failed_trial": trial.number, **trial.system_attrs,
+                    "retry_history": [*retry_history(trial), trial.number]}
+    template = optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
+                                         distributions=trial.distributions, user_attrs=trial.user_attrs,
+                                         system_attrs=system_attrs)
+    study._storage.create_new_trial(study._study_id, request_template(template, f"retry-of:{trial._trial_id}",
+                                                                      lookup=True))
     return True
+
+
+def retry_admitted(study: optuna.Study, trial: FrozenTrial, budget: int) -> bool:
+    """Whether the retry ``trial``, just taken up, may run: its failed trial ended FAIL, and fewer than
+    ``budget`` trials holding slots began before its first attempt did (admission by lineage, as for
+    any new trial: a retry of a trial created past the budget stays past it).
+
+    A failed trial still RUNNING is one whose failure was being written, or whose failing worker died
+    between queuing the retry and writing the failure: this worker writes it. If that is refused, the
+    trial's own worker finished it, and the retry is not needed.
+    """
+    storage = study._storage
+    failed_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, retry_history(trial)[-1])
+    if storage.get_trial(failed_id).state == TrialState.RUNNING:
+        with contextlib.suppress(UpdateFinishedTrialError):
+            storage.set_trial_state_values(failed_id, state=TrialState.FAIL)
+    if storage.get_trial(failed_id).state != TrialState.FAIL:
+        return False
+    ahead = sum(1 for t in slot_holders(study.get_trials(deepcopy=False)) if lineage(t) < lineage(trial))
+    return ahead < budget
 
 
 def retry_note(trial: FrozenTrial, max_retries: int) -> str:
@@ -96,14 +163,9 @@ def fail_stale(study: optuna.Study, max_retries: int) -> list[int]:
         if trial.state != TrialState.RUNNING:
             continue
         reason = f"stale: the heartbeat of {_owner(trial)} stopped; {retry_note(trial, max_retries)}"
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
+        if fail_and_retry(study, trial_id, reason, max_retries) is None:
             continue  # its worker, or another worker, finished it first
         log.warning("trial %d failed: %s", trial.number, reason)
-        requeue(study, storage.get_trial(trial_id), max_retries)
         failed.append(trial.number)
     return failed
 
@@ -130,14 +192,9 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
         if why is None:
             continue
         reason = f"stale: {why}; {retry_note(trial, max_retries)}"
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
+        if fail_and_retry(study, trial._trial_id, reason, max_retries) is None:
             continue
-        retried = requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
-        reaped.append({"number": trial.number, "reason": reason, "retried": retried})
+        reaped.append({"number": trial.number, "reason": reason, "retried": _retries_left(trial, max_retries)})
     return reaped
 
 

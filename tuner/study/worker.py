@@ -11,8 +11,10 @@ nothing else. The rules that keep the study whole:
   with its database session, or there is none (the storage proxy: :mod:`tuner.storage.proxy`).
 - Heartbeats. A running trial's worker records a heartbeat every ``heartbeat_interval`` seconds. A
   trial whose heartbeat is older than ``grace_period`` belongs to a dead worker (SIGKILL, power
-  loss, a lost node): the next worker to look fails it, with the reason, and queues a retry with
-  Optuna's ``RetryHeartbeatStaleTrialCallback`` up to ``max_retries`` times. A worker whose budget is
+  loss, a lost node): the next worker to look fails it, with the reason, and queues a retry up to
+  ``max_retries`` times. Every failure queues its retry before it is written, under a name derived from
+  the failed trial (:func:`tuner.study.recovery.fail_and_retry`), so a slot is held by the running trial
+  or its waiting retry at every moment, and workers failing one trial at once make one retry. A worker whose budget is
   spent waits while other workers' trials run, so a trial orphaned late is still retried.
 - Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
   queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever. A signal once
@@ -40,12 +42,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
-from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
+from tuner.keys import FAIL_REASON_ATTR, NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import beats_when_started
 from tuner.storage.records import lineage, retry_history
 from tuner.study.heartbeat import Heartbeat
-from tuner.study.recovery import fail_stale, heartbeat_interval, requeue, retry_note, slot_holders, used_slots
+from tuner.study.recovery import (
+    fail_and_retry,
+    fail_stale,
+    heartbeat_interval,
+    retry_admitted,
+    retry_note,
+    slot_holders,
+    used_slots,
+)
 from tuner.training.stopping import StopSignals
 
 log = logging.getLogger(__name__)
@@ -145,7 +155,7 @@ def work(
                     continue
                 break
             idle_wait = IDLE_FIRST_LOOK_S
-            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval, lock)
+            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval)
             trial = None
             if on_end is not None:
                 on_end(frozen)
@@ -160,7 +170,7 @@ def work(
         result.forced = isinstance(err, ForceQuit)
         if trial is not None and not result.forced:
             with signals.deferred():
-                _end_interrupted(study, trial, err, max_retries, lock)
+                _end_interrupted(study, trial, err, max_retries)
     finally:
         study._thread_local.in_optimize_loop = False
     return result
@@ -195,10 +205,13 @@ def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial],
     (their numbers), not on the lock: a new trial is within the budget when fewer than ``budget`` of
     the trials that hold slots began before it. Where nothing was created between the count and the
     ask (the trial's number is the count), the count already says so; only otherwise is the study read
-    again. A queued trial (a retry, or one enqueued) already holds its slot.
+    again. A trial enqueued by hand (the baseline) already holds its slot; a retry is admitted by its
+    first attempt's place (:func:`tuner.study.recovery.retry_admitted`).
     """
+    if retry_history(trial._cached_frozen_trial):
+        return retry_admitted(study, trial._cached_frozen_trial, budget)
     if trial.number < len(seen):
-        return True
+        return True  # enqueued (the baseline): it holds its slot
     if trial.number == len(seen):
         return used_slots(seen) < budget
     # a retry holds the slot of the trial it retries: count each holder at its first attempt's place
@@ -230,30 +243,22 @@ def _label(trial: optuna.Trial, labels: Mapping[str, Any]) -> None:
             trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
 
-def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int,
-                     lock: SlotLock) -> FrozenTrial:
-    """Fail an interrupted trial with the signal as its reason and queue its retry.
-
-    Both under the study lock, as the stale check does: an idle worker, which counts the budget under
-    the lock, would otherwise see the trial failed but its retry not yet queued, count the budget spent
-    with nothing left running, and stop, leaving the retry to no one.
-    """
-    storage = study._storage
-    with lock():
-        current = storage.get_trial(trial._trial_id)
-        if current.state != TrialState.RUNNING:
-            return current
-        reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
-        trial.set_user_attr("fail_reason", reason)
-        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        log.warning("trial %d failed: %s", trial.number, reason)
-        requeue(study, storage.get_trial(trial._trial_id), max_retries)
+def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
+    """Fail an interrupted trial with the signal as its reason, its retry queued first (see
+    :func:`tuner.study.recovery.fail_and_retry`: no lock is needed for a worker counting meanwhile)."""
+    current = study._storage.get_trial(trial._trial_id)
+    if current.state != TrialState.RUNNING:
+        return current
+    reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
+    frozen = fail_and_retry(study, trial._trial_id, reason, max_retries, trial=trial)
+    if frozen is None:
+        return study._storage.get_trial(trial._trial_id)
+    log.warning("trial %d failed: %s", trial.number, reason)
     return frozen
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-               signals: StopSignals, max_retries: int, interval: int | None,
-               lock: SlotLock) -> tuple[FrozenTrial, str | None]:
+               signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
     """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
 
     From the objective's end until its outcome is stored, the heartbeat's end included, signals are
@@ -299,25 +304,24 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         if ended is not None:
             return ended, None
         if interrupted is not None:
-            _end_interrupted(study, trial, interrupted, max_retries, lock)
+            _end_interrupted(study, trial, interrupted, max_retries)
             raise interrupted from None
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
             recorded = trial.user_attrs.get("fail_reason")
             if not recorded:
                 trial.set_user_attr("fail_reason", reason)
-            if study_error is not None:
-                trial.set_user_attr(STUDY_ERROR_ATTR, True)
-            else:  # an error of the study is raised, and reported by the caller
+            if study_error is None:  # an error of the study is raised, and reported by the caller
                 log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
             return study.tell(trial, value, skip_if_finished=True), None
-        frozen = study.tell(trial, state=state, skip_if_finished=True)
         if study_error is not None:
             # not counted (see used_slots) and run again once the study is fixed: the same settings, and
             # the baseline stays the baseline
-            requeue(study, study._storage.get_trial(trial._trial_id), max_retries)
+            fail_and_retry(study, trial._trial_id, str(trial.user_attrs.get(FAIL_REASON_ATTR) or reason),
+                           max_retries, study_error=True, trial=trial)
             raise study_error
+        frozen = study.tell(trial, state=state, skip_if_finished=True)
     return frozen, reason
 
 
