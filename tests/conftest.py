@@ -211,6 +211,18 @@ def age_heartbeats(url: str, trial_ids: list[int], seconds: float) -> None:
                                .values(heartbeat=beat.heartbeat - datetime.timedelta(seconds=seconds)))
 
 
+def heartbeat_rows(url: str, trial_ids: list[int]) -> int:
+    """How many of these trials have a heartbeat row."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        return len(connection.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
+                   .all())
+
+
 # ---------------------------------------------------------------------------------------------------
 # A real headless browser: Debian's chromium driven by Playwright (its own browser downloads are not used)
 
