@@ -190,6 +190,40 @@ batch_size = [8, 16]
 
 
 # ---------------------------------------------------------------------------------------------------
+# Heartbeats in the database, read and aged as a worker that stopped beating leaves them
+
+
+def age_heartbeats(url: str, trial_ids: list[int], seconds: float) -> None:
+    """Move these trials' heartbeats ``seconds`` into the past, as a worker that stopped beating then would
+    leave them. Each trial must have one (its first, recorded as it was made RUNNING)."""
+    import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as connection:
+        for trial_id in trial_ids:
+            # the database's clock wrote it: moved from its own value, whatever the server's time zone
+            [beat] = connection.execute(sqlalchemy.select(table.c.heartbeat).where(table.c.trial_id == trial_id)).all()
+            connection.execute(sqlalchemy.update(table).where(table.c.trial_id == trial_id)
+                               .values(heartbeat=beat.heartbeat - datetime.timedelta(seconds=seconds)))
+
+
+def heartbeat_rows(url: str, trial_ids: list[int]) -> int:
+    """How many of these trials have a heartbeat row."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        return len(connection.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
+                   .all())
+
+
+# ---------------------------------------------------------------------------------------------------
 # A real headless browser: Debian's chromium driven by Playwright (its own browser downloads are not used)
 
 CHROMIUM = Path(os.environ.get("TUNER_CHROMIUM", "/usr/bin/chromium"))

@@ -29,6 +29,8 @@ PRIVATE = [
     ("optuna.storages._rdb.models", "TrialModel", "the rows those transactions write"),
     ("optuna.storages._rdb.models", "TrialSystemAttributeModel", "the token rows"),
     ("optuna.storages._rdb.models", "TrialHeartbeatModel", "the first heartbeat row"),
+    ("optuna.storages._rdb.models", "StudyUserAttributeModel", "the study's heartbeat settings, read in the "
+     "transaction that makes a trial RUNNING"),
     ("optuna.storages._cached_storage", "_CachedStorage._backend", "the tests inject faults beneath the cache"),
     ("lightning.pytorch.strategies.launchers.multiprocessing", "_MultiProcessingLauncher._wrapping_function",
      "DDP ranks spawned by the trial's own process report back to it (tuner.training.distributed)"),

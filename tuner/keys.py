@@ -18,6 +18,9 @@ LOSSES = (PAIRWISE, LISTMLE, MSE)
 # Study user attributes
 FINDER_ATTR = "lr_finder:"  # prefix of cached LR-finder results, by backbone and batch size (scale mode)
 TEST_ATTR = "test:"  # prefix of a trial's test metrics, set by `tuner evaluate --study`
+# the study's heartbeat settings, fixed when it is created: {"heartbeat_interval": s, "grace_period": s};
+# every worker and the storage proxy judge its trials stale by them (see tuner.storage.rdb.heartbeat_settings)
+HEARTBEAT_ATTR = "heartbeat"
 
 # Trial user attributes
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed, in one line

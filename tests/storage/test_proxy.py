@@ -8,24 +8,23 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-import sqlalchemy
-from conftest import require_server
+from conftest import age_heartbeats, heartbeat_rows, require_server
 from optuna.trial import TrialState
 from processes import assert_exact_budget
 
-from tuner.keys import REQUEST_ATTR, TOKEN_ATTR
+from tuner.errors import TunerError
+from tuner.keys import HEARTBEAT_ATTR, REQUEST_ATTR, TOKEN_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.proxy import make_server, open_backend, open_proxy
-from tuner.storage.rdb import open_storage
+from tuner.storage.rdb import heartbeat_settings, open_storage
 from tuner.storage.urls import StorageError, proxy_address
 from tuner.study.recovery import fail_stale, reap
-from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline
+from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline, load_run, open_study
 from tuner.study.worker import work
 from tuner.training.stopping import StopSignals
 
@@ -149,33 +148,59 @@ def test_the_baseline_is_queued_once_by_workers_without_a_lock(proxy: Proxy) -> 
         (TrialState.WAITING, {"baseline": True}, BASELINE_TOKEN)]
 
 
-def _age_heartbeats(database: str, trial_ids: list[int]) -> None:
-    """Make these trials' heartbeats years old, as a worker long dead would leave them."""
-    engine = sqlalchemy.create_engine(database, poolclass=sqlalchemy.pool.NullPool)
-    with engine.begin() as connection:
-        for trial_id in trial_ids:
-            updated = connection.execute(
-                sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :h WHERE trial_id = :t"),
-                {"h": datetime(2000, 1, 1), "t": trial_id})
-            assert updated.rowcount == 1  # the proxy recorded the trial's first heartbeat
-
-
 def test_heartbeats_and_stale_trials_work_through_the_proxy(proxy: Proxy, database: str) -> None:
     study = _study(proxy.address, _unique("stale"))
     storage = study._storage
     # each gets its first heartbeat as it is created
     live, dead, reaped = (storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(3))
     study._storage.record_heartbeat(live._trial_id)
-    _age_heartbeats(database, [dead._trial_id])
+    age_heartbeats(database, [dead._trial_id], 3600)  # the proxy recorded the trial's first heartbeat
     assert study._storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
     assert fail_stale(study, max_retries=2) == [dead.number]
-    _age_heartbeats(database, [reaped._trial_id])
+    age_heartbeats(database, [reaped._trial_id], 3600)
     assert [r["number"] for r in reap(study, 2)] == [reaped.number]  # `tuner reap`
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL,
                                          TrialState.WAITING, TrialState.WAITING]
     assert trials[1].user_attrs["fail_reason"].startswith("stale: the heartbeat of")
     assert [t.system_attrs["failed_trial"] for t in trials[3:]] == [dead.number, reaped.number]
+
+
+def test_stale_trials_through_the_proxy_follow_the_grace_period_stored_with_the_study(
+        proxy: Proxy, database: str) -> None:
+    study = _study(proxy.address, _unique("grace"))  # a worker that asks for a grace period of GRACE_S
+    study.set_user_attr(HEARTBEAT_ATTR, heartbeat_settings(HEARTBEAT_S, 600))  # the study was created with 600 s
+    trial = study._storage.get_trial(study._storage.create_new_trial(study._study_id))
+    age_heartbeats(database, [trial._trial_id], 60)
+    assert fail_stale(study, max_retries=2) == []  # a live trial to the study, though not to this worker
+    age_heartbeats(database, [trial._trial_id], 600)
+    assert fail_stale(study, max_retries=2) == [trial.number]
+
+
+@pytest.mark.parametrize("interval", [0, 30], ids=["off", "on"])
+def test_a_trial_gets_a_first_heartbeat_through_the_proxy_only_if_its_study_has_heartbeats(
+        proxy: Proxy, database: str, study_dir: Path, interval: int) -> None:
+    """The proxy serves studies with different settings: its own do not decide."""
+    run = load_run(str(study_dir / "studies" / "tiny.toml"),
+                   [f'study.name="{_unique("first-beat")}"', f"study.heartbeat_interval={interval}"])
+    study = open_study(run, proxy.address)
+    storage = study._storage
+    created = storage.create_new_trial(study._study_id)  # RUNNING as it is made
+    study.enqueue_trial({"learning_rate": 1e-4, "batch_size": 8})
+    [queued] = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert storage.set_trial_state_values(queued._trial_id, TrialState.RUNNING)  # taken up
+    assert heartbeat_rows(database, [created, queued._trial_id]) == (2 if interval else 0)
+
+
+def test_a_worker_with_other_heartbeat_settings_is_refused_through_the_proxy(proxy: Proxy, study_dir: Path) -> None:
+    name = _unique("refused")
+    tiny = str(study_dir / "studies" / "tiny.toml")
+    open_study(load_run(tiny, [f'study.name="{name}"']), proxy.address)
+    with pytest.raises(TunerError) as err:
+        open_study(load_run(tiny, [f'study.name="{name}"', "study.grace_period=70"]), proxy.address)
+    assert str(err.value) == (f"study {name!r} in {proxy.address} has grace_period 120, not 70 (heartbeat settings are "
+                              "fixed when a study is created: every worker judges stale trials by them); use "
+                              "--set study.grace_period=120")
 
 
 @pytest.mark.parametrize("write", ["create", "claim", "finish"])

@@ -6,15 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import replies_lost
+from conftest import age_heartbeats, replies_lost
 from optuna.trial import TrialState
 from processes import first_trial_has, start_tuner, tiny_study, wait_for
 from trivial_worker import open_trivial_study
 
+from tuner.keys import HEARTBEAT_ATTR
+from tuner.storage.rdb import heartbeat_settings, open_storage
 from tuner.study.recovery import fail_stale, reap, requeue, used_slots
 
 
@@ -64,6 +67,22 @@ def test_a_stale_trial_is_failed_with_its_reason_and_retried(tmp_path: Path, mon
                                                                                            "worker w9")
     assert retry.state == TrialState.WAITING and retry.params == failed.params
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed.number
+
+
+def test_the_stale_check_follows_the_grace_period_stored_with_the_study(storage_url: str) -> None:
+    """Whatever grace period a worker's storage was opened with, its stale check uses the study's."""
+    name = f"grace-{uuid.uuid4().hex[:8]}"  # the server databases are shared by the tests
+    study = open_trivial_study(storage_url, name)  # a worker that asked for a grace period of 10 s
+    study.set_user_attr(HEARTBEAT_ATTR, heartbeat_settings(1, 600))  # the study was created with 600 s
+    patient = optuna.load_study(study_name=name, storage=open_storage(storage_url, heartbeat_interval=1,
+                                                                      grace_period=3600))
+    trial = study.ask()  # RUNNING, with its first heartbeat
+    age_heartbeats(storage_url, [trial._trial_id], 60)
+    assert fail_stale(study, max_retries=2) == []  # a live trial to the study, though not to this worker
+    age_heartbeats(storage_url, [trial._trial_id], 600)
+    assert patient._storage._get_stale_trial_ids(patient._study_id) == [trial._trial_id]
+    assert fail_stale(study, max_retries=2) == [trial.number]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
 
 
 def test_reap_fails_trials_of_dead_workers_and_old_ones(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ Optuna's own protocol (``run_grpc_proxy_server``, ``GrpcStorageProxy``) carries 
 a worker needs beyond it travels in a second service on the same server, ``tuner.Storage``:
 
 - Heartbeats. Optuna's protocol has none. ``RecordHeartbeat`` records one, ``StaleTrialIds`` finds the
-  stale trials with the grace period the worker's study sets (the proxy serves studies with different
-  settings), and the proxy records a trial's first heartbeat in the transaction that makes it RUNNING.
+  stale trials with the grace period stored with the study (the proxy serves studies with different
+  settings; a study without stored settings, with the asking worker's), and the proxy records a trial's
+  first heartbeat in the transaction that makes it RUNNING if its study has heartbeats on.
 - Outages. Optuna's client neither retries nor waits: a call made while the proxy is down or
   restarting fails. Here it is retried as a database call is (:func:`tuner.storage.retry.retrying`),
   for as long, while the proxy's own storage waits out a database outage behind it. A retried write may
@@ -58,8 +59,8 @@ DEFAULT_THREADS = 10  # RPCs served at once; the database pool (5, and 10 more a
 CONNECT_S = 5.0  # how long a client waits for the proxy to answer at start-up before calling it absent
 STOP_GRACE_S = 5.0  # on SIGTERM, how long calls in progress may finish
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-# the first heartbeat the proxy records with each trial it makes RUNNING, whatever the study's settings
-# (each worker's stale check gives its own grace period)
+# the proxy's own heartbeat setting, for a study without stored settings (tuner.storage.rdb.heartbeat_settings):
+# its trials get a first heartbeat when they are made RUNNING, and the asking worker gives the grace period
 _PROXY_HEARTBEAT_S = 60
 _SERVICE = "tuner.Storage"
 # what a proxy that is down, restarting or gone mid-call answers: waiting may fix it
@@ -290,7 +291,7 @@ class _Extension:
 
 def open_backend(url: str) -> Any:
     """The database storage a proxy serves: its schema created, its calls waiting out outages for
-    ``RETRY_S``, a first heartbeat recorded with each trial it makes RUNNING."""
+    ``RETRY_S``, a first heartbeat recorded with each trial it makes RUNNING in a study with heartbeats on."""
     if is_proxy(url):
         raise StorageError(f"storage {mask(url)} is a proxy; a proxy serves a database: give --storage "
                            "postgresql://..., mysql+pymysql://... or sqlite:///...")

@@ -23,7 +23,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.keys import CLAIM_ATTR, REQUEST_ATTR, TOKEN_ATTR
+from tuner.keys import CLAIM_ATTR, HEARTBEAT_ATTR, REQUEST_ATTR, TOKEN_ATTR
 from tuner.storage.retry import RETRY_S, final_write, opening, retry_deadline, retrying
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
 from tuner.storage.urls import is_proxy, mask, missing_driver, parse_url, unknown_dialect, unreachable
@@ -52,6 +52,10 @@ class ResilientRDBStorage(RDBStorage):
 
     A trial created or taken up RUNNING gets its first heartbeat in the same transaction, so a worker
     that dies before its heartbeat thread starts leaves a trial that the stale check ends.
+
+    Heartbeats follow the settings stored with the study (:func:`heartbeat_settings`), not this storage's:
+    a worker that asked for a shorter grace period would fail others' live trials, and the storage proxy
+    serves studies with different settings. This storage's own apply to a study without stored settings.
     """
 
     _RETRIED = (
@@ -59,10 +63,10 @@ class ResilientRDBStorage(RDBStorage):
         "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
         "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
         "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+        "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
         # what Optuna's caching layer calls on the storage beneath it
         "_get_trials", "_set_trial_param", "_get_best_trial_id",
-        # create_new_trial, _create_new_trial and set_trial_state_values retry themselves (see the class)
+        # create_new_trial, _create_new_trial, set_trial_state_values and stale_trial_ids retry themselves
     )
 
     def __init__(self, *args: Any, retry_s: float = RETRY_S, **kwargs: Any) -> None:
@@ -127,7 +131,7 @@ class ResilientRDBStorage(RDBStorage):
             session.add_all(model(trial_id=trial.trial_id, key=key, value_json=json.dumps(value))
                             for key, value in attrs.items())
         if trial.state == TrialState.RUNNING:
-            self._first_heartbeat(session, int(trial.trial_id))
+            self._first_heartbeat(session, study_id, int(trial.trial_id))
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -139,13 +143,31 @@ class ResilientRDBStorage(RDBStorage):
                               lambda: RDBStorage.get_trial(self, trial_id), state, values, self.url, trial_id)
         return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
 
-    def stale_trial_ids(self, study_id: int, grace_period: int) -> list[int]:
-        """The study's RUNNING trials whose heartbeat is older than ``grace_period`` seconds (the gRPC
-        proxy serves studies with different settings: each worker gives its own)."""
-        # Optuna's query reads only these three settings; it is private, and takes them from the storage
-        view = _StaleView(self.scoped_session, self.heartbeat_interval or grace_period, grace_period)
-        return retrying(RDBStorage._get_stale_trial_ids, "_get_stale_trial_ids", self.url,
-                        self.retry_s)(view, study_id)
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.stale_trial_ids(study_id)
+
+    def stale_trial_ids(self, study_id: int, grace_period: int | None = None) -> list[int]:
+        """The study's RUNNING trials whose heartbeat is older than the grace period stored with the study
+        (none if it has heartbeats off), whatever the asking worker's. For a study without stored settings,
+        ``grace_period`` (a client of the gRPC proxy gives its own), else this storage's."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        def attempt() -> list[int]:
+            with _create_scoped_session(self.scoped_session) as session:
+                stored = _stored_heartbeat(session, study_id)
+            if stored is not None:
+                interval = stored["heartbeat_interval"] or 0
+                grace = stored["grace_period"] or 2 * interval  # Optuna's default
+            else:
+                interval = self.heartbeat_interval or grace_period or 0
+                grace = grace_period or self.grace_period or 2 * interval
+            if not interval:
+                return []
+            # Optuna's query reads only these three settings; it is private, and takes them from the storage
+            view = _StaleView(self.scoped_session, interval, grace)
+            return RDBStorage._get_stale_trial_ids(view, study_id)  # type: ignore[arg-type]
+
+        return retrying(attempt, "_get_stale_trial_ids", self.url, self.retry_s)()
 
     def claim(self, trial_id: int, token: str | None = None) -> bool:
         """Take up the queued trial ``trial_id`` (WAITING to RUNNING); ``False`` when another worker did.
@@ -177,17 +199,37 @@ class ResilientRDBStorage(RDBStorage):
                                                                  value_json=json.dumps(token)))
                 else:  # a trial queued through the storage API by hand, from a copy of a claimed one
                     claim.value_json = json.dumps(token)
-                self._first_heartbeat(session, trial_id)
+                assert trial.study_id is not None  # a trial row always has its study
+                self._first_heartbeat(session, trial.study_id, trial_id)
             return True
 
         return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
 
-    def _first_heartbeat(self, session: Any, trial_id: int) -> None:
-        """A RUNNING trial's first heartbeat, in the transaction that makes it RUNNING (with heartbeats on)."""
+    def _first_heartbeat(self, session: Any, study_id: int, trial_id: int) -> None:
+        """A RUNNING trial's first heartbeat, in the transaction that makes it RUNNING, if its study has
+        heartbeats on (see the class)."""
         from optuna.storages._rdb import models
 
-        if self.heartbeat_interval:
+        stored = _stored_heartbeat(session, study_id)
+        if stored["heartbeat_interval"] if stored is not None else self.heartbeat_interval:
             session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+
+
+def heartbeat_settings(heartbeat_interval: int | None, grace_period: int | None) -> dict[str, int | None]:
+    """A study's heartbeat settings as stored with it when it is created (the study attribute
+    ``HEARTBEAT_ATTR``): ``heartbeat_interval`` 0 is no heartbeats, and then no grace period."""
+    return {"heartbeat_interval": heartbeat_interval or 0, "grace_period": grace_period if heartbeat_interval else None}
+
+
+def _stored_heartbeat(session: Any, study_id: int) -> dict[str, int | None] | None:
+    """The heartbeat settings stored with study ``study_id`` (:func:`heartbeat_settings`), or ``None``: a study
+    created before they were stored, or by Optuna alone."""
+    from optuna.storages._rdb import models
+
+    attr = models.StudyUserAttributeModel
+    row = session.query(attr.value_json).filter(attr.study_id == study_id, attr.key == HEARTBEAT_ATTR).one_or_none()
+    value = json.loads(row[0]) if row is not None else None
+    return value if isinstance(value, dict) else None
 
 
 @dataclass

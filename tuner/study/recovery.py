@@ -1,9 +1,10 @@
 """Recovery: the budget's slots, stale trials failed and retried, and ``tuner reap``.
 
 The budget ``n_trials`` counts every trial except a failed one that was retried (its retry holds the
-slot) and one failed by an error of the study itself. A trial whose heartbeat is older than
-``grace_period`` belongs to a dead worker (SIGKILL, power loss, a lost node): the next worker to look
-fails it, with the reason, and queues a retry up to ``max_retries`` times (:func:`fail_and_retry`).
+slot) and one failed by an error of the study itself. A trial whose heartbeat is older than the
+study's ``grace_period`` (stored with it when it was created, whatever the looking worker asked for)
+belongs to a dead worker (SIGKILL, power loss, a lost node): the next worker to look fails it, with the
+reason, and queues a retry up to ``max_retries`` times (:func:`fail_and_retry`).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
 
 
 def _stale_ids(study: optuna.Study) -> list[int]:
-    """Ids of the RUNNING trials whose heartbeat is older than the grace period (none without heartbeats)."""
+    """Ids of the RUNNING trials whose heartbeat is older than the study's grace period (none without
+    heartbeats): the storage reads it from the study (:meth:`tuner.storage.rdb.ResilientRDBStorage.stale_trial_ids`)."""
     if not heartbeat_interval(study):
         return []
     # Optuna keeps this query private; its public fail_stale_trials cannot record a failure's reason

@@ -28,8 +28,9 @@ from tuner.config.loader import find_study, load_study
 from tuner.config.schema import RunConfig
 from tuner.errors import TunerError
 from tuner.hpo import search
+from tuner.keys import HEARTBEAT_ATTR
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import open_storage, request_template
+from tuner.storage.rdb import heartbeat_settings, open_storage, request_template
 from tuner.storage.records import best_row
 from tuner.storage.retry import retry_deadline
 from tuner.storage.urls import mask, resolve_url
@@ -54,7 +55,10 @@ def _check_search(run: RunConfig) -> None:
 def open_study(run: RunConfig, storage: str | None = None, create: bool = True, worker_index: int = 0
                ) -> optuna.Study:
     """The run's study in its storage, created if absent (with ``create=False``, refused, and nothing is
-    created). A study that exists with another metric or direction is refused rather than mixed.
+    created). A study that exists with another metric or direction is refused rather than mixed. So is one
+    with other heartbeat settings, for a worker (``create``: :func:`_check_heartbeat`); a command that runs
+    no trial (``tuner reap``, ``tuner evaluate --study``, with ``create=False``) has no heartbeat to
+    conflict, and the stale check follows the study's settings whatever its own.
 
     ``worker_index`` offsets the sampler's seed: workers with one seed would sample the same settings.
     """
@@ -88,7 +92,31 @@ def open_study(run: RunConfig, storage: str | None = None, create: bool = True, 
     if study.direction.name.lower() != run.study.direction:
         raise TunerError(f"study {run.name!r} in {mask(url)} is to {study.direction.name.lower()}, "
                          f"not {run.study.direction}; use another study name or storage")
+    if create:
+        _check_heartbeat(study, run, url)
     return study
+
+
+def _check_heartbeat(study: optuna.Study, run: RunConfig, url: str) -> None:
+    """Refuse a worker whose heartbeat settings differ from those stored with the study when it was created:
+    a worker with a shorter grace period would fail other workers' live trials as stale. A study created
+    before the settings were stored takes this worker's."""
+    asked = heartbeat_settings(run.study.heartbeat_interval, run.study.grace_period)
+    kept = study.user_attrs.get(HEARTBEAT_ATTR)
+    if kept is None:
+        study.set_user_attr(HEARTBEAT_ATTR, asked)
+        return
+    stored = heartbeat_settings(kept.get("heartbeat_interval"), kept.get("grace_period"))
+    if stored == asked:
+        return
+    given = {"heartbeat_interval": run.study.heartbeat_interval or 0, "grace_period": run.study.grace_period}
+    # in a study without heartbeats, the grace period does not matter
+    wrong = {key: value for key, value in given.items()
+             if stored[key] != value and (key == "heartbeat_interval" or stored["heartbeat_interval"])}
+    raise TunerError(f"study {run.name!r} in {mask(url)} has "
+                     + ", ".join(f"{key} {stored[key]}, not {value}" for key, value in wrong.items())
+                     + " (heartbeat settings are fixed when a study is created: every worker judges stale trials "
+                       "by them); use " + " ".join(f"--set study.{key}={stored[key]}" for key in wrong))
 
 
 def counted(study: optuna.Study) -> int:
