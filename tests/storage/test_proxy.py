@@ -15,14 +15,14 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
-from conftest import require_server
+from conftest import require_server, started_by_a_worker
 from optuna.trial import TrialState
 from processes import assert_exact_budget
 
-from tuner.keys import REQUEST_ATTR, TOKEN_ATTR
+from tuner.keys import REQUEST_ATTR, STARTED_ATTR, TOKEN_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.proxy import make_server, open_backend, open_proxy
-from tuner.storage.rdb import open_storage
+from tuner.storage.rdb import database_time, open_storage
 from tuner.storage.urls import StorageError, proxy_address
 from tuner.study.recovery import fail_stale, reap
 from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline
@@ -176,6 +176,17 @@ def test_heartbeats_and_stale_trials_work_through_the_proxy(proxy: Proxy, databa
                                          TrialState.WAITING, TrialState.WAITING]
     assert trials[1].user_attrs["fail_reason"].startswith("stale: the heartbeat of")
     assert [t.system_attrs["failed_trial"] for t in trials[3:]] == [dead.number, reaped.number]
+
+
+def test_reap_through_the_proxy_judges_age_by_the_database_clock(proxy: Proxy) -> None:
+    study = _study(proxy.address, _unique("clock"))
+    storage = study._storage
+    west, east = (started_by_a_worker(storage, study._study_id, hours) for hours in (-5, 5))
+    now = database_time(storage)
+    assert now is not None and abs(now - proxy.backend.database_time()) < 60
+    assert 0 <= now - west.system_attrs[STARTED_ATTR] < 60  # recorded by the proxy's database
+    storage.set_trial_system_attr(east._trial_id, STARTED_ATTR, east.system_attrs[STARTED_ATTR] - 7200)
+    assert [r["number"] for r in reap(study, 0, older_than=3600)] == [east.number]
 
 
 @pytest.mark.parametrize("write", ["create", "claim", "finish"])
