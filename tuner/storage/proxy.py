@@ -241,8 +241,8 @@ def open_proxy(url: str, *, heartbeat_interval: int | None = None, grace_period:
     except grpc.FutureTimeoutError:
         storage.close()
         raise StorageError(f"cannot open storage {mask(url)}: no storage proxy answered there within "
-                           f"{CONNECT_S:.0f} s; start one with tuner storage serve --storage DATABASE_URL "
-                           f"--port {storage._port}") from None
+                           f"{CONNECT_S:.0f} s; start one with tuner storage serve --port {storage._port}, "
+                           "the database's URL in $TUNER_STORAGE") from None
     return storage
 
 
