@@ -390,6 +390,19 @@ def storage_faults(storage: Any, method: str, when: str = "after", skip: int = 0
         delattr(storage, method)
 
 
+def started_by_a_worker(storage: Any, study_id: int, hours: float) -> Any:
+    """A RUNNING trial created now by a worker whose local time reads ``hours`` ahead of this machine's (in
+    another time zone, or with its clock set wrong), which writes it as the trial's ``datetime_start``."""
+    from datetime import datetime, timedelta
+
+    from optuna.trial import FrozenTrial, TrialState
+
+    template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None,
+                           datetime_start=datetime.now() + timedelta(hours=hours), datetime_complete=None, params={},
+                           distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1)
+    return storage.get_trial(storage.create_new_trial(study_id, template))
+
+
 @pytest.fixture()
 def no_optuna_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Optuna retries a failed trial creation itself, after a random sleep of up to 2 s: no sleep here."""

@@ -280,12 +280,14 @@ def test_bad_cli_flags_and_storage(study_dir: Path) -> None:
     assert "hunter2" not in out.stderr + out.stdout
 
 
-def _serve(url: str, *args: str) -> tuple[subprocess.Popen[str], str, str]:
-    """``tuner storage serve`` on any free port; returns the process, its ``grpc://`` address, and the line
-    it prints once it listens, which names both."""
-    proxy = subprocess.Popen([sys.executable, "-m", "tuner.cli", "storage", "serve", "--storage", url, "--port", "0",
-                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def _serve(url: str | None, *args: str, env: dict[str, str] | None = None
+           ) -> tuple[subprocess.Popen[str], str, str]:
+    """``tuner storage serve`` of ``url`` (without it, of the one ``env`` gives) on any free port; returns
+    the process, its ``grpc://`` address, and the line it prints once it listens, which names both."""
+    storage = ["--storage", url] if url else []
+    proxy = subprocess.Popen([sys.executable, "-m", "tuner.cli", "storage", "serve", *storage, "--port", "0", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert proxy.stdout is not None
     line = proxy.stdout.readline()
     assert "listening on grpc://" in line, proxy.communicate()[1]
@@ -311,6 +313,24 @@ def test_storage_serve_serves_the_studies_and_stops_cleanly_on_sigterm(tmp_path:
         out, err = proxy.communicate(timeout=60)
     assert proxy.returncode == 0, err
     assert "storage proxy stopped" in out and "Traceback" not in err
+
+
+def test_storage_serve_serves_the_database_of_tuner_storage_unless_the_flag_names_one(tmp_path: Path) -> None:
+    import optuna
+
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("from-env", "from-flag")}
+    for name, url in urls.items():
+        optuna.create_study(study_name=name, storage=url)
+    for flag, served in ((None, "from-env"), (urls["from-flag"], "from-flag")):
+        proxy, address, _ = _serve(flag, env={"TUNER_STORAGE": urls["from-env"]})
+        try:
+            listed = run_tuner("studies", "--storage", address, "--json")
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            _, err = proxy.communicate(timeout=60)
+        assert proxy.returncode == 0, err
+        assert listed.returncode == 0, listed.stderr
+        assert [study["name"] for study in json.loads(listed.stdout)["studies"]] == [served]
 
 
 def test_storage_serve_warns_off_localhost_and_masks_the_password() -> None:

@@ -25,9 +25,9 @@ PRIVATE = [
     ("optuna.storages", "RDBStorage._get_stale_trial_ids", "the public fail_stale_trials fails a trial "
      "without a reason, and a finished trial's attributes can no longer be written"),
     ("optuna.storages._rdb.storage", "_create_scoped_session", "a claim of a queued trial and its token, and a "
-     "first heartbeat, are written in one transaction"),
+     "first heartbeat and start, are written in one transaction; the database's clock is read through it"),
     ("optuna.storages._rdb.models", "TrialModel", "the rows those transactions write"),
-    ("optuna.storages._rdb.models", "TrialSystemAttributeModel", "the token rows"),
+    ("optuna.storages._rdb.models", "TrialSystemAttributeModel", "the token and start rows"),
     ("optuna.storages._rdb.models", "TrialHeartbeatModel", "the first heartbeat row"),
     ("optuna.storages._rdb.models", "StudyUserAttributeModel", "the study's heartbeat settings, read in the "
      "transaction that makes a trial RUNNING"),

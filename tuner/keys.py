@@ -32,3 +32,5 @@ RANKS_ATTR = "ddp_ranks"  # one fingerprint per DDP rank
 TOKEN_ATTR = "tuner:create_token"  # names the storage call that created the trial (see tuner.storage.rdb)
 REQUEST_ATTR = "tuner:create_request"  # a creation named by its caller (a proxy's client, the baseline); never stored
 CLAIM_ATTR = "tuner:claim_token"  # names the storage call that took the queued trial up (WAITING to RUNNING)
+# when the trial became RUNNING by the database's clock, in seconds since the epoch (see tuner.storage.rdb)
+STARTED_ATTR = "tuner:started"

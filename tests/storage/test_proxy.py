@@ -13,15 +13,15 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import age_heartbeats, heartbeat_rows, require_server
+from conftest import age_heartbeats, heartbeat_rows, require_server, started_by_a_worker
 from optuna.trial import TrialState
 from processes import assert_exact_budget
 
 from tuner.errors import TunerError
-from tuner.keys import HEARTBEAT_ATTR, REQUEST_ATTR, TOKEN_ATTR
+from tuner.keys import HEARTBEAT_ATTR, REQUEST_ATTR, STARTED_ATTR, TOKEN_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.proxy import make_server, open_backend, open_proxy
-from tuner.storage.rdb import heartbeat_settings, open_storage
+from tuner.storage.rdb import database_time, heartbeat_settings, open_storage
 from tuner.storage.urls import StorageError, proxy_address
 from tuner.study.recovery import fail_stale, reap
 from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline, load_run, open_study
@@ -201,6 +201,17 @@ def test_a_worker_with_other_heartbeat_settings_is_refused_through_the_proxy(pro
     assert str(err.value) == (f"study {name!r} in {proxy.address} has grace_period 120, not 70 (heartbeat settings are "
                               "fixed when a study is created: every worker judges stale trials by them); use "
                               "--set study.grace_period=120")
+
+
+def test_reap_through_the_proxy_judges_age_by_the_database_clock(proxy: Proxy) -> None:
+    study = _study(proxy.address, _unique("clock"))
+    storage = study._storage
+    west, east = (started_by_a_worker(storage, study._study_id, hours) for hours in (-5, 5))
+    now = database_time(storage)
+    assert now is not None and abs(now - proxy.backend.database_time()) < 60
+    assert 0 <= now - west.system_attrs[STARTED_ATTR] < 60  # recorded by the proxy's database
+    storage.set_trial_system_attr(east._trial_id, STARTED_ATTR, east.system_attrs[STARTED_ATTR] - 7200)
+    assert [r["number"] for r in reap(study, 0, older_than=3600)] == [east.number]
 
 
 @pytest.mark.parametrize("write", ["create", "claim", "finish"])

@@ -1,4 +1,5 @@
-"""Recovery: slots, retries queued once, stale trials failed and retried, and reaping dead workers' trials."""
+"""Recovery: slots, retries queued once, stale trials failed and retried, and reaping dead workers' trials
+and old ones, judged by the database's clock."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import age_heartbeats, replies_lost
-from optuna.trial import TrialState
+from conftest import age_heartbeats, replies_lost, started_by_a_worker
+from optuna.trial import FrozenTrial, TrialState
 from processes import first_trial_has, start_tuner, tiny_study, wait_for
 from trivial_worker import open_trivial_study
 
-from tuner.keys import HEARTBEAT_ATTR
-from tuner.storage.rdb import heartbeat_settings, open_storage
+from tuner.keys import HEARTBEAT_ATTR, STARTED_ATTR
+from tuner.storage.rdb import database_time, heartbeat_settings, open_storage
 from tuner.study.recovery import fail_stale, reap, requeue, used_slots
 
 
@@ -85,6 +87,13 @@ def test_the_stale_check_follows_the_grace_period_stored_with_the_study(storage_
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
 
 
+def _started(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> float:
+    """When ``trial`` became RUNNING by the database's clock, as its storage recorded it."""
+    started = study._storage.get_trial(trial._trial_id).system_attrs[STARTED_ATTR]
+    assert isinstance(started, (int, float))
+    return float(started)
+
+
 def test_reap_fails_trials_of_dead_workers_and_old_ones(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = open_trivial_study(url, "reap")
@@ -98,11 +107,48 @@ def test_reap_fails_trials_of_dead_workers_and_old_ones(tmp_path: Path) -> None:
     reaped = reap(study, max_retries=2)
     assert [r["number"] for r in reaped] == [dead.number] and reaped[0]["retried"]
     assert "is no longer running" in reaped[0]["reason"]
-    reaped = reap(study, max_retries=0, older_than=1e-9)
+    for trial in (old, alive):  # started two hours ago
+        study._storage.set_trial_system_attr(trial._trial_id, STARTED_ATTR, _started(study, trial) - 7200)
+    reaped = reap(study, max_retries=0, older_than=3600)
     assert sorted(r["number"] for r in reaped) == [old.number, alive.number]
     assert not any(r["retried"] for r in reaped)
     by_number = {t.number: t for t in study.trials}
     assert by_number[old.number].user_attrs["fail_reason"].endswith("retry limit of 0 reached")
+
+
+def test_a_trial_records_its_start_by_the_database_clock_when_it_runs_and_a_retry_its_own(tmp_path: Path) -> None:
+    study = open_trivial_study(f"sqlite:///{tmp_path / 's.db'}", "started")
+    first = study.ask()
+    first.suggest_float("x", -10, 10)
+    study._storage.set_trial_system_attr(first._trial_id, STARTED_ATTR, _started(study, first) - 7200)
+    assert requeue(study, study.tell(first, state=TrialState.FAIL), max_retries=1)
+    assert STARTED_ATTR not in study.get_trials()[1].system_attrs  # queued, not started: not the failed one's
+    retry = study.ask()
+    now = database_time(study._storage)
+    assert retry.number == 1 and now is not None and 0 <= now - _started(study, retry) < 60
+
+
+def test_reap_older_than_judges_age_by_the_database_clock_not_the_workers(storage_url: str) -> None:
+    study = open_trivial_study(storage_url, f"clock-{uuid.uuid4().hex[:8]}")
+    west, east = (started_by_a_worker(study._storage, study._study_id, hours) for hours in (-5, 5))
+    assert west.datetime_start is not None and west.datetime_start < datetime.now() - timedelta(hours=4)
+    now = database_time(study._storage)
+    assert now is not None and 0 <= now - _started(study, west) < 60
+    study._storage.set_trial_system_attr(east._trial_id, STARTED_ATTR, _started(study, east) - 7200)
+    reaped = reap(study, max_retries=0, older_than=3600)
+    # west's trial started just now, though its start reads five hours ago; east's two hours ago
+    assert [r["number"] for r in reaped] == [east.number]
+    assert "running for more than 3600 s" in reaped[0]["reason"]
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL]
+
+
+def test_reap_older_than_falls_back_to_the_workers_start_without_the_database_clock() -> None:
+    study = optuna.create_study()  # in memory: no database, no recorded start
+    for hours in (-2, 0):
+        started_by_a_worker(study._storage, study._study_id, hours)
+    reaped = reap(study, max_retries=0, older_than=3600)
+    assert [r["number"] for r in reaped] == [0]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
 
 
 def test_tuner_reap_fails_a_dead_workers_trial(study_dir: Path) -> None:

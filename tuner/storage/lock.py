@@ -26,27 +26,42 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LOCK_KEEP_S = 5.0  # a SlotLock taken again within this many seconds keeps its server connection
+LOCK_WAIT_S = RETRY_S  # how long taking a server lock waits for another worker to release it
+# TCP keepalive of a PostgreSQL lock connection, on both ends: a holder whose machine is lost keeps its
+# session, and the lock, until the server notices, after the operating system's two hours by default;
+# with these, within idle + interval * count = 60 s, well inside LOCK_WAIT_S. Keepalive probes wait
+# while sent data is unacknowledged (retransmitted for some 15 min): the user timeout bounds that too.
+_KEEPALIVE_IDLE_S, _KEEPALIVE_INTERVAL_S, _KEEPALIVE_COUNT = 30, 10, 3
+_USER_TIMEOUT_MS = 60_000
+# the pauses between tries of a held PostgreSQL lock: short, as it is held for a few queries, doubling up
+# to a tenth of a second, so that waiting workers do not flood the server
+_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.005, 0.1
 
 
 class SlotLock:
     """A lock shared by every worker of one study, on any machine that reaches its storage.
 
-    PostgreSQL and MySQL hold it on the server (``pg_advisory_lock``, ``GET_LOCK``), so it is released
-    when a holder's connection dies; SQLite, which only local workers share, uses ``flock`` on a file
-    next to the database. Through the storage proxy (``grpc://``) there is none: a worker there holds no
-    database session, and admission by trial number keeps the budget exact without the lock
-    (:func:`tuner.study.worker._admitted`). Hold it only for a few queries. A server lock taken again within
-    ``LOCK_KEEP_S`` of its last use keeps its connection open for the next; one used less often (a
-    worker on long trials, a one-off lock) closes it, so it holds no idle connection on the server.
+    PostgreSQL and MySQL hold it on the server (an advisory lock, ``GET_LOCK``), so it is released
+    when a holder's connection dies (on PostgreSQL within a minute of its machine being lost, by TCP
+    keepalive), and taking it fails after ``wait_s`` while another worker holds it; SQLite, which only
+    local workers share, uses ``flock`` on a file next to the database. Through the storage proxy
+    (``grpc://``) there is none: a worker there holds no database session, and admission by trial number
+    keeps the budget exact without the lock (:func:`tuner.study.worker._admitted`). Hold it only for a
+    few queries. A server lock taken again within ``LOCK_KEEP_S`` of its last use keeps its connection
+    open for the next; one used less often (a worker on long trials, a one-off lock) closes it, so it
+    holds no idle connection on the server.
     """
 
-    def __init__(self, url: str, study_name: str, retry_s: float = RETRY_S) -> None:
+    def __init__(self, url: str, study_name: str, retry_s: float = RETRY_S, wait_s: float = LOCK_WAIT_S) -> None:
         """``retry_s``: how long taking the lock waits out a database outage (see
-        :func:`tuner.storage.retry.retry_deadline`)."""
+        :func:`tuner.storage.retry.retry_deadline`); ``wait_s``: how long it waits for another worker
+        to release a server lock before it fails with a :class:`StorageError`."""
         from sqlalchemy.exc import NoSuchModuleError
 
         self.url = url
+        self.study_name = study_name
         self.retry_s = retry_s
+        self.wait_s = max(0.0, wait_s)
         parsed = parse_url(url)
         self.backend = parsed.get_backend_name()
         digest = hashlib.sha256(f"tuner:{study_name}".encode()).digest()
@@ -69,7 +84,10 @@ class SlotLock:
             try:
                 # a connection kept between frequent uses: a new one for every trial made taking the lock
                 # cost 5 ms instead of 0.7 on local PostgreSQL; pre-ping replaces one the server dropped
-                self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+                self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+                                                        connect_args=_client_keepalives(parsed))
+                if self.backend == "postgresql":
+                    sqlalchemy.event.listen(self._engine, "connect", _server_keepalives)
                 # closed with this object, not whenever the garbage collector reaches the engine's cycles
                 weakref.finalize(self, self._engine.dispose)
             except ImportError as err:
@@ -126,15 +144,54 @@ class SlotLock:
         connection = self._engine.connect()
         try:
             if self.backend == "postgresql":
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+                # pg_advisory_lock would wait for ever, and a SIGTERM's handling with it: tries end at a deadline
+                deadline, pause = time.monotonic() + self.wait_s, _FIRST_PAUSE_S
+                try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+                while not connection.execute(try_lock, {"key": self._key}).scalar():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._timed_out()
+                    time.sleep(min(pause, left))
+                    pause = min(pause * 2, _LONGEST_PAUSE_S)
                 return connection, (sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            # MySQL counts whole seconds, and waits for ever on a negative count
             got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, :wait)"),
-                                     {"name": self._name, "wait": int(RETRY_S)}).scalar()
+                                     {"name": self._name, "wait": math.ceil(self.wait_s)}).scalar()
             if got != 1:
-                raise StorageError(f"storage {mask(self.url)}: could not take the study lock in {RETRY_S:.0f} s")
+                raise self._timed_out()
             return connection, (sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": self._name})
         except BaseException:
             with contextlib.suppress(Exception):
                 connection.invalidate()  # an interrupted wait may yet be granted the lock: drop the session
             connection.close()
             raise
+
+    def _timed_out(self) -> StorageError:
+        return StorageError(
+            f"storage {mask(self.url)}: could not take the lock of study {self.study_name!r} in {self.wait_s:g} s: "
+            "another worker held it all that time (a worker whose machine was lost holds it until the "
+            "database server drops its connection)")
+
+
+def _client_keepalives(parsed: Any) -> dict[str, Any]:
+    """libpq's keepalive settings for a PostgreSQL lock connection through psycopg, unless the URL sets its own."""
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in ("psycopg", "psycopg2"):
+        return {}
+    settings = {"keepalives": 1, "keepalives_idle": _KEEPALIVE_IDLE_S, "keepalives_interval": _KEEPALIVE_INTERVAL_S,
+                "keepalives_count": _KEEPALIVE_COUNT, "tcp_user_timeout": _USER_TIMEOUT_MS}
+    return {key: value for key, value in settings.items() if key not in parsed.query}
+
+
+def _server_keepalives(dbapi_connection: Any, record: Any) -> None:
+    """The server's keepalive settings for this session: the server's end is the one that must notice a
+    lost holder, to free its lock. They apply to TCP connections only (not a Unix socket);
+    ``tcp_user_timeout`` needs PostgreSQL 12 or later."""
+    cursor = dbapi_connection.cursor()
+    try:
+        settings = {"tcp_keepalives_idle": _KEEPALIVE_IDLE_S, "tcp_keepalives_interval": _KEEPALIVE_INTERVAL_S,
+                    "tcp_keepalives_count": _KEEPALIVE_COUNT, "tcp_user_timeout": _USER_TIMEOUT_MS}
+        for name, value in settings.items():
+            cursor.execute(f"SET {name} = {int(value)}")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()  # a session's SET in a transaction rolled back would be undone

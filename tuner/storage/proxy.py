@@ -8,6 +8,8 @@ a worker needs beyond it travels in a second service on the same server, ``tuner
   stale trials with the grace period stored with the study (the proxy serves studies with different
   settings; a study without stored settings, with the asking worker's), and the proxy records a trial's
   first heartbeat in the transaction that makes it RUNNING if its study has heartbeats on.
+- The database's clock. ``DatabaseTime`` reads it, for ``tuner reap`` to judge a trial's age against
+  the start the proxy's storage records with each trial it makes RUNNING.
 - Outages. Optuna's client neither retries nor waits: a call made while the proxy is down or
   restarting fails. Here it is retried as a database call is (:func:`tuner.storage.retry.retrying`),
   for as long, while the proxy's own storage waits out a database outage behind it. A retried write may
@@ -128,7 +130,7 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         self._cache = GrpcClientCache(self._stub)
         self._extension = {name: self._channel.unary_unary(f"/{_SERVICE}/{name}", request_serializer=_encode,
                                                            response_deserializer=_decode)
-                           for name in ("RecordHeartbeat", "StaleTrialIds", "Claim")}
+                           for name in ("RecordHeartbeat", "StaleTrialIds", "Claim", "DatabaseTime")}
 
     def _retried(self, call: Callable[..., Any], what: str) -> Callable[..., Any]:
         """``call`` retried through proxy outages until ``retry_s`` has passed since the outermost call began."""
@@ -206,6 +208,11 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         grace = self.grace_period or 2 * self.heartbeat_interval  # Optuna's default
         return [int(i) for i in self._call("StaleTrialIds", {"study_id": study_id, "grace_period": grace})["ids"]]
 
+    def database_time(self) -> float | None:
+        """The clock of the proxy's database (:meth:`tuner.storage.rdb.ResilientRDBStorage.database_time`)."""
+        now = self._retried(lambda: self._call("DatabaseTime", {}), "database_time")()["now"]
+        return None if now is None else float(now)
+
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
 
@@ -235,8 +242,8 @@ def open_proxy(url: str, *, heartbeat_interval: int | None = None, grace_period:
     except grpc.FutureTimeoutError:
         storage.close()
         raise StorageError(f"cannot open storage {mask(url)}: no storage proxy answered there within "
-                           f"{CONNECT_S:.0f} s; start one with tuner storage serve --storage DATABASE_URL "
-                           f"--port {storage._port}") from None
+                           f"{CONNECT_S:.0f} s; start one with tuner storage serve --port {storage._port}, "
+                           "the database's URL in $TUNER_STORAGE") from None
     return storage
 
 
@@ -266,7 +273,7 @@ class _Extension:
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {"RecordHeartbeat": self.record_heartbeat, "StaleTrialIds": self.stale_trial_ids,
-                   "Claim": self.claim}
+                   "Claim": self.claim, "DatabaseTime": self.database_time}
         return grpc.method_handlers_generic_handler(_SERVICE, {
             name: grpc.unary_unary_rpc_method_handler(method, request_deserializer=_decode,
                                                       response_serializer=_encode)
@@ -278,6 +285,9 @@ class _Extension:
 
     def stale_trial_ids(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         return {"ids": self.storage.stale_trial_ids(int(request["study_id"]), int(request["grace_period"]))}
+
+    def database_time(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        return {"now": self.storage.database_time()}
 
     def claim(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         try:

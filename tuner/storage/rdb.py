@@ -4,7 +4,9 @@ PostgreSQL and MySQL URLs are used as given, with ``pool_pre_ping`` so a connect
 during a long trial is replaced rather than failing the next query. Every storage call that fails
 because the connection dropped, the server restarted or SQLite stayed locked is retried with backoff
 for up to ``RETRY_S`` seconds, less with heartbeats (:mod:`tuner.storage.retry`; :class:`ResilientRDBStorage`),
-and a trial is created once however often its creation is retried.
+and a trial is created once however often its creation is retried. A trial made RUNNING carries its start
+by the database's clock (``STARTED_ATTR``), which every worker and ``tuner reap`` share, whatever their
+time zones and clocks: Optuna's ``datetime_start`` is the worker's local time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.keys import CLAIM_ATTR, HEARTBEAT_ATTR, REQUEST_ATTR, TOKEN_ATTR
+from tuner.keys import CLAIM_ATTR, HEARTBEAT_ATTR, REQUEST_ATTR, STARTED_ATTR, TOKEN_ATTR
 from tuner.storage.retry import RETRY_S, final_write, opening, retry_deadline, retrying
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
 from tuner.storage.urls import is_proxy, mask, missing_driver, parse_url, unknown_dialect, unreachable
@@ -51,7 +53,8 @@ class ResilientRDBStorage(RDBStorage):
       finds the state and values it was asked to store says yes.
 
     A trial created or taken up RUNNING gets its first heartbeat in the same transaction, so a worker
-    that dies before its heartbeat thread starts leaves a trial that the stale check ends.
+    that dies before its heartbeat thread starts leaves a trial that the stale check ends, and its start
+    by the database's clock (``STARTED_ATTR``, :meth:`database_time`).
 
     Heartbeats follow the settings stored with the study (:func:`heartbeat_settings`), not this storage's:
     a worker that asked for a shorter grace period would fail others' live trials, and the storage proxy
@@ -131,7 +134,7 @@ class ResilientRDBStorage(RDBStorage):
             session.add_all(model(trial_id=trial.trial_id, key=key, value_json=json.dumps(value))
                             for key, value in attrs.items())
         if trial.state == TrialState.RUNNING:
-            self._first_heartbeat(session, study_id, int(trial.trial_id))
+            self._mark_running(session, study_id, int(trial.trial_id))
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -200,19 +203,60 @@ class ResilientRDBStorage(RDBStorage):
                 else:  # a trial queued through the storage API by hand, from a copy of a claimed one
                     claim.value_json = json.dumps(token)
                 assert trial.study_id is not None  # a trial row always has its study
-                self._first_heartbeat(session, trial.study_id, trial_id)
+                started = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, STARTED_ATTR, session)
+                self._mark_running(session, trial.study_id, trial_id, started)
             return True
 
         return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
 
-    def _first_heartbeat(self, session: Any, study_id: int, trial_id: int) -> None:
-        """A RUNNING trial's first heartbeat, in the transaction that makes it RUNNING, if its study has
-        heartbeats on (see the class)."""
+    def _mark_running(self, session: Any, study_id: int, trial_id: int, started: Any = None) -> None:
+        """In the transaction that makes a trial RUNNING: its start by the database's clock, in its
+        ``STARTED_ATTR`` row (``started``, where a copied trial has one already), and its first
+        heartbeat, if its study has heartbeats on (see the class)."""
         from optuna.storages._rdb import models
 
+        now = _EPOCH_SQL.get(session.get_bind().dialect.name)
+        if now is not None:
+            import sqlalchemy
+
+            value = sqlalchemy.cast(sqlalchemy.literal_column(now), sqlalchemy.Text)  # a JSON number
+            if started is None:
+                session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=STARTED_ATTR, value_json=value))
+            else:
+                started.value_json = value
         stored = _stored_heartbeat(session, study_id)
         if stored["heartbeat_interval"] if stored is not None else self.heartbeat_interval:
             session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+
+    def database_time(self) -> float | None:
+        """The database's clock, in seconds since the epoch: the clock of ``STARTED_ATTR``. ``None`` for a
+        database whose clock this module cannot read."""
+        import sqlalchemy
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        now = _EPOCH_SQL.get(self.engine.dialect.name)
+        if now is None:
+            return None
+
+        def read() -> float:
+            with _create_scoped_session(self.scoped_session) as session:
+                return float(session.execute(sqlalchemy.select(sqlalchemy.literal_column(now))).scalar_one())
+
+        return retrying(read, "database_time", self.url, self.retry_s)()
+
+
+# The database's clock in seconds since the epoch, free of any time zone: PostgreSQL's is the transaction's
+# start, MySQL's the statement's (whole seconds), SQLite's the calling process's (milliseconds).
+_EPOCH_SQL = {"postgresql": "EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)", "mysql": "UNIX_TIMESTAMP()",
+              "mariadb": "UNIX_TIMESTAMP()", "sqlite": "((julianday('now') - 2440587.5) * 86400.0)"}
+
+
+def database_time(storage: Any) -> float | None:
+    """The database's clock, in seconds since the epoch, read through ``storage`` (or the storage beneath
+    Optuna's cache, or a storage proxy): ``None`` where there is none to read (another kind of storage)."""
+    backend = getattr(storage, "_backend", storage)
+    read = getattr(backend, "database_time", None)
+    return read() if callable(read) else None
 
 
 def heartbeat_settings(heartbeat_interval: int | None, grace_period: int | None) -> dict[str, int | None]:
@@ -262,14 +306,16 @@ def request_template(template: FrozenTrial | None, token: str, lookup: bool) -> 
     return _with_attr(_without_token(template), REQUEST_ATTR, {"token": token, "lookup": lookup})
 
 
+_RUN_ATTRS = (TOKEN_ATTR, CLAIM_ATTR, REQUEST_ATTR, STARTED_ATTR)  # one creation's, or one run's, never a copy's
+
+
 def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
-    """``template`` without creation or claim tokens. A retry queued by ``RetryHeartbeatStaleTrialCallback``
-    copies the failed trial's system attributes, its tokens among them."""
-    if template is None or not {TOKEN_ATTR, CLAIM_ATTR, REQUEST_ATTR} & template.system_attrs.keys():
+    """``template`` without creation or claim tokens and start. A retry queued by
+    ``RetryHeartbeatStaleTrialCallback`` copies the failed trial's system attributes, these among them."""
+    if template is None or not set(_RUN_ATTRS) & template.system_attrs.keys():
         return template
     plain = copy.copy(template)
-    plain.system_attrs = {key: value for key, value in template.system_attrs.items()
-                          if key not in (TOKEN_ATTR, CLAIM_ATTR, REQUEST_ATTR)}
+    plain.system_attrs = {key: value for key, value in template.system_attrs.items() if key not in _RUN_ATTRS}
     return plain
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -20,8 +21,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.keys import FAIL_REASON_ATTR, STUDY_ERROR_ATTR
-from tuner.storage.rdb import request_template
+from tuner.keys import FAIL_REASON_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR
+from tuner.storage.rdb import database_time, request_template
 from tuner.storage.records import is_not_admitted, is_study_error, lineage, retry_history
 
 log = logging.getLogger(__name__)
@@ -176,20 +177,22 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
     """Fail stale RUNNING trials by hand, for storages without heartbeats or with no worker left.
 
     A RUNNING trial is stale when its heartbeat stopped, when its worker's process is gone from this
-    machine, or, with ``older_than``, when it started more than that many seconds ago. Each is
-    failed with the reason and retried like a crashed trial. Returns what was done, per trial.
+    machine, or, with ``older_than``, when it started more than that many seconds ago (see
+    :func:`_ages`). Each is failed with the reason and retried like a crashed trial. Returns what was
+    done, per trial.
     """
     stale_by_heartbeat = set(_stale_ids(study))
-    host, now = socket.gethostname(), time.time()
+    host = socket.gethostname()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    ages = _ages(study, running) if older_than is not None else {}
     reaped = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running:
         why = None
         if trial._trial_id in stale_by_heartbeat:
             why = f"the heartbeat of {_owner(trial)} stopped"
         elif trial.user_attrs.get("host") == host and not _alive(trial.user_attrs.get("pid")):
             why = f"{_owner(trial)} is no longer running"
-        elif older_than is not None and trial.datetime_start is not None and (
-                now - trial.datetime_start.timestamp() > older_than):
+        elif older_than is not None and ages.get(trial._trial_id, -math.inf) > older_than:
             why = f"running for more than {older_than:.0f} s (reaped by hand)"
         if why is None:
             continue
@@ -198,6 +201,26 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
             continue
         reaped.append({"number": trial.number, "reason": reason, "retried": _retries_left(trial, max_retries)})
     return reaped
+
+
+def _ages(study: optuna.Study, trials: list[FrozenTrial]) -> dict[int, float]:
+    """How long each of ``trials`` has been RUNNING, in seconds, by trial id.
+
+    By the database's clock where the storage recorded the start by it (``STARTED_ATTR``: tuner's
+    storages), so that neither the workers' time zones nor this machine's clock matter. Otherwise
+    Optuna's ``datetime_start`` is all there is: the worker's local time, compared with this
+    machine's, which is right only where both keep the same time zone and time.
+    """
+    now = database_time(study._storage) if any(STARTED_ATTR in t.system_attrs for t in trials) else None
+    here = time.time()
+    ages = {}
+    for trial in trials:
+        started = trial.system_attrs.get(STARTED_ATTR)
+        if isinstance(started, (int, float)):
+            ages[trial._trial_id] = (here if now is None else now) - started  # an epoch: still no time zone
+        elif trial.datetime_start is not None:
+            ages[trial._trial_id] = here - trial.datetime_start.timestamp()
+    return ages
 
 
 def _alive(pid: Any) -> bool:
