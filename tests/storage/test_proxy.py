@@ -3,9 +3,14 @@ dies at a chosen write, after its commit and before its reply, and comes back on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -273,3 +278,74 @@ def test_a_creation_served_twice_by_two_proxies_makes_one_trial(proxy: Proxy) ->
     proxy.backend.create_new_trial = served_twice  # type: ignore[method-assign]
     trial = study.ask()
     assert [t.number for t in study.get_trials(deepcopy=False)] == [trial.number]
+
+
+class _Looking(StopSignals):
+    """A worker's signals, not installed (it runs in a thread), telling when the worker first waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        self.waiting.set()
+        super().sleep(seconds)
+
+
+@pytest.mark.parametrize("write", ["queue", "fail"])
+@pytest.mark.parametrize("fault", ["interrupted", "study_error"])
+def test_a_worker_counting_during_a_failure_through_the_proxy_neither_stops_early_nor_overshoots(
+        proxy: Proxy, fault: str, write: str) -> None:
+    # The proxy has no study lock. A worker fails its running trial (a signal, or an error of the study) in
+    # two writes, its retry queued and the trial failed; another worker starts as one of those writes
+    # reaches the proxy, and counts the budget. It must neither stop with the retry left to no one, nor
+    # start a trial beyond the budget.
+    budget = 2
+    study = _study(proxy.address, _unique("counting"))
+    first = study.ask()
+    study.tell(first, float(first.suggest_float("x", -10, 10)))
+    other = _study(proxy.address, study.study_name)
+    signals = _Looking()
+    threads: list[threading.Thread] = []
+
+    def other_worker() -> None:
+        work(other, lambda trial: float(trial.suggest_float("x", -10, 10)), budget,
+             lock=SlotLock(proxy.address, study.study_name), signals=signals, poll_s=0.1, timeout=30)
+
+    def start_the_other_worker() -> None:
+        threads.append(threading.Thread(target=other_worker))
+        threads[0].start()
+        signals.waiting.wait(10)  # until it has counted and waits for the running trial, or has ended
+
+    backend = proxy.backend
+    method = {"queue": "_create_new_trial", "fail": "set_trial_state_values"}[write]  # what the proxy calls
+    original = getattr(backend, method)
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        if write == "queue":
+            template = kwargs.get("template_trial", args[1] if len(args) > 1 else None)
+            chosen = template is not None and template.state == TrialState.WAITING
+        else:
+            chosen = kwargs.get("state", args[1] if len(args) > 1 else None) == TrialState.FAIL
+        if chosen and not threads:
+            start_the_other_worker()
+        return original(*args, **kwargs)
+
+    setattr(backend, method, watched)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -10, 10)
+        if fault == "study_error":
+            raise TunerError("data file gone")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        raise AssertionError("the signal did not stop the trial")
+
+    with StopSignals() as own, contextlib.suppress(TunerError):
+        work(study, objective, budget, lock=SlotLock(proxy.address, study.study_name), signals=own)
+    assert threads, "the other worker never started"
+    threads[0].join(30)
+    assert not threads[0].is_alive()
+    trials = study.get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == budget
