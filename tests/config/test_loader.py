@@ -184,3 +184,14 @@ def test_the_grace_period_leaves_room_to_wait_out_an_outage(tmp_path: Path, inte
     with pytest.raises(ConfigError, match=rf"study.grace_period: must be more than twice study.heartbeat_interval"
                                           rf" \(2 x {interval} s\)"):
         load_study(path)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ("stall_timeout = 0", "study.stall_timeout: must be a positive number of seconds"),
+    ("stall_timeout = 600\nheartbeat_interval = 0", "study.stall_timeout: needs heartbeats"),
+])
+def test_a_stall_timeout_is_positive_and_needs_heartbeats(tmp_path: Path, settings: str, message: str) -> None:
+    path = _write(tmp_path, DEMO_DATA + f"[study]\n{settings}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_study(path)
+    assert load_study(_write(tmp_path, DEMO_DATA + "[study]\nstall_timeout = 600\n")).study.stall_timeout == 600

@@ -312,3 +312,46 @@ def test_a_new_trial_is_labelled_and_beaten_as_it_is_created_with_no_writes_afte
     assert beats == [trial._trial_id]
     _label(trial, {**labels, "pid": 99})  # a retry taken up by another worker: what differs is written
     assert written == ["pid"]
+
+
+def test_a_stalled_trial_is_failed_and_retried_while_its_worker_lives(tmp_path: Path) -> None:
+    # A hung data loader: the worker's process lives and beats, and no forward pass ever comes.
+    url = f"sqlite:///{tmp_path / 'stall.db'}"
+    study = open_trivial_study(url, "stall")
+    hung: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -10, 10)
+        if not hung:
+            hung.append(trial.number)
+            deadline = time.monotonic() + 30  # hangs until the stall check has failed it
+            while study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                assert time.monotonic() < deadline, "the stalled trial was never failed"
+                time.sleep(0.05)
+        return x * x
+
+    with StopSignals() as signals:
+        result = work(study, objective, 2, lock=SlotLock(url, "stall"), signals=signals, stall_timeout=1.5)
+    assert result.ran == 3 and result.interrupted is None
+    stalled, retry, other = study.get_trials(deepcopy=False)
+    assert stalled.state == TrialState.FAIL and stalled.number == hung[0]
+    assert stalled.user_attrs["fail_reason"].startswith("stalled: no forward pass for 1.5 s")
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == stalled.number
+    assert retry.params == stalled.params and other.state == TrialState.COMPLETE
+    assert_exact_budget(study, 2)
+
+
+def test_a_trial_that_makes_progress_is_never_stalled(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    study = open_trivial_study(url, "busy")
+
+    def objective(trial: optuna.Trial) -> float:
+        ending = time.monotonic() + 3  # longer than the timeout, with progress all along
+        while time.monotonic() < ending:
+            signals.progress()
+            time.sleep(0.05)
+        return trial.suggest_float("x", -10, 10)
+
+    with StopSignals() as signals:
+        work(study, objective, 1, lock=SlotLock(url, "busy"), signals=signals, stall_timeout=1.5)
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE]

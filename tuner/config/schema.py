@@ -290,9 +290,16 @@ class StudyConfig:
     heartbeat_interval: int | None = 30
     grace_period: int | None = 120
     max_retries: int = 2
+    # a trial whose worker is alive but has run no forward pass for this many seconds (a hung data
+    # loader, a deadlock) is failed as stalled and retried elsewhere; off by default, and needs heartbeats
+    stall_timeout: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.n_trials > 0, "study.n_trials", "must be positive")
+        _check(self.stall_timeout is None or self.stall_timeout > 0, "study.stall_timeout",
+               "must be a positive number of seconds")
+        _check(self.stall_timeout is None or bool(self.heartbeat_interval), "study.stall_timeout",
+               "needs heartbeats (study.heartbeat_interval > 0): the heartbeat thread watches for progress")
         _check(self.heartbeat_interval is None or self.heartbeat_interval >= 0, "study.heartbeat_interval",
                "must be a number of seconds (0 turns heartbeats off)")
         wait = outage_wait_s(self.heartbeat_interval, self.grace_period)

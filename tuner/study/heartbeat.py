@@ -30,11 +30,15 @@ class Heartbeat:
     """
 
     def __init__(self, storage: Any, trial_id: int, interval: int | None,
-                 on_ended: Callable[[], None] | None = None, first_stored: bool = False) -> None:
+                 on_ended: Callable[[], None] | None = None, first_stored: bool = False,
+                 stalled: Callable[[], bool] | None = None) -> None:
         """``first_stored``: the storage stored the trial's first beat as it started it, so the first beat
-        here is an interval later (see :func:`tuner.storage.rdb.beats_when_started`)."""
+        here is an interval later (see :func:`tuner.storage.rdb.beats_when_started`). ``stalled``: asked
+        before each beat; once it says the trial made no progress for too long (and has ended it), the
+        thread stops beating."""
         self.storage, self.trial_id, self.interval, self.on_ended = storage, trial_id, interval, on_ended
         self.first_stored = first_stored
+        self.stalled = stalled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,6 +58,8 @@ class Heartbeat:
     def _run(self, beaten: bool) -> None:
         assert self.interval
         while not self._stop.wait(self.interval if beaten else min(self.interval, RETRY_BEAT_S)):
+            if self.stalled is not None and self.stalled():
+                return
             beaten = self._beat()
             if beaten and self._ended():
                 if self.on_ended is not None:

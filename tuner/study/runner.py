@@ -259,6 +259,7 @@ def run_study(
     with StopSignals() as signals, ParentWatch(parent):
         objective = Objective(run, Path(output_dir or Path(run.trainer.output_dir) / run.name), interactive, signals)
         result = work(study, objective, budget, lock=lock, signals=signals, max_retries=run.study.max_retries,
+                      stall_timeout=run.study.stall_timeout,
                       timeout=timeout, worker=worker or default_worker(), on_start=lines.start,
                       on_end=lines.finished)
     return RunSummary(run.name, mask(url), result.ran, finished(study.get_trials(deepcopy=False)), budget,

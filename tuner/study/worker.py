@@ -90,6 +90,7 @@ def work(
     on_end: Callable[[FrozenTrial], None] | None = None,
     poll_s: float | None = None,
     same_failures: int = SAME_FAILURES_TO_STOP,
+    stall_timeout: float | None = None,
 ) -> WorkResult:
     """Run trials of ``study`` until it holds ``budget`` finished trials, a signal, ``timeout``, or
     ``same_failures`` trials in a row failed with the same error.
@@ -110,6 +111,9 @@ def work(
             this, so it ends soon after short trials and looks rarely while long ones run.
         same_failures: stop after this many trials in a row failed with the same exception type and
             message (the study is likely broken; 0: never), with ``repeated_failure`` saying so.
+        stall_timeout: a trial that runs no forward pass for this many seconds while its worker lives (a
+            hung data loader) is failed as stalled, its retry queued, and left to its worker to drop if it
+            ever wakes (needs heartbeats; ``study.stall_timeout``).
     """
     result = WorkResult()
     started = time.monotonic()
@@ -155,7 +159,7 @@ def work(
                     continue
                 break
             idle_wait = IDLE_FIRST_LOOK_S
-            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval)
+            frozen, error = _run_trial(study, trial, objective, signals, max_retries, interval, stall_timeout)
             trial = None
             if on_end is not None:
                 on_end(frozen)
@@ -258,7 +262,8 @@ def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted,
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-               signals: StopSignals, max_retries: int, interval: int | None) -> tuple[FrozenTrial, str | None]:
+               signals: StopSignals, max_retries: int, interval: int | None,
+               stall_timeout: float | None = None) -> tuple[FrozenTrial, str | None]:
     """Run ``objective`` on ``trial`` under a heartbeat and store its outcome.
 
     From the objective's end until its outcome is stored, the heartbeat's end included, signals are
@@ -275,9 +280,23 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
     reason: str | None = None
     study_error: TunerError | None = None
     interrupted: Interrupted | None = None
+    signals.progress()
+
+    def stalled() -> bool:
+        """Whether the trial ran no forward pass for ``stall_timeout``; if so it is failed here."""
+        if stall_timeout is None or time.monotonic() - signals.progressed_at <= stall_timeout:
+            return False
+        current = study._storage.get_trial(trial._trial_id)
+        reason = (f"stalled: no forward pass for {stall_timeout:g} s while its worker lives (study.stall_timeout); "
+                  f"{retry_note(current, max_retries)}")
+        if fail_and_retry(study, trial._trial_id, reason, max_retries) is not None:
+            log.error("trial %d failed: %s", trial.number, reason)
+        signals.abandon()  # if training ever wakes, it stops at its next check and stores nothing more
+        return True
+
     with signals.deferred():
         with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon,
-                       first_stored=beats_when_started(study._storage)):
+                       first_stored=beats_when_started(study._storage), stalled=stalled):
             try:
                 with signals.allowed():  # the objective defers signals itself where it stops cleanly
                     signals.check()

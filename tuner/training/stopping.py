@@ -57,6 +57,7 @@ class StopSignals:
         self.received_at: float | None = None  # time.monotonic() when the signal arrived
         self.abandoned = False  # the running trial was ended elsewhere: see abandon()
         self.forced = False  # a second signal came: see ForceQuit
+        self.progressed_at = time.monotonic()  # the last forward pass (see progress())
         self._deferred = 0
         self._previous: dict[int, Any] = {}
         self._wake = threading.Event()
@@ -126,6 +127,10 @@ class StopSignals:
         """Whether the running trial takes no more writes: a second signal came, or it was abandoned."""
         return self.forced or self.abandoned
 
+    def progress(self) -> None:
+        """Record that the running trial made progress (a forward pass; see ``study.stall_timeout``)."""
+        self.progressed_at = time.monotonic()
+
     def abandon(self) -> None:
         """Stop the running trial at the next :meth:`check`, with :class:`TrialAbandoned` (from any thread)."""
         self.abandoned = True
@@ -193,6 +198,7 @@ class StopMidStep:
             self.detach()
 
     def _after_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.signals.progress()
         self.signals.check(self.grace)
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(self._on_gradient)
