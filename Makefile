@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup lock demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick bench-scale bench-table clean
+.PHONY: setup lock demo test soak lint bench-quality bench-throughput bench-overhead bench-study bench-report bench-storage bench-h2h bench-h2h-quick bench-scale bench-table bench-replay clean
 
 # Every extra: what `make setup` installs and what requirements.lock pins.
 EXTRAS := dev,db,tensorboard,dashboard,bench
@@ -87,6 +87,10 @@ TABLE_NIPS := --study studies/nips.toml --set 'search.learning_rate=[1e-6, 1e-2]
 	--set 'search.max_epochs=[2]' --train-docs 720 --val-docs 120 --test-docs 120
 bench-table: setup
 	$(BIN)/python -m bench.lc_table $(TABLE_NIPS) --output bench/results/lc_table_nips.json
+
+# Every search policy replayed against the tables, 200 paired seeds each (minutes)
+bench-replay: setup
+	$(BIN)/python -m bench.replay --seeds 200
 
 clean:
 	rm -rf $(VENV) runs tuner.db
