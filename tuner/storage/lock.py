@@ -33,9 +33,7 @@ LOCK_WAIT_S = RETRY_S  # how long taking a server lock waits for another worker 
 # while sent data is unacknowledged (retransmitted for some 15 min): the user timeout bounds that too.
 _KEEPALIVE_IDLE_S, _KEEPALIVE_INTERVAL_S, _KEEPALIVE_COUNT = 30, 10, 3
 _USER_TIMEOUT_MS = 60_000
-# the pauses between tries of a held PostgreSQL lock: short, as it is held for a few queries, doubling up
-# to a tenth of a second, so that waiting workers do not flood the server
-_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.005, 0.1
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout reached
 
 
 class SlotLock:
@@ -144,15 +142,21 @@ class SlotLock:
         connection = self._engine.connect()
         try:
             if self.backend == "postgresql":
-                # pg_advisory_lock would wait for ever, and a SIGTERM's handling with it: tries end at a deadline
-                deadline, pause = time.monotonic() + self.wait_s, _FIRST_PAUSE_S
-                try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
-                while not connection.execute(try_lock, {"key": self._key}).scalar():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise self._timed_out()
-                    time.sleep(min(pause, left))
-                    pause = min(pause * 2, _LONGEST_PAUSE_S)
+                # pg_advisory_lock alone would wait for ever, and a SIGTERM's handling with it; under
+                # lock_timeout it gives up at the deadline, and waiters still queue and wake as the lock is
+                # freed (polling pg_try_advisory_lock halved the throughput of trivial trials at 4 workers)
+                connection.execute(sqlalchemy.text(f"SET lock_timeout = {max(1, math.ceil(self.wait_s * 1000))}"))
+                try:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+                except sqlalchemy.exc.OperationalError as err:
+                    code = getattr(err.orig, "sqlstate", None) or getattr(err.orig, "pgcode", None)
+                    if code != _LOCK_NOT_AVAILABLE:
+                        raise
+                    timed_out = True
+                else:
+                    timed_out = False
+                if timed_out:  # raised outside the driver's error, which the retries would take for an outage
+                    raise self._timed_out()
                 return connection, (sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
             # MySQL counts whole seconds, and waits for ever on a negative count
             got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, :wait)"),
