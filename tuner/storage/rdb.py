@@ -75,6 +75,9 @@ class ResilientRDBStorage(RDBStorage):
     def __init__(self, *args: Any, retry_s: float = RETRY_S, **kwargs: Any) -> None:
         self.retry_s = retry_s  # how long a call waits out an outage (retry_deadline)
         self._creating: dict[str, _Creation] = {}  # the creations in progress, by token
+        # studies' stored heartbeat settings, by study id: fixed once stored, so read once (a query fewer
+        # under the study lock for every trial made)
+        self._heartbeats: dict[int, dict[str, int | None]] = {}
         super().__init__(*args, **kwargs)
 
     def __getattribute__(self, name: str) -> Any:
@@ -156,8 +159,10 @@ class ResilientRDBStorage(RDBStorage):
         from optuna.storages._rdb.storage import _create_scoped_session
 
         def attempt() -> list[int]:
-            with _create_scoped_session(self.scoped_session) as session:
-                stored = _stored_heartbeat(session, study_id)
+            stored = self._heartbeats.get(study_id)
+            if stored is None:
+                with _create_scoped_session(self.scoped_session) as session:
+                    stored = self._stored_heartbeat(session, study_id)
             if stored is not None:
                 interval = stored["heartbeat_interval"] or 0
                 grace = stored["grace_period"] or 2 * interval  # Optuna's default
@@ -224,9 +229,18 @@ class ResilientRDBStorage(RDBStorage):
                 session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=STARTED_ATTR, value_json=value))
             else:
                 started.value_json = value
-        stored = _stored_heartbeat(session, study_id)
+        stored = self._stored_heartbeat(session, study_id)
         if stored["heartbeat_interval"] if stored is not None else self.heartbeat_interval:
             session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+
+    def _stored_heartbeat(self, session: Any, study_id: int) -> dict[str, int | None] | None:
+        """:func:`_stored_heartbeat`, read once per study once found."""
+        found = self._heartbeats.get(study_id)
+        if found is None:
+            found = _stored_heartbeat(session, study_id)
+            if found is not None:
+                self._heartbeats[study_id] = found
+        return found
 
     def database_time(self) -> float | None:
         """The database's clock, in seconds since the epoch: the clock of ``STARTED_ATTR``. ``None`` for a
