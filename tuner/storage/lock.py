@@ -8,6 +8,7 @@ a SQLite database.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -85,7 +86,9 @@ class SlotLock:
                 self._engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
                                                         connect_args=_client_keepalives(parsed))
                 if self.backend == "postgresql":
-                    sqlalchemy.event.listen(self._engine, "connect", _server_keepalives)
+                    lock_timeout_ms = max(1, math.ceil(self.wait_s * 1000))
+                    sqlalchemy.event.listen(self._engine, "connect",
+                                            functools.partial(_server_settings, lock_timeout_ms=lock_timeout_ms))
                 # closed with this object, not whenever the garbage collector reaches the engine's cycles
                 weakref.finalize(self, self._engine.dispose)
             except ImportError as err:
@@ -142,10 +145,10 @@ class SlotLock:
         connection = self._engine.connect()
         try:
             if self.backend == "postgresql":
-                # pg_advisory_lock alone would wait for ever, and a SIGTERM's handling with it; under
-                # lock_timeout it gives up at the deadline, and waiters still queue and wake as the lock is
-                # freed (polling pg_try_advisory_lock halved the throughput of trivial trials at 4 workers)
-                connection.execute(sqlalchemy.text(f"SET lock_timeout = {max(1, math.ceil(self.wait_s * 1000))}"))
+                # pg_advisory_lock alone would wait for ever, and a SIGTERM's handling with it; under the
+                # session's lock_timeout (_server_settings) it gives up at the deadline, and waiters still
+                # queue and wake as the lock is freed (polling pg_try_advisory_lock halved the throughput of
+                # trivial trials at 4 workers)
                 try:
                     connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
                 except sqlalchemy.exc.OperationalError as err:
@@ -186,14 +189,16 @@ def _client_keepalives(parsed: Any) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key not in parsed.query}
 
 
-def _server_keepalives(dbapi_connection: Any, record: Any) -> None:
-    """The server's keepalive settings for this session: the server's end is the one that must notice a
-    lost holder, to free its lock. They apply to TCP connections only (not a Unix socket);
-    ``tcp_user_timeout`` needs PostgreSQL 12 or later."""
+def _server_settings(dbapi_connection: Any, record: Any, lock_timeout_ms: int) -> None:
+    """The lock session's settings, set once per connection: how long taking the lock waits, and the
+    server's keepalive settings (the server's end is the one that must notice a lost holder, to free its
+    lock; they apply to TCP connections only, not a Unix socket; ``tcp_user_timeout`` needs PostgreSQL 12
+    or later)."""
     cursor = dbapi_connection.cursor()
     try:
-        settings = {"tcp_keepalives_idle": _KEEPALIVE_IDLE_S, "tcp_keepalives_interval": _KEEPALIVE_INTERVAL_S,
-                    "tcp_keepalives_count": _KEEPALIVE_COUNT, "tcp_user_timeout": _USER_TIMEOUT_MS}
+        settings = {"lock_timeout": lock_timeout_ms, "tcp_keepalives_idle": _KEEPALIVE_IDLE_S,
+                    "tcp_keepalives_interval": _KEEPALIVE_INTERVAL_S, "tcp_keepalives_count": _KEEPALIVE_COUNT,
+                    "tcp_user_timeout": _USER_TIMEOUT_MS}
         for name, value in settings.items():
             cursor.execute(f"SET {name} = {int(value)}")
     finally:
