@@ -13,7 +13,7 @@ LOCK := requirements.lock
 
 # Installs from the lock: pyproject.toml keeps ranges for users, the lock pins what the tests ran with
 # (torch apart, installed first so that no other build is pulled in). pip fails here when the lock no
-# longer satisfies pyproject.toml; tests/test_lock.py says which requirement.
+# longer satisfies pyproject.toml; tests/test_requirements_lock.py says which requirement.
 $(BIN)/tuner: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
