@@ -268,14 +268,14 @@ def test_a_creation_served_twice_by_two_proxies_makes_one_trial(proxy: Proxy) ->
     # A proxy stopped while its handler retries a creation, and the restarted proxy serving the client's
     # repeat: both commit the same request. The second must find the first's trial.
     study = _study(proxy.address, _unique("twice"))
-    original = proxy.backend.create_new_trial
+    original = proxy.backend._create_new_trial  # what the proxy's cache calls
 
-    def served_twice(study_id: int, template: Any = None) -> int:
+    def served_twice(study_id: int, template: Any = None) -> Any:
         first = original(study_id, template)
         original(study_id, template)  # the other proxy's handler, committing the same request
-        return int(first)
+        return first
 
-    proxy.backend.create_new_trial = served_twice  # type: ignore[method-assign]
+    proxy.backend._create_new_trial = served_twice
     trial = study.ask()
     assert [t.number for t in study.get_trials(deepcopy=False)] == [trial.number]
 
