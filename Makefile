@@ -85,8 +85,14 @@ bench-h2h-quick: setup
 TABLE_NIPS := --study studies/nips.toml --set 'search.learning_rate=[1e-6, 1e-2]' \
 	--set 'search.backbone=[{name="sentence-transformers/all-MiniLM-L6-v2", config={num_hidden_layers=3}}, {name="sentence-transformers/all-MiniLM-L6-v2", config={num_hidden_layers=2}}]' \
 	--set 'search.max_epochs=[2]' --train-docs 720 --val-docs 120 --test-docs 120
+# ROCStories: the same backbones, batch sizes and range on its five-sentence stories (about a third of a NIPS
+# abstract's tokens), so 1,600 training stories.
+TABLE_ROC := --study studies/rocstories.toml --set 'search.learning_rate=[1e-6, 1e-2]' --set 'search.batch_size=[8, 16]' \
+	--set 'search.backbone=[{name="sentence-transformers/all-MiniLM-L6-v2", config={num_hidden_layers=3}}, {name="sentence-transformers/all-MiniLM-L6-v2", config={num_hidden_layers=2}}]' \
+	--set 'search.max_epochs=[2]' --train-docs 1600 --val-docs 200 --test-docs 200
 bench-table: setup
 	$(BIN)/python -m bench.lc_table $(TABLE_NIPS) --output bench/results/lc_table_nips.json
+	$(BIN)/python -m bench.lc_table $(TABLE_ROC) --output bench/results/lc_table_rocstories.json
 
 # Every search policy replayed against the tables, 200 paired seeds each (minutes)
 bench-replay: setup

@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     configs = grid(run, args.lr_values, args.seeds)
     documents = {name: len(docs[: sizes.get(name)]) for name, docs in load_documents(run.data).items()}
     table["documents"] = documents
-    deadline = time.monotonic() + args.max_hours * 3600 if args.max_hours else math.inf
+    _write(output, table)
+    deadline = time.monotonic() + args.max_hours * 3600 if args.max_hours is not None else math.inf
     pairs = sorted({(c["backbone"], c["batch_size"]) for c in configs}, key=lambda p: (str(p[0]), p[1]))
     for backbone, batch_size in pairs:
         key = f"{backbone}|{batch_size}"

@@ -37,10 +37,13 @@ def test_a_tiny_table_is_built_resumed_and_kept_to_its_settings(study_dir: Path,
             "--set", "search.batch_size=[8]", "--set", "search.learning_rate=[1e-4, 1e-3]",
             "--set", 'study.lr_finder={mode="scale", num_training=20}', "--train-docs", "32", "--val-docs", "16",
             "--lr-values", "2", "--seeds", "1", "--epochs", "1", "--output", str(output), "--work", str(tmp_path)]
+    main([*args, "--max-hours", "0"])  # measures the fixed costs, then starts nothing
+    table = json.loads(output.read_text())
+    assert not table["configs"] and not table["finder"] and table["documents"]["train"] == 32
     main(args)
     table = json.loads(output.read_text())
     assert table["documents"] == {"train": 32, "validation": 16, "test": 16}
-    assert len(table["configs"]) == 2 and len(table["finder"]) == 1 and len(table["sittings"]) == 1
+    assert len(table["configs"]) == 2 and len(table["finder"]) == 1 and len(table["sittings"]) == 2
     config = next(iter(table["configs"].values()))
     assert config["steps_per_epoch"] == 4 and len(config["train_loss"]) == 4
     curve = config["curve"]
