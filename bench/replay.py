@@ -303,7 +303,6 @@ def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, 
             evaluated = _evaluated(curve, policy.evals, table.evals_per_epoch)
             values: list[float] = []
             state = optuna.trial.TrialState.COMPLETE
-            chosen = -1
             for n, index in enumerate(evaluated):
                 cost = table.cost(config, evaluated, n)
                 if spent + cost > part_budget:
