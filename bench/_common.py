@@ -38,6 +38,17 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def replace_section(document: str, key: str, section: str) -> str:
+    """``document`` with the text between ``<!-- key:start -->`` and ``<!-- key:end -->`` replaced (appended
+    when absent)."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    if start in document and end in document:
+        head, rest = document.split(start, 1)
+        return head + block + rest.split(end, 1)[1]
+    return (document.rstrip() + "\n\n" if document.strip() else "") + block + "\n"
+
+
 def ensure_pg_database(pg_url: str) -> Any:
     """The PostgreSQL URL's database, created if absent; returns the parsed URL."""
     import sqlalchemy

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench._common import RESULTS, ROOT, machine, require_shared
+from bench._common import RESULTS, ROOT, machine, replace_section, require_shared
 
 SYSTEMS = ("hf", "optuna", "random", "tuner")
 NAMES = {"hf": "HF Trainer.hyperparameter_search", "optuna": "Optuna + Lightning example", "random": "random search",
@@ -301,17 +301,6 @@ def render_markdown(results: dict[str, Any]) -> str:
               f"The interactive plot, `bench/results/{Path(results['output']).stem}.html`, is written beside the "
               "results too (too large to keep in git; the curves are in the results file as well).", ""]
     return "\n".join(lines)
-
-
-def replace_section(document: str, key: str, section: str) -> str:
-    """``document`` with the text between ``<!-- key:start -->`` and ``<!-- key:end -->`` replaced (appended
-    when absent)."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    block = f"{start}\n{section.rstrip()}\n{end}"
-    if start in document and end in document:
-        head, rest = document.split(start, 1)
-        return head + block + rest.split(end, 1)[1]
-    return (document.rstrip() + "\n\n" if document.strip() else "") + block + "\n"
 
 
 def curves_html(results: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ from bench.replay import (
     default_policies,
     paired_speedup,
     parse_variant,
+    regret_png,
+    render_markdown,
     replay,
     run_table,
 )
@@ -192,3 +194,16 @@ def test_a_whole_table_summarises_every_policy(tmp_path: Path) -> None:
     assert set(result["policies"]) == {"random", "tuner"} and result["speedup"]["tuner"]["random"]["seeds"] == 6
     regret = result["policies"]["tuner"]["regret"]
     assert 0.0 <= regret["1.0"][0] <= regret["0.05"][0] <= 1.0  # regret falls as the budget grows
+
+
+def test_the_section_and_the_figure_report_every_policy_of_every_table(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    policies = [default_policies()[name] for name in ("random", "tuner")]
+    result = run_table(path, policies, seeds=4, budget_trials=8, workers=1)
+    section = render_markdown([result, result])
+    assert section.count("#### synthetic") == 2 and section.count("| random |") == 2
+    tuner = result["policies"]["tuner"]
+    assert f"| tuner | {tuner['regret']['0.1'][0]:.3f} [" in section
+    assert f"- random: {result['speedup']['tuner']['random']['median_ratio']:.2f}x" in section
+    regret_png([result, result], tmp_path / "replay.png")
+    assert (tmp_path / "replay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
