@@ -114,7 +114,7 @@ class Sizing:
 
 
 # Sizing at ~1,000 tokens/s of training for MiniLM-L6 in fp32 on a 2-core AVX2 machine, ~2,000 for a 3-layer cut,
-# ~180 tokens per NIPS abstract, and CPU time ~1.8x wall time with 2 torch threads (see README).
+# ~180 tokens per NIPS abstract, and CPU time ~1.8x wall time with 2 torch threads (docs/study-files.md, Precision).
 # Quick: 4 cells of 300 CPU s (~170 s wall each) + ~40 s each to start, test and, for hf, start twice: ~15 min.
 # Full: 12 cells of 700 CPU s (~6.5 min wall each) + ~1 min each: ~90 min, within the 150 asked. The whole
 # model is left out, and trials are 2 epochs: on a 2-core AMD EPYC (AVX2) a batch-8 step took 1.6 s with 6
