@@ -45,7 +45,7 @@ def is_study_error(trial: FrozenTrial) -> bool:
 
 
 def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any]:
-    """One trial as a stable JSON object (see README, "JSON output")."""
+    """One trial as a stable JSON object (see docs/commands.md, "JSON output")."""
     params = dict(trial.params)
     if "lr_used" in trial.user_attrs:
         params["learning_rate"] = trial.user_attrs["lr_used"]
