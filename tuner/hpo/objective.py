@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from tuner import hardware
+from tuner._compat.optuna import as_asked, storage_of, study_id
 from tuner.config.schema import RunConfig
 from tuner.data.module import SentenceOrderingData
 from tuner.errors import Interrupted, TrialFailed
@@ -101,7 +102,7 @@ class Objective:
         run = search.sample(trial, self.run)
         # a retry replays its first attempt (same settings, same seed), so that resuming its checkpoint
         # continues the same run and starting over repeats it
-        attempts = retry_history(trial._cached_frozen_trial)
+        attempts = retry_history(as_asked(trial))
         seed = run.trainer.seed + (attempts[0] if attempts else trial.number)
         pl.seed_everything(seed, workers=True, verbose=False)
         trial.set_user_attr("seed", seed)
@@ -236,9 +237,9 @@ def _take_over_reports(trial: optuna.Trial, folder: str) -> None:
     as Optuna ignores a report at a step already present. The pruning callback, restored from the
     checkpoint, reports on from the step after the checkpoint's last report.
     """
-    storage, study_id = trial.study._storage, trial.study._study_id
-    for number in retry_history(trial._cached_frozen_trial):
-        earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    storage, study = storage_of(trial.study), study_id(trial.study)
+    for number in retry_history(as_asked(trial)):
+        earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study, number))
         if earlier.user_attrs.get("trial_dir") == folder:
             for step, value in sorted(earlier.intermediate_values.items()):
                 trial.report(value, step)

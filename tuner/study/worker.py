@@ -41,6 +41,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._compat.optuna import (
+    as_asked,
+    enter_optimize_loop,
+    forget_trials,
+    leave_optimize_loop,
+    stop_requested,
+    storage_of,
+    study_id,
+    trial_id,
+)
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
 from tuner.keys import FAIL_REASON_ATTR, NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
@@ -123,11 +133,9 @@ def work(
     idle_wait = IDLE_FIRST_LOOK_S
     last_error: str | None = None  # the exception that failed the last trial, as "Type: message"
     repeats = 0  # how many trials in a row failed with it
-    # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
-    # Optuna allows only inside its own optimize loop; this loop plays that part.
-    study._thread_local.in_optimize_loop, study._stop_flag = True, False
+    enter_optimize_loop(study)  # a sampler may end the study (the grid sampler, once its grid is spent)
     try:
-        while not study._stop_flag:
+        while not stop_requested(study):
             signals.check()
             if timeout is not None and time.monotonic() - started >= timeout:
                 log.info("timeout of %.0f s reached after %d trials", timeout, result.ran)
@@ -176,7 +184,7 @@ def work(
             with signals.deferred():
                 _end_interrupted(study, trial, err, max_retries)
     finally:
-        study._thread_local.in_optimize_loop = False
+        leave_optimize_loop(study)
     return result
 
 
@@ -191,13 +199,13 @@ def _ask(study: optuna.Study, waiting: bool, labels: Mapping[str, Any] | None = 
     """
     if waiting:
         return study.ask()
-    study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
+    forget_trials(study)  # what study.ask does before it creates a trial
     template = None
     if labels:  # what Optuna makes without a template, plus the labels
         template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                                datetime_complete=None, params={}, distributions={}, user_attrs=dict(labels),
                                system_attrs={}, intermediate_values={}, trial_id=-1)
-    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+    return optuna.Trial(study, storage_of(study).create_new_trial(study_id(study), template))
 
 
 def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial], budget: int) -> bool:
@@ -212,8 +220,8 @@ def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial],
     again. A trial enqueued by hand (the baseline) already holds its slot; a retry is admitted by its
     first attempt's place (:func:`tuner.study.recovery.retry_admitted`).
     """
-    if retry_history(trial._cached_frozen_trial):
-        return retry_admitted(study, trial._cached_frozen_trial, budget)
+    if retry_history(as_asked(trial)):
+        return retry_admitted(study, as_asked(trial), budget)
     if trial.number < len(seen):
         return True  # enqueued (the baseline): it holds its slot
     if trial.number == len(seen):
@@ -234,29 +242,28 @@ def _withdraw(study: optuna.Study, trial: optuna.Trial) -> None:
 def _label(trial: optuna.Trial, labels: Mapping[str, Any]) -> None:
     """Record who runs ``trial`` (``labels``), where its creation did not; a retry, which starts as a copy
     of the failed trial's attributes, is linked to that trial and its failure cleared."""
-    # the trial as `ask` read it, after popping a queued retry: reading it again costs a query per trial
-    stored = trial._cached_frozen_trial.user_attrs
+    stored = as_asked(trial).user_attrs
     for key, value in labels.items():
         if stored.get(key) != value:
             trial.set_user_attr(key, value)
-    history = retry_history(trial._cached_frozen_trial)
+    history = retry_history(as_asked(trial))
     if history:
         trial.set_user_attr("retry_of", history[-1])
         trial.set_user_attr("fail_reason", None)
-        if trial._cached_frozen_trial.user_attrs.get(STUDY_ERROR_ATTR):
+        if as_asked(trial).user_attrs.get(STUDY_ERROR_ATTR):
             trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
 
 def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
     """Fail an interrupted trial with the signal as its reason, its retry queued first (see
     :func:`tuner.study.recovery.fail_and_retry`: no lock is needed for a worker counting meanwhile)."""
-    current = study._storage.get_trial(trial._trial_id)
+    current = storage_of(study).get_trial(trial_id(trial))
     if current.state != TrialState.RUNNING:
         return current
     reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
-    frozen = fail_and_retry(study, trial._trial_id, reason, max_retries, trial=trial)
+    frozen = fail_and_retry(study, trial_id(trial), reason, max_retries, trial=trial)
     if frozen is None:
-        return study._storage.get_trial(trial._trial_id)
+        return storage_of(study).get_trial(trial_id(trial))
     log.warning("trial %d failed: %s", trial.number, reason)
     return frozen
 
@@ -286,17 +293,17 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         """Whether the trial ran no forward pass for ``stall_timeout``; if so it is failed here."""
         if stall_timeout is None or time.monotonic() - signals.progressed_at <= stall_timeout:
             return False
-        current = study._storage.get_trial(trial._trial_id)
+        current = storage_of(study).get_trial(trial_id(trial))
         reason = (f"stalled: no forward pass for {stall_timeout:g} s while its worker lives (study.stall_timeout); "
                   f"{retry_note(current, max_retries)}")
-        if fail_and_retry(study, trial._trial_id, reason, max_retries) is not None:
+        if fail_and_retry(study, trial_id(trial), reason, max_retries) is not None:
             log.error("trial %d failed: %s", trial.number, reason)
         signals.abandon()  # if training ever wakes, it stops at its next check and stores nothing more
         return True
 
     with signals.deferred():
-        with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon,
-                       first_stored=beats_when_started(study._storage), stalled=stalled):
+        with Heartbeat(storage_of(study), trial_id(trial), interval, on_ended=signals.abandon,
+                       first_stored=beats_when_started(storage_of(study)), stalled=stalled):
             try:
                 with signals.allowed():  # the objective defers signals itself where it stops cleanly
                     signals.check()
@@ -337,7 +344,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         if study_error is not None:
             # not counted (see used_slots) and run again once the study is fixed: the same settings, and
             # the baseline stays the baseline
-            fail_and_retry(study, trial._trial_id, str(trial.user_attrs.get(FAIL_REASON_ATTR) or reason),
+            fail_and_retry(study, trial_id(trial), str(trial.user_attrs.get(FAIL_REASON_ATTR) or reason),
                            max_retries, study_error=True, trial=trial)
             raise study_error
         frozen = study.tell(trial, state=state, skip_if_finished=True)
@@ -353,7 +360,7 @@ def _ended_elsewhere(study: optuna.Study, trial: optuna.Trial, state: TrialState
     if not signals.abandoned and state != TrialState.FAIL:
         return None  # a result's tell skips a trial ended meanwhile by itself
     signals.forget_abandoned()
-    stored = study._storage.get_trial(trial._trial_id)
+    stored = storage_of(study).get_trial(trial_id(trial))
     if stored.state == TrialState.RUNNING:
         return None
     log.warning("trial %d was ended by another worker while it ran, and not stored here: %s", trial.number,
