@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -293,15 +293,18 @@ def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
 
 def _with_attr(template: FrozenTrial | None, key: str, value: Any) -> FrozenTrial:
     """A copy of ``template`` with the system attribute ``key``; without a template, of the trial Optuna
-    makes without one (RUNNING: its number and start are set when it is stored)."""
-    if template is None:
-        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                               datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
-                               intermediate_values={}, trial_id=-1)
-    else:
-        template = copy.copy(template)
+    makes without one (:func:`new_trial_template`)."""
+    template = new_trial_template() if template is None else copy.copy(template)
     template.system_attrs = {**template.system_attrs, key: value}
     return template
+
+
+def new_trial_template(user_attrs: Mapping[str, Any] | None = None) -> FrozenTrial:
+    """The trial Optuna makes without a template, as a template: RUNNING, started now (its number and id are
+    set when it is stored), with ``user_attrs``."""
+    return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                       datetime_complete=None, params={}, distributions={}, user_attrs=dict(user_attrs or {}),
+                       system_attrs={}, intermediate_values={}, trial_id=-1)
 
 
 def _trial_with_token(session: Any, study_id: int, token: str) -> Any:

@@ -35,7 +35,6 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import optuna
@@ -54,7 +53,7 @@ from tuner._compat.optuna import (
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
 from tuner.keys import FAIL_REASON_ATTR, NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import beats_when_started
+from tuner.storage.rdb import beats_when_started, new_trial_template
 from tuner.storage.records import lineage, retry_history
 from tuner.study.heartbeat import Heartbeat
 from tuner.study.recovery import (
@@ -200,11 +199,7 @@ def _ask(study: optuna.Study, waiting: bool, labels: Mapping[str, Any] | None = 
     if waiting:
         return study.ask()
     forget_trials(study)  # what study.ask does before it creates a trial
-    template = None
-    if labels:  # what Optuna makes without a template, plus the labels
-        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                               datetime_complete=None, params={}, distributions={}, user_attrs=dict(labels),
-                               system_attrs={}, intermediate_values={}, trial_id=-1)
+    template = new_trial_template(labels) if labels else None
     return optuna.Trial(study, storage_of(study).create_new_trial(study_id(study), template))
 
 
