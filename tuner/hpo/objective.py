@@ -24,7 +24,7 @@ from tuner import hardware
 from tuner._compat.optuna import as_asked, storage_of, study_id
 from tuner.config.schema import RunConfig
 from tuner.data.module import SentenceOrderingData
-from tuner.errors import Interrupted, TrialFailed
+from tuner.errors import Interrupted, TrialFailed, first_line
 from tuner.hpo import search
 from tuner.hpo.lr_finder import run_finder
 from tuner.hpo.pruning import ReportingPruningCallback
@@ -81,13 +81,13 @@ class Objective:
             self._fail(trial, str(err), started)
             raise
         except torch.cuda.OutOfMemoryError as err:
-            self._fail(trial, f"out of memory (infeasible): {str(err).splitlines()[0]}", started)
+            self._fail(trial, f"out of memory (infeasible): {first_line(err)}", started)
             raise
         except Exception as err:
             if self.signals.signum is not None:
                 # stopped by the signal in its own way (Lightning's SIGTERMException, a DDP rank's error)
                 raise Interrupted(self.signals.signum) from err
-            message = str(err).splitlines()[0] if str(err) else ""
+            message = first_line(err)
             reason = f"{type(err).__name__}: {message}"
             if "out of memory" in message.lower():
                 reason = f"out of memory (infeasible): {message}"

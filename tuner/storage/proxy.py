@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner._compat.optuna import CachedStorage
 from tuner._compat.optuna_grpc import GrpcClientHooks, add_storage_service
+from tuner.errors import first_line
 from tuner.keys import REQUEST_ATTR
 from tuner.storage.rdb import open_storage, request_template
 from tuner.storage.retry import RETRY_S, RetriedCalls, TransientError, final_write, retry_deadline
@@ -124,8 +125,8 @@ class ProxyStorage(RetriedCalls, GrpcClientHooks):
         try:
             return rpc(request, timeout=timeout)
         except grpc.RpcError as err:
-            code, details = err.code(), (err.details() or "").strip().splitlines()
-            reason = f"{code.name}: {details[0] if details else 'no details'}"
+            code = err.code()
+            reason = f"{code.name}: {first_line(err.details() or '', 'no details')}"
             if code in _TRANSIENT_CODES:
                 raise TransientError(f"storage proxy {mask(self.url)}: {reason}") from None
             if code in _OPTUNA_CODES:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner._compat.optuna import CACHE_CALLS
 from tuner.config.schema import outage_wait_s
+from tuner.errors import first_line
 from tuner.storage.urls import StorageError, mask, scrub
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def _transient_driver_error(err: BaseException) -> bool:
 def _permanent(err: BaseException, what: str, url: str) -> StorageError:
     """A database error that retrying cannot fix, as one line naming the storage and the call."""
     root = _chain(err)[-1]
-    first = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    first = first_line(root, type(root).__name__)
     return StorageError(f"storage {mask(url)}: {what} failed: {scrub(first, url)}")
 
 
@@ -126,7 +127,7 @@ def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RE
                     raise
                 if time.monotonic() - started + delay > deadline_s:
                     raise
-                reason = scrub(str(getattr(err, "orig", None) or err.__cause__ or err).strip().splitlines()[0], url)
+                reason = scrub(first_line(getattr(err, "orig", None) or err.__cause__ or err), url)
                 log.warning("storage %s: %s failed (%s); retrying in %.1f s", mask(url), what, reason, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -214,7 +215,7 @@ def opening(call: Callable[[], T], url: str, deadline_s: float = RETRY_S) -> T:
         except Exception as err:  # noqa: BLE001 - Optuna wraps a failed commit in StorageInternalError
             if not _transient(err) or _refused(err) or time.monotonic() - started + delay > deadline_s:
                 raise
-            reason = scrub(str(_chain(err)[-1]).strip().splitlines()[0], url)
+            reason = scrub(first_line(_chain(err)[-1]), url)
             log.warning("storage %s: opening failed (%s); retrying in %.1f s", mask(url), reason, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -50,7 +50,7 @@ from tuner._compat.optuna import (
     study_id,
     trial_id,
 )
-from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError, first_line
 from tuner.keys import FAIL_REASON_ATTR, NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import beats_when_started, new_trial_template
@@ -317,8 +317,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
                     raise
                 interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.signum or signal.SIGTERM)
             except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
-                message = str(err).splitlines()[0] if str(err) else ""
-                reason = f"{type(err).__name__}: {message}"
+                reason = f"{type(err).__name__}: {first_line(err)}"
                 if isinstance(err, TunerError):
                     study_error = err
         ended = _ended_elsewhere(study, trial, state, signals)
