@@ -12,6 +12,7 @@ from typing import Any
 
 from tuner.config.schema import PRECISIONS
 from tuner.errors import Interrupted, TunerError
+from tuner.keys import FAIL_REASON_ATTR, WORKER_ATTR
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -114,8 +115,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{row['number']:>4} {row['state']:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
             f"{attrs.get('epochs', ''):>6} {_num(attrs.get('lr_used')):>9} {_num(finder):>9} "
-            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get('worker', ''):>10}  {json.dumps(params)}"
-            + (f"  [{attrs['fail_reason']}]" if row["state"] == "FAIL" and attrs.get("fail_reason") else "")
+            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get(WORKER_ATTR, ''):>10}  {json.dumps(params)}"
+            + (f"  [{attrs[FAIL_REASON_ATTR]}]" if row["state"] == "FAIL" and attrs.get(FAIL_REASON_ATTR) else "")
         )
     return "\n".join(lines)
 

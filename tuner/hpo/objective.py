@@ -28,7 +28,7 @@ from tuner.errors import Interrupted, TrialFailed, first_line
 from tuner.hpo import search
 from tuner.hpo.lr_finder import run_finder
 from tuner.hpo.pruning import ReportingPruningCallback
-from tuner.keys import FINDER_ATTR
+from tuner.keys import BASELINE_ATTR, FAIL_REASON_ATTR, FINDER_ATTR, RETRY_OF_ATTR
 from tuner.model.orderer import SentenceOrderer
 from tuner.storage.records import retry_history
 from tuner.training import distributed
@@ -95,7 +95,7 @@ class Objective:
             raise
 
     def _fail(self, trial: optuna.Trial, reason: str, started: float) -> None:
-        trial.set_user_attr("fail_reason", reason)  # the worker logs it as it stores the failure
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)  # the worker logs it as it stores the failure
         trial.set_user_attr("wall_s", time.perf_counter() - started)
 
     def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:
@@ -164,7 +164,7 @@ class Objective:
         """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
         sampled = run.model.learning_rate
         mode = run.study.lr_finder.mode
-        if mode == "off" or trial.user_attrs.get("baseline"):
+        if mode == "off" or trial.user_attrs.get(BASELINE_ATTR):
             # the baseline trial keeps its own learning rate (BASELINE_LEARNING_RATE), whatever the mode
             return sampled, {"mode": mode, "used": "sampled" if mode == "off" else "baseline"}
         key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
@@ -215,7 +215,7 @@ def _resume_point(trial: optuna.Trial) -> Path | None:
     failed trial's folder here, and ``resume_dirs`` the folders of earlier attempts.
     """
     attrs = trial.user_attrs
-    if "retry_of" not in attrs:
+    if RETRY_OF_ATTR not in attrs:
         return None
     folders = [attrs["trial_dir"]] if attrs.get("trial_dir") else []
     folders += [f for f in attrs.get("resume_dirs", []) if f not in folders]

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner._compat.optuna import retried_trial_number
 from tuner._compat.optuna import retry_history as _retry_history
 from tuner.config.schema import RunConfig
-from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
+from tuner.keys import NOT_ADMITTED_ATTR, RETRY_OF_ATTR, STUDY_ERROR_ATTR
 
 
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -76,7 +76,7 @@ def retry_of(trial: FrozenTrial) -> int | None:
     history = retry_history(trial)
     value = history[-1] if history else retried_trial_number(trial)
     if value is None:
-        value = trial.user_attrs.get("retry_of")
+        value = trial.user_attrs.get(RETRY_OF_ATTR)
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

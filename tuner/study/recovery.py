@@ -22,7 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner._compat.optuna import retry_system_attrs, stale_trial_ids, storage_of, study_id, trial_id
-from tuner.keys import FAIL_REASON_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR
+from tuner.keys import FAIL_REASON_ATTR, HOST_ATTR, PID_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR, WORKER_ATTR
 from tuner.storage.rdb import database_time, request_template
 from tuner.storage.records import is_not_admitted, is_study_error, lineage, retry_history
 
@@ -135,7 +135,7 @@ def retry_note(trial: FrozenTrial, max_retries: int) -> str:
 
 def _owner(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
-    return f"worker {attrs.get('worker', '?')} on {attrs.get('host', '?')}, pid {attrs.get('pid', '?')}"
+    return f"worker {attrs.get(WORKER_ATTR, '?')} on {attrs.get(HOST_ATTR, '?')}, pid {attrs.get(PID_ATTR, '?')}"
 
 
 def heartbeat_interval(study: optuna.Study) -> int | None:
@@ -188,7 +188,7 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
         why = None
         if trial_id(trial) in stale_by_heartbeat:
             why = f"the heartbeat of {_owner(trial)} stopped"
-        elif trial.user_attrs.get("host") == host and not _alive(trial.user_attrs.get("pid")):
+        elif trial.user_attrs.get(HOST_ATTR) == host and not _alive(trial.user_attrs.get(PID_ATTR)):
             why = f"{_owner(trial)} is no longer running"
         elif older_than is not None and ages.get(trial_id(trial), -math.inf) > older_than:
             why = f"running for more than {older_than:.0f} s (reaped by hand)"

@@ -51,7 +51,15 @@ from tuner._compat.optuna import (
     trial_id,
 )
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError, first_line
-from tuner.keys import FAIL_REASON_ATTR, NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
+from tuner.keys import (
+    FAIL_REASON_ATTR,
+    HOST_ATTR,
+    NOT_ADMITTED_ATTR,
+    PID_ATTR,
+    RETRY_OF_ATTR,
+    STUDY_ERROR_ATTR,
+    WORKER_ATTR,
+)
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import beats_when_started, new_trial_template
 from tuner.storage.records import lineage, retry_history
@@ -126,7 +134,7 @@ def work(
     """
     result = WorkResult()
     started = time.monotonic()
-    labels = {"worker": worker, "host": socket.gethostname(), "pid": os.getpid()}
+    labels = {WORKER_ATTR: worker, HOST_ATTR: socket.gethostname(), PID_ATTR: os.getpid()}
     interval = heartbeat_interval(study)
     trial: optuna.Trial | None = None
     idle_wait = IDLE_FIRST_LOOK_S
@@ -173,7 +181,7 @@ def work(
             repeats = repeats + 1 if error is not None and error == last_error else int(error is not None)
             last_error = error
             if same_failures and repeats >= same_failures:
-                reason = frozen.user_attrs.get("fail_reason") or error
+                reason = frozen.user_attrs.get(FAIL_REASON_ATTR) or error
                 result.repeated_failure = f"{repeats} trials in a row failed with the same error: {reason}"
                 break
     except Interrupted as err:
@@ -229,7 +237,7 @@ def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial],
 def _withdraw(study: optuna.Study, trial: optuna.Trial) -> None:
     """Fail a trial created past the budget before it runs; it uses no slot (see slot_holders)."""
     trial.set_user_attr(NOT_ADMITTED_ATTR, True)
-    trial.set_user_attr("fail_reason", "not admitted: the budget was spent by trials started at the same time")
+    trial.set_user_attr(FAIL_REASON_ATTR, "not admitted: the budget was spent by trials started at the same time")
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     log.warning("trial %d not run: the budget was spent by trials started at the same time", trial.number)
 
@@ -243,8 +251,8 @@ def _label(trial: optuna.Trial, labels: Mapping[str, Any]) -> None:
             trial.set_user_attr(key, value)
     history = retry_history(as_asked(trial))
     if history:
-        trial.set_user_attr("retry_of", history[-1])
-        trial.set_user_attr("fail_reason", None)
+        trial.set_user_attr(RETRY_OF_ATTR, history[-1])
+        trial.set_user_attr(FAIL_REASON_ATTR, None)
         if as_asked(trial).user_attrs.get(STUDY_ERROR_ATTR):
             trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
@@ -328,9 +336,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             raise interrupted from None
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
-            recorded = trial.user_attrs.get("fail_reason")
+            recorded = trial.user_attrs.get(FAIL_REASON_ATTR)
             if not recorded:
-                trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr(FAIL_REASON_ATTR, reason)
             if study_error is None:  # an error of the study is raised, and reported by the caller
                 log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
@@ -358,5 +366,5 @@ def _ended_elsewhere(study: optuna.Study, trial: optuna.Trial, state: TrialState
     if stored.state == TrialState.RUNNING:
         return None
     log.warning("trial %d was ended by another worker while it ran, and not stored here: %s", trial.number,
-                stored.user_attrs.get("fail_reason") or stored.state.name)
+                stored.user_attrs.get(FAIL_REASON_ATTR) or stored.state.name)
     return stored
