@@ -1,10 +1,10 @@
-"""Recovery: the budget's slots, stale trials failed and retried, and ``tuner reap``.
+"""Recovery: the budget's slots (the rule: :func:`slot_holders`), stale trials failed and retried, and
+``tuner reap``.
 
-The budget ``n_trials`` counts every trial except a failed one that was retried (its retry holds the
-slot) and one failed by an error of the study itself. A trial whose heartbeat is older than the
-study's ``grace_period`` (stored with it when it was created, whatever the looking worker asked for)
-belongs to a dead worker (SIGKILL, power loss, a lost node): the next worker to look fails it, with the
-reason, and queues a retry up to ``max_retries`` times (:func:`fail_and_retry`).
+A trial whose heartbeat is older than the study's ``grace_period`` (stored with it when it was created,
+whatever the looking worker asked for) belongs to a dead worker (SIGKILL, power loss, a lost node): the next
+worker to look fails it, with the reason, and queues a retry up to ``max_retries`` times
+(:func:`fail_and_retry`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,22 @@ log = logging.getLogger(__name__)
 
 
 def slot_holders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that use the budget: all of them but failed trials that have a retry (the retry holds
-    the slot), trials failed by an error of the study itself (which would otherwise spend the budget
-    until it is fixed), and trials created past the budget, which never ran."""
+    """The trials that hold a slot of the budget: the budget rule, which every worker, ``tuner run`` and
+    its summary apply.
+
+    The budget ``n_trials`` is the study's, across every worker on every machine: a study run again
+    resumes up to it and stops there. Every trial holds a slot (running, waiting, finished) except:
+
+    - a failed trial that was retried: its retry holds the slot, however often it is retried (up to
+      ``max_retries``);
+    - a trial failed by an error of the study itself (bad data, a backbone that cannot load), which would
+      otherwise spend the budget until the study is fixed; it is queued again with the same settings;
+    - a trial created past the budget (``not_admitted``), failed before it ran.
+
+    A worker starts a trial while fewer than ``n_trials`` trials hold slots, and admits it by its place
+    among them (:func:`tuner.study.worker._admitted`; a retry by its first attempt's: :func:`retry_admitted`),
+    so that finished trials end equal to ``n_trials`` whatever the number of workers, lock or no lock.
+    """
     retried = {retry_history(t)[-1] for t in trials if retry_history(t)}
     return [t for t in trials
             if not (t.state == TrialState.FAIL and (t.number in retried or is_study_error(t) or is_not_admitted(t)))]

@@ -1,8 +1,6 @@
 """Running a study: open it in its storage, run one worker on it in this process, summarise it.
 
-The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
-failed trials that were retried and trials failed by an error of the study itself (see
-:mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there.
+The budget ``n_trials`` is the study's, across every worker (the rule: :func:`tuner.study.recovery.slot_holders`).
 ``run_study`` is one worker in this process (:mod:`tuner.study.workers` starts several). It first runs
 the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot work fails before
 its first trial.
@@ -120,13 +118,12 @@ def _check_heartbeat(study: optuna.Study, run: RunConfig, url: str) -> None:
 
 
 def counted(study: optuna.Study) -> int:
-    """The trials that use the budget (see :func:`tuner.study.recovery.used_slots`)."""
+    """The trials that hold a slot of the budget (:func:`tuner.study.recovery.slot_holders`)."""
     return used_slots(study.get_trials(deepcopy=False))
 
 
 def finished(trials: list[FrozenTrial]) -> int:
-    """Trials that ended and count towards the budget: a failed trial that was retried does not, nor one
-    failed by an error of the study itself."""
+    """Trials that ended and hold a slot of the budget (:func:`tuner.study.recovery.slot_holders`)."""
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 

@@ -3,27 +3,23 @@
 Any number of workers, on one machine or many, run :func:`work` against one storage; they share
 nothing else. The rules that keep the study whole:
 
-- Slots. The budget ``n_trials`` counts every trial except a failed one that was retried (its retry
-  holds the slot), one failed by an error of the study, and one created past the budget. A worker
-  checks the count and starts its trial under the study's lock (:class:`tuner.storage.lock.SlotLock`),
-  and admits the trial by its place among the trials that hold slots (:func:`_admitted`), so that
-  finished trials end equal to ``n_trials`` whatever the number of workers, even when a lock is lost
-  with its database session, or there is none (the storage proxy: :mod:`tuner.storage.proxy`).
+- Slots. A worker counts the budget's slots (the rule: :func:`tuner.study.recovery.slot_holders`) and
+  starts its trial under the study's lock (:class:`tuner.storage.lock.SlotLock`), and admits the trial by
+  its place (:func:`_admitted`), even when a lock is lost with its database session, or there is none
+  (the storage proxy: :mod:`tuner.storage.proxy`).
 - Heartbeats. A running trial's worker records a heartbeat every ``heartbeat_interval`` seconds. A
   trial whose heartbeat is older than ``grace_period`` belongs to a dead worker (SIGKILL, power
   loss, a lost node): the next worker to look fails it, with the reason, and queues a retry up to
-  ``max_retries`` times. Every failure queues its retry before it is written, under a name derived from
-  the failed trial (:func:`tuner.study.recovery.fail_and_retry`), so a slot is held by the running trial
-  or its waiting retry at every moment, and workers failing one trial at once make one retry. A worker whose budget is
-  spent waits while other workers' trials run, so a trial orphaned late is still retried.
+  ``max_retries`` times (:func:`tuner.study.recovery.fail_and_retry`). A worker whose budget is spent waits
+  while other workers' trials run, so a trial orphaned late is still retried.
 - Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
   queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever. A signal once
   the objective has returned lets its outcome be stored first. A second signal quits at once and stores
   nothing more: the trial stays RUNNING until the stale check fails and retries it.
 - Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
   gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
-  is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
-  and the error stops the worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
+  is failed with ``study_error`` set and queued again with the same settings, and the error stops the
+  worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
 """
 
 from __future__ import annotations
