@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config.schema import MINILM, BackboneSpec
-from tuner.errors import BackboneError
+from tuner.errors import BackboneError, first_line
 
 
 def _packaged() -> dict[str, Path]:
@@ -83,7 +83,7 @@ def _look_up(name: str) -> None:
     except errors.EntryNotFoundError:
         raise BackboneError(f"hub repository {name!r} has no config.json: not a transformers model") from None
     except Exception as err:  # noqa: BLE001 - the network fails in many ways; all mean "cannot look it up"
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err, type(err).__name__)
         raise BackboneError(f"cannot look up backbone {name!r} on the Hugging Face hub ({first}); check the "
                             "network, or set HF_HUB_OFFLINE=1 and use a cached or local backbone") from None
 

@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tuner.config.schema import PRECISIONS
 from tuner.errors import Interrupted, TunerError
+from tuner.keys import FAIL_REASON_ATTR, WORKER_ATTR
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -114,8 +115,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{row['number']:>4} {row['state']:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
             f"{attrs.get('epochs', ''):>6} {_num(attrs.get('lr_used')):>9} {_num(finder):>9} "
-            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get('worker', ''):>10}  {json.dumps(params)}"
-            + (f"  [{attrs['fail_reason']}]" if row["state"] == "FAIL" and attrs.get("fail_reason") else "")
+            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get(WORKER_ATTR, ''):>10}  {json.dumps(params)}"
+            + (f"  [{attrs[FAIL_REASON_ATTR]}]" if row["state"] == "FAIL" and attrs.get(FAIL_REASON_ATTR) else "")
         )
     return "\n".join(lines)
 
@@ -235,34 +236,30 @@ def cmd_storage_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(text: str) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(text: str, kind: type[N], expected: str, valid: Callable[[N], bool], rule: str) -> N:
+    """``text`` read as ``kind`` (an argument's type), refused with what was ``expected`` or the ``rule`` it breaks."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0..65535 (0: any free port), got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
     return value
+
+
+def _port(text: str) -> int:
+    return _number(text, int, "a port number", lambda v: 0 <= v <= 65535, "in 0..65535 (0: any free port)")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+    return _number(text, int, "a whole number", lambda v: v > 0, "positive")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+    return _number(text, float, "a number of seconds", lambda v: v > 0, "positive")
 
 
 def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

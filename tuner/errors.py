@@ -6,6 +6,13 @@ import signal
 from pathlib import Path
 
 
+def first_line(err: BaseException | str, default: str = "") -> str:
+    """The first line of ``err``'s message, blanks around it dropped, or ``default`` when it has none: the one
+    line a log, a trial's ``fail_reason`` or an error message shows of an exception."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else default
+
+
 class TunerError(Exception):
     """A problem with the user's input: printed as one clear message, without a traceback."""
 

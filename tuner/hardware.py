@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from tuner._compat.torch import cpu_has_amx, cpu_has_avx512_bf16
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -44,8 +46,7 @@ def cores() -> int:
 
 def cpu_bf16() -> dict[str, bool]:
     """The CPU features that make bf16 arithmetic native rather than emulated."""
-    return {"amx": bool(torch.cpu._is_amx_tile_supported()),
-            "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}
+    return {"amx": cpu_has_amx(), "avx512_bf16": cpu_has_avx512_bf16()}
 
 
 def _accelerator(accelerator: str) -> str:

@@ -16,6 +16,7 @@ PAIRWISE, LISTMLE, MSE = "pairwise", "listmle", "mse"
 LOSSES = (PAIRWISE, LISTMLE, MSE)
 
 # Study user attributes
+METRIC_ATTR = "metric"  # the metric the study optimises (`[study] metric`), fixed when it is created
 FINDER_ATTR = "lr_finder:"  # prefix of cached LR-finder results, by backbone and batch size (scale mode)
 TEST_ATTR = "test:"  # prefix of a trial's test metrics, set by `tuner evaluate --study`
 # the study's heartbeat settings, fixed when it is created: {"heartbeat_interval": s, "grace_period": s};
@@ -24,6 +25,10 @@ HEARTBEAT_ATTR = "heartbeat"
 
 # Trial user attributes
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed, in one line
+# who runs the trial: the worker's label, its host and its process id (set by tuner.study.worker)
+WORKER_ATTR, HOST_ATTR, PID_ATTR = "worker", "host", "pid"
+RETRY_OF_ATTR = "retry_of"  # the number of the trial this one retries, set when a worker takes it up
+BASELINE_ATTR = "baseline"  # the baseline trial, queued first (tuner.hpo.search.baseline_params)
 STUDY_ERROR_ATTR = "study_error"  # a trial failed by an error of the study itself
 NOT_ADMITTED_ATTR = "not_admitted"  # a trial created past the budget and failed before it ran
 RANKS_ATTR = "ddp_ranks"  # one fingerprint per DDP rank

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ def permutation(seed: int, split: str, index: int, epoch: int, n: int) -> np.nda
     return np.random.default_rng([seed, SPLIT_SALT[split], epoch, index]).permutation(n)
 
 
+@dataclass(eq=False, repr=False)  # compared and shown as one object: its documents may be many
 class OrderingDataset(Dataset):
     """Shuffled documents: each item is the marker-joined input and each input sentence's gold position.
 
@@ -36,22 +38,16 @@ class OrderingDataset(Dataset):
     ``(index, epoch)`` pairs from :class:`DocumentBatchSampler` (or a plain index: epoch 0).
     """
 
-    def __init__(
-        self,
-        documents: Sequence[Sequence[Sequence[int]]],
-        marker_id: int,
-        end_id: int | None,
-        split: str,
-        seed: int,
-        fixed: bool,
-    ) -> None:
-        self.documents = documents
-        self.marker_id = marker_id
-        self.end_id = end_id
-        self.split = split
-        self.seed = seed
-        self.fixed = fixed
-        self.lengths = [sum(len(s) + 1 for s in d) + (end_id is not None) for d in documents]
+    documents: Sequence[Sequence[Sequence[int]]]
+    marker_id: int
+    end_id: int | None
+    split: str
+    seed: int
+    fixed: bool
+    lengths: list[int] = field(init=False)  # each document's input length, in tokens
+
+    def __post_init__(self) -> None:
+        self.lengths = [sum(len(s) + 1 for s in d) + (self.end_id is not None) for d in self.documents]
 
     def __len__(self) -> int:
         return len(self.documents)

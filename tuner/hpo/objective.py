@@ -21,13 +21,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from tuner import hardware
+from tuner._compat.optuna import as_asked, storage_of, study_id
 from tuner.config.schema import RunConfig
 from tuner.data.module import SentenceOrderingData
-from tuner.errors import Interrupted, TrialFailed
+from tuner.errors import Interrupted, TrialFailed, first_line
 from tuner.hpo import search
 from tuner.hpo.lr_finder import run_finder
 from tuner.hpo.pruning import ReportingPruningCallback
-from tuner.keys import FINDER_ATTR
+from tuner.keys import BASELINE_ATTR, FAIL_REASON_ATTR, FINDER_ATTR, RETRY_OF_ATTR
 from tuner.model.orderer import SentenceOrderer
 from tuner.storage.records import retry_history
 from tuner.training import distributed
@@ -80,13 +81,13 @@ class Objective:
             self._fail(trial, str(err), started)
             raise
         except torch.cuda.OutOfMemoryError as err:
-            self._fail(trial, f"out of memory (infeasible): {str(err).splitlines()[0]}", started)
+            self._fail(trial, f"out of memory (infeasible): {first_line(err)}", started)
             raise
         except Exception as err:
             if self.signals.signum is not None:
                 # stopped by the signal in its own way (Lightning's SIGTERMException, a DDP rank's error)
                 raise Interrupted(self.signals.signum) from err
-            message = str(err).splitlines()[0] if str(err) else ""
+            message = first_line(err)
             reason = f"{type(err).__name__}: {message}"
             if "out of memory" in message.lower():
                 reason = f"out of memory (infeasible): {message}"
@@ -94,14 +95,14 @@ class Objective:
             raise
 
     def _fail(self, trial: optuna.Trial, reason: str, started: float) -> None:
-        trial.set_user_attr("fail_reason", reason)  # the worker logs it as it stores the failure
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)  # the worker logs it as it stores the failure
         trial.set_user_attr("wall_s", time.perf_counter() - started)
 
     def _train(self, trial: optuna.Trial, root: Path, started: float, resume: Path | None) -> float:
         run = search.sample(trial, self.run)
         # a retry replays its first attempt (same settings, same seed), so that resuming its checkpoint
         # continues the same run and starting over repeats it
-        attempts = retry_history(trial._cached_frozen_trial)
+        attempts = retry_history(as_asked(trial))
         seed = run.trainer.seed + (attempts[0] if attempts else trial.number)
         pl.seed_everything(seed, workers=True, verbose=False)
         trial.set_user_attr("seed", seed)
@@ -163,7 +164,7 @@ class Objective:
         """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
         sampled = run.model.learning_rate
         mode = run.study.lr_finder.mode
-        if mode == "off" or trial.user_attrs.get("baseline"):
+        if mode == "off" or trial.user_attrs.get(BASELINE_ATTR):
             # the baseline trial keeps its own learning rate (BASELINE_LEARNING_RATE), whatever the mode
             return sampled, {"mode": mode, "used": "sampled" if mode == "off" else "baseline"}
         key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
@@ -214,7 +215,7 @@ def _resume_point(trial: optuna.Trial) -> Path | None:
     failed trial's folder here, and ``resume_dirs`` the folders of earlier attempts.
     """
     attrs = trial.user_attrs
-    if "retry_of" not in attrs:
+    if RETRY_OF_ATTR not in attrs:
         return None
     folders = [attrs["trial_dir"]] if attrs.get("trial_dir") else []
     folders += [f for f in attrs.get("resume_dirs", []) if f not in folders]
@@ -236,9 +237,9 @@ def _take_over_reports(trial: optuna.Trial, folder: str) -> None:
     as Optuna ignores a report at a step already present. The pruning callback, restored from the
     checkpoint, reports on from the step after the checkpoint's last report.
     """
-    storage, study_id = trial.study._storage, trial.study._study_id
-    for number in retry_history(trial._cached_frozen_trial):
-        earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    storage, study = storage_of(trial.study), study_id(trial.study)
+    for number in retry_history(as_asked(trial)):
+        earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study, number))
         if earlier.user_attrs.get("trial_dir") == folder:
             for step, value in sorted(earlier.intermediate_values.items()):
                 trial.report(value, step)

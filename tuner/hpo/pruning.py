@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
+from tuner._compat.optuna_integration import pruning_trial, state_without_trial
 from tuner.errors import TrialFailed
 from tuner.training import distributed
 
@@ -45,7 +46,7 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
         if math.isnan(value):
             raise TrialFailed(f"{self.monitor} is NaN at epoch {trainer.current_epoch}")
         step, self.reports = self.reports, self.reports + 1
-        distributed.report(trainer, self._trial, value, step,
+        distributed.report(trainer, pruning_trial(self), value, step,
                            f"pruned after validation {step} (epoch {trainer.current_epoch})")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -54,4 +55,4 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
 
     def __getstate__(self) -> dict[str, Any]:
         # spawned DDP ranks never touch the trial: rank 0 asks the trial's own process
-        return {**self.__dict__, "_trial": None}
+        return state_without_trial(self)

@@ -10,8 +10,9 @@ import optuna
 from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
 from tuner.errors import ConfigError
 
-# The baseline trial's learning rate, enqueued as trial 0: the measured recipe (MiniLM on NIPS, pairwise
-# loss, 10% warm-up) that reached test tau 0.77. The original design's 3e-5 learned slower in short trials.
+# The baseline trial's learning rate, enqueued as trial 0: the recipe's rate for the whole job, not one tuned to
+# short trials
+# (BENCHMARKS.md#head-to-head-on-d-320-training-documents-learning-rate-1e-6-to-1e-2-tpe-from-the-6th-trial).
 BASELINE_LEARNING_RATE = 5e-5
 # Optuna's median pruner waits for 5 finished trials before it prunes: in a study of 5 to 20 trials that is
 # most of the budget unpruned. tuner's median (and patient) pruner waits for 3 unless the study file says.
@@ -20,10 +21,9 @@ MEDIAN_STARTUP_TRIALS = 3
 # fine-tuning trials is then mostly random search. tuner's TPE models the results from its 6th trial on (the
 # baseline and 4 random draws before it) unless the study file says.
 TPE_STARTUP_TRIALS = 5
-# Optuna 5's TPE is multivariate for one objective; tuner's is independent. On the head-to-head's task, after 5
-# start-up trials that mostly failed, the joint model kept drawing failed rates, while the independent one drew
-# the rate away from the failures: median best tau 0.493 against 0.432, better in every seed, same machine and
-# session (BENCHMARKS.md). The price: 4 workers asking at once get fewer distinct choices (tests/hpo).
+# Independent TPE, not Optuna 5's multivariate one, which kept drawing the rates that had failed
+# (BENCHMARKS.md#head-to-head-tuners-tpe-independent-against-multivariate); workers asking at once get fewer
+# distinct choices (tests/hpo).
 TPE_MULTIVARIATE = False
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from tuner import backbone as backbones
+from tuner._compat.lightning import attached_trainer
 from tuner.config.loader import parse_backbone
 from tuner.config.schema import MINILM, BackboneSpec, ModelConfig
 from tuner.keys import PAIRWISE
@@ -129,7 +130,7 @@ class SentenceOrderer(pl.LightningModule):
         scores = self.score(batch)
         mask, gold = batch["sentence_mask"], batch["gold"]
         size = batch["input_ids"].shape[0]
-        sync = self.trainer.world_size > 1 if self._trainer is not None else False
+        sync = self.trainer.world_size > 1 if attached_trainer(self) is not None else False
         self.log(f"{prefix}_loss", self.loss_fn(scores, gold, mask), batch_size=size, sync_dist=sync)
         for name, values in ordering_metrics(scores, gold, mask).items():
             self.log(f"{prefix}_{name}", values.mean(), batch_size=size, prog_bar=name == "kendall_tau",

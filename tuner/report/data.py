@@ -17,7 +17,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.keys import FINDER_ATTR, TEST_ATTR
+from tuner.keys import FAIL_REASON_ATTR, FINDER_ATTR, TEST_ATTR
 from tuner.report.snapshot import DEFAULT_LABEL, StudySnapshot
 from tuner.storage.records import best_trial
 
@@ -52,7 +52,7 @@ def choice(trial: FrozenTrial, key: str, defaults: Mapping[str, Any]) -> Any:
 def state_label(trial: FrozenTrial) -> str:
     """The state name, with failures of a lost worker (``stale``) or a stopped one (``interrupted``) told apart."""
     if trial.state == TrialState.FAIL:
-        reason = str(trial.user_attrs.get("fail_reason") or "")
+        reason = str(trial.user_attrs.get(FAIL_REASON_ATTR) or "")
         for kind in ("stale", "interrupted", "not admitted"):
             if reason.startswith(kind):
                 return f"FAIL ({kind})"

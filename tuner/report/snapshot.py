@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from tuner.keys import OBJECTIVE
+from tuner.keys import METRIC_ATTR, OBJECTIVE
 from tuner.storage.reader import open_reader
 from tuner.storage.studies import find_study_id, locate_study
 from tuner.storage.urls import mask
@@ -50,5 +50,5 @@ def load_snapshot(study: str, storage: str | None = None) -> StudySnapshot:
                     "max_epochs": run.trainer.max_epochs}
     attrs = loaded.user_attrs
     return StudySnapshot(name=name, storage=mask(url), direction=loaded.direction.name.lower(),
-                         metric=str(attrs.get("metric", OBJECTIVE)),
+                         metric=str(attrs.get(METRIC_ATTR, OBJECTIVE)),
                          trials=loaded.get_trials(deepcopy=False), user_attrs=attrs, defaults=defaults)

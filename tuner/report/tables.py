@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.keys import FAIL_REASON_ATTR, HOST_ATTR, WORKER_ATTR
 from tuner.report.data import (
     _better,
     _history,
@@ -125,12 +126,12 @@ def timeline_data(trials: Sequence[FrozenTrial], now: datetime | None = None) ->
         if start is None or end is None:
             continue
         attrs = trial.user_attrs
-        worker = attrs.get("worker")
-        host = attrs.get("host")
+        worker = attrs.get(WORKER_ATTR)
+        host = attrs.get(HOST_ATTR)
         lane = f"{host or '?'} / {worker if worker is not None else '?'}" if (host or worker is not None) \
             else "unknown worker"
         bars.append({"number": trial.number, "lane": lane, "start": start, "end": end, "state": state_label(trial),
-                     "value": trial.value, "fail_reason": attrs.get("fail_reason"), "retry_of": retry_of(trial),
+                     "value": trial.value, "fail_reason": attrs.get(FAIL_REASON_ATTR), "retry_of": retry_of(trial),
                      "resumed_step": attrs.get("resumed_step")})
     by_number = {b["number"]: b for b in bars}
     links = [{"from": b["retry_of"], "to": b["number"], "from_lane": by_number[b["retry_of"]]["lane"],
@@ -152,7 +153,7 @@ def table_data(trials: Sequence[FrozenTrial], defaults: Mapping[str, Any] | None
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         attrs = trial.user_attrs
-        note = attrs.get("fail_reason") or ""
+        note = attrs.get(FAIL_REASON_ATTR) or ""
         if retry_of(trial) is not None:
             note = f"retry of #{retry_of(trial)}" + (f"; {note}" if note else "")
         lr = attrs.get("lr_used", trial.params.get("learning_rate"))
@@ -160,7 +161,7 @@ def table_data(trials: Sequence[FrozenTrial], defaults: Mapping[str, Any] | None
         cells: list[Any] = [trial.number, state_label(trial), trial.value, attrs.get("val_pmr"), epochs,
                             lr, choice(trial, "backbone", defaults), choice(trial, "batch_size", defaults),
                             *[trial.params.get(p) for p in params], duration_s(trial, now),
-                            attrs.get("worker"), note]
+                            attrs.get(WORKER_ATTR), note]
         rows.append([_cell(c) for c in cells])
     return {"columns": columns, "rows": rows}
 

@@ -31,7 +31,6 @@ import json
 import logging
 import signal
 import threading
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,16 +41,14 @@ import grpc
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._grpc.auto_generated import api_pb2_grpc
-from optuna.storages._grpc.client import GrpcClientCache
-from optuna.storages._grpc.servicer import OptunaStorageProxyService
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._compat.optuna import CachedStorage
+from tuner._compat.optuna_grpc import GrpcClientHooks, add_storage_service
+from tuner.errors import first_line
 from tuner.keys import REQUEST_ATTR
 from tuner.storage.rdb import open_storage, request_template
-from tuner.storage.retry import RETRY_S, TransientError, final_write, retry_deadline, retrying
+from tuner.storage.retry import RETRY_S, RetriedCalls, TransientError, final_write, retry_deadline
 from tuner.storage.urls import StorageError, is_proxy, mask, proxy_address
 
 log = logging.getLogger(__name__)
@@ -87,9 +84,10 @@ def _decode(data: bytes) -> Any:
     return json.loads(data)
 
 
-class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
-    """Optuna's ``GrpcStorageProxy`` with heartbeats, retries through proxy outages, and writes that
-    recognise their own earlier commits (see the module docstring).
+class ProxyStorage(RetriedCalls, GrpcClientHooks):
+    """Optuna's ``GrpcStorageProxy`` with heartbeats, retries through proxy outages
+    (:class:`tuner.storage.retry.RetriedCalls`), and writes that recognise their own earlier commits (see
+    the module docstring).
 
     Args:
         url: ``grpc://HOST:PORT``, as shown in messages.
@@ -99,65 +97,36 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
             attempt included: an attempt that hangs is given up at that deadline.
     """
 
-    # reads, and writes whose repeat is harmless; the others retry themselves (below)
-    _RETRIED = (
-        "create_new_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-        "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-        "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-        "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial",
-        "get_all_trials", "record_heartbeat", "_get_stale_trial_ids",
-    )
-
     def __init__(self, url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  retry_s: float = RETRY_S) -> None:
         self.url = url
         self.heartbeat_interval, self.grace_period, self.retry_s = heartbeat_interval, grace_period, retry_s
-        self._deadline = threading.local()  # when the call in progress on this thread gives up
         host, port = proxy_address(url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             super().__init__(host=host, port=port)
 
-    def __getattribute__(self, name: str) -> Any:
-        value = super().__getattribute__(name)
-        if name in ProxyStorage._RETRIED:
-            return super().__getattribute__("_retried")(value, name)
-        return value
-
-    def _setup(self) -> None:
-        self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=_CHANNEL_OPTIONS)
-        self._stub = _Stub(api_pb2_grpc.StorageServiceStub(self._channel), self._invoke)  # type: ignore[assignment]
-        self._cache = GrpcClientCache(self._stub)
-        self._extension = {name: self._channel.unary_unary(f"/{_SERVICE}/{name}", request_serializer=_encode,
-                                                           response_deserializer=_decode)
+    def open_channel(self, host: str, port: int) -> grpc.Channel:
+        channel = grpc.insecure_channel(f"{host}:{port}", options=_CHANNEL_OPTIONS)
+        self._extension = {name: channel.unary_unary(f"/{_SERVICE}/{name}", request_serializer=_encode,
+                                                     response_deserializer=_decode)
                            for name in ("RecordHeartbeat", "StaleTrialIds", "Claim", "DatabaseTime")}
+        return channel
 
-    def _retried(self, call: Callable[..., Any], what: str) -> Callable[..., Any]:
-        """``call`` retried through proxy outages until ``retry_s`` has passed since the outermost call began."""
-        retried = retrying(call, what, self.url, self.retry_s)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if getattr(self._deadline, "at", None) is not None:  # inside another retried call: its deadline holds
-                return retried(*args, **kwargs)
-            self._deadline.at = time.monotonic() + self.retry_s
-            try:
-                return retried(*args, **kwargs)
-            finally:
-                self._deadline.at = None
-
-        return wrapper
+    def wrap_stub(self, stub: Any) -> Any:
+        return _Stub(stub, self._invoke)
 
     def _invoke(self, rpc: Callable[..., Any], what: str, request: Any) -> Any:
-        """One call to the proxy, given up at this thread's deadline; a failure that waiting may fix is
-        raised as :class:`tuner.storage.retry.TransientError`, one the proxy reports as a
+        """One call to the proxy, given up at the deadline of the retried call it is part of; a failure that
+        waiting may fix is raised as :class:`tuner.storage.retry.TransientError`, one the proxy reports as a
         :class:`tuner.storage.urls.StorageError` with its message."""
-        at = getattr(self._deadline, "at", None)
-        timeout = self.retry_s if at is None else max(0.1, at - time.monotonic())
+        left = self.time_left()
+        timeout = self.retry_s if left is None else max(0.1, left)
         try:
             return rpc(request, timeout=timeout)
         except grpc.RpcError as err:
-            code, details = err.code(), (err.details() or "").strip().splitlines()
-            reason = f"{code.name}: {details[0] if details else 'no details'}"
+            code = err.code()
+            reason = f"{code.name}: {first_line(err.details() or '', 'no details')}"
             if code in _TRANSIENT_CODES:
                 raise TransientError(f"storage proxy {mask(self.url)}: {reason}") from None
             if code in _OPTUNA_CODES:
@@ -176,7 +145,7 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         """Optuna's, retried; the trial's template names the creation, so that a repeat after a lost reply
-        returns the trial made before (:meth:`tuner.storage.rdb.ResilientRDBStorage._create_new_trial`).
+        returns the trial made before (:meth:`tuner.storage.rdb.ResilientRDBStorage.create_trial`).
 
         Every attempt asks the server to look the name up first, the first one too: a handler of a proxy
         that was stopped may still be retrying an attempt after a restarted proxy served the next one."""
@@ -186,7 +155,7 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         def attempt() -> int:
             return int(GrpcStorageProxy.create_new_trial(self, study_id, template))
 
-        return int(self._retried(attempt, "create_new_trial")())
+        return int(self.retried(attempt, "create_new_trial")())
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
                                ) -> bool:
@@ -194,23 +163,23 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         it stored is accepted (see the module docstring)."""
         if state == TrialState.RUNNING:
             token = uuid.uuid4().hex
-            return bool(self._retried(lambda: self._call("Claim", {"trial_id": trial_id, "token": token}),
-                                      "claim")()["claimed"])
+            return bool(self.retried(lambda: self._call("Claim", {"trial_id": trial_id, "token": token}),
+                                     "claim")()["claimed"])
         attempt = final_write(lambda: GrpcStorageProxy.set_trial_state_values(self, trial_id, state, values),
                               lambda: GrpcStorageProxy.get_trial(self, trial_id), state, values, self.url, trial_id)
-        return bool(self._retried(attempt, "set_trial_state_values")())
+        return bool(self.retried(attempt, "set_trial_state_values")())
 
     def record_heartbeat(self, trial_id: int) -> None:
         self._call("RecordHeartbeat", {"trial_id": trial_id})
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         assert self.heartbeat_interval is not None
         grace = self.grace_period or 2 * self.heartbeat_interval  # Optuna's default
         return [int(i) for i in self._call("StaleTrialIds", {"study_id": study_id, "grace_period": grace})["ids"]]
 
     def database_time(self) -> float | None:
         """The clock of the proxy's database (:meth:`tuner.storage.rdb.ResilientRDBStorage.database_time`)."""
-        now = self._retried(lambda: self._call("DatabaseTime", {}), "database_time")()["now"]
+        now = self._call("DatabaseTime", {})["now"]
         return None if now is None else float(now)
 
     def get_heartbeat_interval(self) -> int | None:
@@ -238,16 +207,16 @@ def open_proxy(url: str, *, heartbeat_interval: int | None = None, grace_period:
     storage = ProxyStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                            retry_s=retry_deadline(heartbeat_interval, grace_period))
     try:
-        grpc.channel_ready_future(storage._channel).result(timeout=CONNECT_S)
+        grpc.channel_ready_future(storage.channel).result(timeout=CONNECT_S)
     except grpc.FutureTimeoutError:
         storage.close()
         raise StorageError(f"cannot open storage {mask(url)}: no storage proxy answered there within "
-                           f"{CONNECT_S:.0f} s; start one with tuner storage serve --port {storage._port}, "
+                           f"{CONNECT_S:.0f} s; start one with tuner storage serve --port {storage.port}, "
                            "the database's URL in $TUNER_STORAGE") from None
     return storage
 
 
-class _ProxyCache(_CachedStorage):
+class _ProxyCache(CachedStorage):
     """Optuna's caching layer, for a proxy that meets trials it never read.
 
     Optuna's sets a parameter only on a trial it has read or created itself, and fails with ``KeyError``
@@ -257,10 +226,8 @@ class _ProxyCache(_CachedStorage):
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:
-        with self._lock:
-            seen = trial_id in self._trial_id_to_study_id_and_number
-        if not seen:
-            self._backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        if not self.has_read(trial_id):
+            self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
             return
         super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
@@ -314,7 +281,7 @@ def make_server(backend: Any, host: str, port: int, threads: int = DEFAULT_THREA
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"))
     # Optuna's caching layer, as Optuna's documentation advises: a worker's read of the study's trials
     # reads only the trials that changed since the proxy last looked
-    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(_ProxyCache(backend)), server)
+    add_storage_service(server, _ProxyCache(backend))
     server.add_generic_rpc_handlers((_Extension(backend).handler(),))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,15 +25,18 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._compat.optuna import RDBStorageHooks, backend_of, rdb_models, stale_trial_query, transaction
 from tuner.keys import CLAIM_ATTR, HEARTBEAT_ATTR, REQUEST_ATTR, STARTED_ATTR, TOKEN_ATTR
-from tuner.storage.retry import RETRY_S, final_write, opening, retry_deadline, retrying
+from tuner.storage.retry import RETRY_S, RetriedCalls, final_write, opening, retry_deadline
 from tuner.storage.sqlite import engine_kwargs, existing_sqlite, prepare_sqlite
 from tuner.storage.urls import is_proxy, mask, missing_driver, parse_url, unknown_dialect, unreachable
 
 log = logging.getLogger(__name__)
 
-class ResilientRDBStorage(RDBStorage):
-    """Optuna's ``RDBStorage`` whose calls are retried through database outages (see :func:`retrying`).
+
+class ResilientRDBStorage(RetriedCalls, RDBStorageHooks):
+    """Optuna's ``RDBStorage`` whose calls are retried through database outages (see
+    :class:`tuner.storage.retry.RetriedCalls`).
 
     Optuna turns a dropped connection into ``StorageInternalError`` and the trial's result is lost;
     here the call waits for the database to come back. A retried write may have been committed already,
@@ -44,8 +47,8 @@ class ResilientRDBStorage(RDBStorage):
     - Creating a trial: a repeat would make a second trial, which holds a slot of the budget for ever.
       Each creating call carries a token, a system attribute (``TOKEN_ATTR``) written in the same
       transaction as the trial, and every attempt after its first looks for the trial carrying it
-      before making one (:meth:`_get_prepared_new_trial`). That covers this class's retries and
-      Optuna's own, which ``_create_new_trial`` makes after a failed commit.
+      before making one (:meth:`prepare_trial_row`). That covers this class's retries and
+      Optuna's own, which :meth:`create_trial` makes after a failed commit.
     - Taking up a queued trial (WAITING to RUNNING): a repeat finds it RUNNING and says no, and the
       trial would be orphaned. The claim carries a token too (``CLAIM_ATTR``), and a repeat that
       finds its own token says yes (:meth:`claim`).
@@ -61,17 +64,6 @@ class ResilientRDBStorage(RDBStorage):
     serves studies with different settings. This storage's own apply to a study without stored settings.
     """
 
-    _RETRIED = (
-        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-        "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-        "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-        "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
-        # what Optuna's caching layer calls on the storage beneath it
-        "_get_trials", "_set_trial_param", "_get_best_trial_id",
-        # create_new_trial, _create_new_trial, set_trial_state_values and stale_trial_ids retry themselves
-    )
-
     def __init__(self, *args: Any, retry_s: float = RETRY_S, **kwargs: Any) -> None:
         self.retry_s = retry_s  # how long a call waits out an outage (retry_deadline)
         self._creating: dict[str, _Creation] = {}  # the creations in progress, by token
@@ -80,16 +72,7 @@ class ResilientRDBStorage(RDBStorage):
         self._heartbeats: dict[int, dict[str, int | None]] = {}
         super().__init__(*args, **kwargs)
 
-    def __getattribute__(self, name: str) -> Any:
-        value = super().__getattribute__(name)
-        if name in ResilientRDBStorage._RETRIED:
-            return retrying(value, name, super().__getattribute__("url"), super().__getattribute__("retry_s"))
-        return value
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._create_new_trial(study_id, template_trial)._trial_id
-
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+    def create_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Optuna's, retried, and creating one trial however many attempts it takes (see the class).
 
         A template may name the creation itself (``REQUEST_ATTR``: a token, and whether an earlier
@@ -100,21 +83,20 @@ class ResilientRDBStorage(RDBStorage):
         plain = _without_token(template_trial)
         self._creating[call] = _Creation(plain, str(request.get("token") or call), bool(request.get("lookup")))
         try:
-            # the template carries the call to _get_prepared_new_trial, and into the trial returned
+            # the template carries the call to prepare_trial_row, and into the trial returned
             template = _with_token(plain, call)
-            return retrying(super()._create_new_trial, "_create_new_trial", self.url, self.retry_s)(study_id, template)
+            return self.retried(super().create_trial, "create_new_trial")(study_id, template)
         finally:
             del self._creating[call]
 
-    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
+    def prepare_trial_row(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
         """The new trial's row, in the session that holds the study's row lock; on an attempt after the
         first, the row an earlier attempt committed, if one did."""
-        from optuna.storages._rdb import models
-
+        models = rdb_models()
         call: str = template_trial.system_attrs.get(TOKEN_ATTR, "") if template_trial is not None else ""
         creation = self._creating.get(call)
-        if creation is None:  # not a creation through _create_new_trial
-            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        if creation is None:  # not a creation through create_trial
+            return super().prepare_trial_row(study_id, template_trial, session)
         if creation.tried:
             found = _trial_with_token(session, study_id, creation.token)
             if found is not None:
@@ -131,7 +113,7 @@ class ResilientRDBStorage(RDBStorage):
         if template is not None and (template.user_attrs or template.system_attrs):
             template = copy.copy(template)
             template.user_attrs, template.system_attrs = {}, {}
-        trial = super()._get_prepared_new_trial(study_id, template, session)
+        trial = super().prepare_trial_row(study_id, template, session)
         for model, attrs in ((models.TrialUserAttributeModel, user_attrs),
                              (models.TrialSystemAttributeModel, system_attrs)):
             session.add_all(model(trial_id=trial.trial_id, key=key, value_json=json.dumps(value))
@@ -147,50 +129,38 @@ class ResilientRDBStorage(RDBStorage):
             return self.claim(trial_id)
         attempt = final_write(lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
                               lambda: RDBStorage.get_trial(self, trial_id), state, values, self.url, trial_id)
-        return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return self.stale_trial_ids(study_id)
+        return self.retried(attempt, "set_trial_state_values")()
 
     def stale_trial_ids(self, study_id: int, grace_period: int | None = None) -> list[int]:
         """The study's RUNNING trials whose heartbeat is older than the grace period stored with the study
         (none if it has heartbeats off), whatever the asking worker's. For a study without stored settings,
         ``grace_period`` (a client of the gRPC proxy gives its own), else this storage's."""
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        def attempt() -> list[int]:
-            stored = self._heartbeats.get(study_id)
-            if stored is None:
-                with _create_scoped_session(self.scoped_session) as session:
-                    stored = self._stored_heartbeat(session, study_id)
-            if stored is not None:
-                interval = stored["heartbeat_interval"] or 0
-                grace = stored["grace_period"] or 2 * interval  # Optuna's default
-            else:
-                interval = self.heartbeat_interval or grace_period or 0
-                grace = grace_period or self.grace_period or 2 * interval
-            if not interval:
-                return []
-            # Optuna's query reads only these three settings; it is private, and takes them from the storage
-            view = _StaleView(self.scoped_session, interval, grace)
-            return RDBStorage._get_stale_trial_ids(view, study_id)  # type: ignore[arg-type]
-
-        return retrying(attempt, "_get_stale_trial_ids", self.url, self.retry_s)()
+        stored = self._heartbeats.get(study_id)
+        if stored is None:
+            with transaction(self) as opened:
+                stored = self._stored_heartbeat(opened, study_id)
+        if stored is not None:
+            interval = stored["heartbeat_interval"] or 0
+            grace = stored["grace_period"] or 2 * interval  # Optuna's default
+        else:
+            interval = self.heartbeat_interval or grace_period or 0
+            grace = grace_period or self.grace_period or 2 * interval
+        if not interval:
+            return []
+        return stale_trial_query(self, study_id, interval, grace)
 
     def claim(self, trial_id: int, token: str | None = None) -> bool:
         """Take up the queued trial ``trial_id`` (WAITING to RUNNING); ``False`` when another worker did.
 
         ``token`` names the claim (a fresh one without it); a client of the gRPC proxy gives its own, so
         that its repeat through a restarted proxy recognises the claim an earlier attempt committed."""
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
+        models = rdb_models()
         token = token or uuid.uuid4().hex
 
         def attempt() -> bool:
-            with _create_scoped_session(self.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                claim = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, CLAIM_ATTR, session)
+            with transaction(self) as opened:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, opened, for_update=True)
+                claim = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, CLAIM_ATTR, opened)
                 if trial.state == TrialState.RUNNING:
                     # a token names one claim call: finding it, an earlier attempt of this call committed
                     if claim is not None and json.loads(str(claim.value_json)) == token:
@@ -203,23 +173,22 @@ class ResilientRDBStorage(RDBStorage):
                 trial.state = TrialState.RUNNING
                 trial.datetime_start = datetime.now()
                 if claim is None:
-                    session.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=CLAIM_ATTR,
-                                                                 value_json=json.dumps(token)))
+                    opened.add(models.TrialSystemAttributeModel(trial_id=trial_id, key=CLAIM_ATTR,
+                                                                value_json=json.dumps(token)))
                 else:  # a trial queued through the storage API by hand, from a copy of a claimed one
                     claim.value_json = json.dumps(token)
                 assert trial.study_id is not None  # a trial row always has its study
-                started = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, STARTED_ATTR, session)
-                self._mark_running(session, trial.study_id, trial_id, started)
+                started = models.TrialSystemAttributeModel.find_by_trial_and_key(trial, STARTED_ATTR, opened)
+                self._mark_running(opened, trial.study_id, trial_id, started)
             return True
 
-        return retrying(attempt, "set_trial_state_values", self.url, self.retry_s)()
+        return self.retried(attempt, "set_trial_state_values")()
 
     def _mark_running(self, session: Any, study_id: int, trial_id: int, started: Any = None) -> None:
         """In the transaction that makes a trial RUNNING: its start by the database's clock, in its
         ``STARTED_ATTR`` row (``started``, where a copied trial has one already), and its first
         heartbeat, if its study has heartbeats on (see the class)."""
-        from optuna.storages._rdb import models
-
+        models = rdb_models()
         now = _EPOCH_SQL.get(session.get_bind().dialect.name)
         if now is not None:
             import sqlalchemy
@@ -246,17 +215,12 @@ class ResilientRDBStorage(RDBStorage):
         """The database's clock, in seconds since the epoch: the clock of ``STARTED_ATTR``. ``None`` for a
         database whose clock this module cannot read."""
         import sqlalchemy
-        from optuna.storages._rdb.storage import _create_scoped_session
 
         now = _EPOCH_SQL.get(self.engine.dialect.name)
         if now is None:
             return None
-
-        def read() -> float:
-            with _create_scoped_session(self.scoped_session) as session:
-                return float(session.execute(sqlalchemy.select(sqlalchemy.literal_column(now))).scalar_one())
-
-        return retrying(read, "database_time", self.url, self.retry_s)()
+        with transaction(self) as opened:
+            return float(opened.execute(sqlalchemy.select(sqlalchemy.literal_column(now))).scalar_one())
 
 
 # The database's clock in seconds since the epoch, free of any time zone: PostgreSQL's is the transaction's
@@ -268,8 +232,7 @@ _EPOCH_SQL = {"postgresql": "EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)", "mysql": "U
 def database_time(storage: Any) -> float | None:
     """The database's clock, in seconds since the epoch, read through ``storage`` (or the storage beneath
     Optuna's cache, or a storage proxy): ``None`` where there is none to read (another kind of storage)."""
-    backend = getattr(storage, "_backend", storage)
-    read = getattr(backend, "database_time", None)
+    read = getattr(backend_of(storage), "database_time", None)
     return read() if callable(read) else None
 
 
@@ -282,26 +245,15 @@ def heartbeat_settings(heartbeat_interval: int | None, grace_period: int | None)
 def _stored_heartbeat(session: Any, study_id: int) -> dict[str, int | None] | None:
     """The heartbeat settings stored with study ``study_id`` (:func:`heartbeat_settings`), or ``None``: a study
     created before they were stored, or by Optuna alone."""
-    from optuna.storages._rdb import models
-
-    attr = models.StudyUserAttributeModel
+    attr = rdb_models().StudyUserAttributeModel
     row = session.query(attr.value_json).filter(attr.study_id == study_id, attr.key == HEARTBEAT_ATTR).one_or_none()
     value = json.loads(row[0]) if row is not None else None
     return value if isinstance(value, dict) else None
 
 
 @dataclass
-class _StaleView:
-    """What Optuna's stale-trial query reads from its storage (:meth:`ResilientRDBStorage.stale_trial_ids`)."""
-
-    scoped_session: Any
-    heartbeat_interval: int
-    grace_period: int
-
-
-@dataclass
 class _Creation:
-    """A trial creation in progress (:meth:`ResilientRDBStorage._create_new_trial`)."""
+    """A trial creation in progress (:meth:`ResilientRDBStorage.create_trial`)."""
 
     template: FrozenTrial | None  # the caller's, without a token
     token: str  # stored with the trial (TOKEN_ATTR)
@@ -315,7 +267,7 @@ def _request(template: FrozenTrial | None) -> dict[str, Any]:
 
 
 def request_template(template: FrozenTrial | None, token: str, lookup: bool) -> FrozenTrial:
-    """``template`` naming its creation by ``token`` (see :meth:`ResilientRDBStorage._create_new_trial`);
+    """``template`` naming its creation by ``token`` (see :meth:`ResilientRDBStorage.create_trial`);
     with ``lookup``, a trial the study already holds with that token is returned instead of a new one."""
     return _with_attr(_without_token(template), REQUEST_ATTR, {"token": token, "lookup": lookup})
 
@@ -341,21 +293,23 @@ def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
 
 def _with_attr(template: FrozenTrial | None, key: str, value: Any) -> FrozenTrial:
     """A copy of ``template`` with the system attribute ``key``; without a template, of the trial Optuna
-    makes without one (RUNNING: its number and start are set when it is stored)."""
-    if template is None:
-        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                               datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
-                               intermediate_values={}, trial_id=-1)
-    else:
-        template = copy.copy(template)
+    makes without one (:func:`new_trial_template`)."""
+    template = new_trial_template() if template is None else copy.copy(template)
     template.system_attrs = {**template.system_attrs, key: value}
     return template
 
 
+def new_trial_template(user_attrs: Mapping[str, Any] | None = None) -> FrozenTrial:
+    """The trial Optuna makes without a template, as a template: RUNNING, started now (its number and id are
+    set when it is stored), with ``user_attrs``."""
+    return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                       datetime_complete=None, params={}, distributions={}, user_attrs=dict(user_attrs or {}),
+                       system_attrs={}, intermediate_values={}, trial_id=-1)
+
+
 def _trial_with_token(session: Any, study_id: int, token: str) -> Any:
     """The trial row of study ``study_id`` whose creation carried ``token``, or ``None``."""
-    from optuna.storages._rdb import models
-
+    models = rdb_models()
     attr = models.TrialSystemAttributeModel
     return (session.query(models.TrialModel)
             .join(attr, attr.trial_id == models.TrialModel.trial_id)
@@ -368,7 +322,7 @@ def _trial_with_token(session: Any, study_id: int, token: str) -> Any:
 def beats_when_started(storage: Any) -> bool:
     """Whether ``storage``, or the one beneath Optuna's cache, stores a trial's first heartbeat in the
     transaction that makes it RUNNING (:class:`ResilientRDBStorage` with heartbeats on)."""
-    backend = getattr(storage, "_backend", storage)
+    backend = backend_of(storage)
     return isinstance(backend, ResilientRDBStorage) and bool(backend.heartbeat_interval)
 
 

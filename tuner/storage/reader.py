@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import optuna
 
+from tuner.errors import first_line
 from tuner.storage.rdb import open_storage
 from tuner.storage.sqlite import SQLITE_BUSY_TIMEOUT_S, existing_sqlite, prepare_sqlite
 from tuner.storage.urls import StorageError, mask, parse_url, unreachable
@@ -71,7 +72,7 @@ def open_reader(url: str) -> Any:
                                           skip_table_creation=True)
     except Exception as err:  # noqa: BLE001 - an unusable file surfaces here as a SQLAlchemy or Optuna error
         raise StorageError(f"storage {mask(url)}: {path} holds no Optuna study "
-                           f"({str(err.__cause__ or err).splitlines()[0]})") from None
+                           f"({first_line(err.__cause__ or err)})") from None
 
 
 def _journal_mode(uri: str) -> str:

@@ -13,8 +13,10 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._compat.optuna import retried_trial_number
+from tuner._compat.optuna import retry_history as _retry_history
 from tuner.config.schema import RunConfig
-from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
+from tuner.keys import NOT_ADMITTED_ATTR, RETRY_OF_ATTR, STUDY_ERROR_ATTR
 
 
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -23,8 +25,9 @@ def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def retry_history(trial: FrozenTrial) -> list[int]:
-    """The numbers of the trials this one retries, oldest first (empty for a first attempt)."""
-    return list(trial.system_attrs.get("retry_history", []))
+    """The numbers of the trials this one retries, oldest first (empty for a first attempt), as Optuna's
+    ``RetryFailedTrialCallback.retry_history`` reads them."""
+    return _retry_history(trial)
 
 
 def lineage(trial: FrozenTrial) -> int:
@@ -71,10 +74,9 @@ def retry_of(trial: FrozenTrial) -> int | None:
     later retry. A queued retry is a copy of the failed trial's user attributes, so its ``retry_of``
     attribute is the failed trial's own until a worker takes it up; the history is right at once."""
     history = retry_history(trial)
-    # failed_trial is what RetryHeartbeatStaleTrialCallback.retried_trial_number reads
-    value = history[-1] if history else trial.system_attrs.get("failed_trial")
+    value = history[-1] if history else retried_trial_number(trial)
     if value is None:
-        value = trial.user_attrs.get("retry_of")
+        value = trial.user_attrs.get(RETRY_OF_ATTR)
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -16,7 +17,9 @@ from typing import Any, TypeVar
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._compat.optuna import CACHE_CALLS
 from tuner.config.schema import outage_wait_s
+from tuner.errors import first_line
 from tuner.storage.urls import StorageError, mask, scrub
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,7 @@ def _transient_driver_error(err: BaseException) -> bool:
 def _permanent(err: BaseException, what: str, url: str) -> StorageError:
     """A database error that retrying cannot fix, as one line naming the storage and the call."""
     root = _chain(err)[-1]
-    first = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    first = first_line(root, type(root).__name__)
     return StorageError(f"storage {mask(url)}: {what} failed: {scrub(first, url)}")
 
 
@@ -124,12 +127,64 @@ def retrying(call: Callable[..., T], what: str, url: str, deadline_s: float = RE
                     raise
                 if time.monotonic() - started + delay > deadline_s:
                     raise
-                reason = scrub(str(getattr(err, "orig", None) or err.__cause__ or err).strip().splitlines()[0], url)
+                reason = scrub(first_line(getattr(err, "orig", None) or err.__cause__ or err), url)
                 log.warning("storage %s: %s failed (%s); retrying in %.1f s", mask(url), what, reason, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     return wrapper
+
+
+# The storage calls retried blindly through an outage: reads, and writes whose repeat writes the same row
+# again (attributes, parameters, intermediate values, heartbeats). The writes that create or move a trial
+# recognise their own earlier attempt instead, and retry themselves (tuner.storage.rdb, tuner.storage.proxy).
+RETRIED = frozenset((
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+    "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
+    "get_n_trials", "get_best_trial", "record_heartbeat", "stale_trial_ids", "database_time", *CACHE_CALLS,
+))
+_outermost = threading.local()  # the deadline of the retried storage call in progress on this thread
+
+
+class RetriedCalls:
+    """A storage whose calls wait out outages: each method named in :data:`RETRIED`, and each call a method
+    passes to :meth:`retried`, is retried through transient failures (:func:`retrying`) for ``retry_s``.
+
+    A call made inside another on the same thread (Optuna's base methods call the storage's own) keeps the
+    outermost one's deadline, which :meth:`time_left` tells: a client of the storage proxy gives up an
+    attempt that hangs there.
+    """
+
+    url: str
+    retry_s: float
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in RETRIED:
+            return RetriedCalls.retried(self, value, name)
+        return value
+
+    def retried(self, call: Callable[..., T], what: str) -> Callable[..., T]:
+        """``call``, retried through outages until ``retry_s`` has passed since the outermost call began."""
+        retried = retrying(call, what, self.url, self.retry_s)
+
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            if getattr(_outermost, "deadline", None) is not None:  # inside another retried call: its deadline holds
+                return retried(*args, **kwargs)
+            _outermost.deadline = time.monotonic() + self.retry_s
+            try:
+                return retried(*args, **kwargs)
+            finally:
+                _outermost.deadline = None
+
+        return wrapper
+
+    def time_left(self) -> float | None:
+        """The seconds left to the retried call in progress on this thread, or ``None`` outside one."""
+        deadline = getattr(_outermost, "deadline", None)
+        return None if deadline is None else deadline - time.monotonic()
 
 
 # What a driver says when the server could not be reached at all: nothing listens there, or the host
@@ -160,7 +215,7 @@ def opening(call: Callable[[], T], url: str, deadline_s: float = RETRY_S) -> T:
         except Exception as err:  # noqa: BLE001 - Optuna wraps a failed commit in StorageInternalError
             if not _transient(err) or _refused(err) or time.monotonic() - started + delay > deadline_s:
                 raise
-            reason = scrub(str(_chain(err)[-1]).strip().splitlines()[0], url)
+            reason = scrub(first_line(_chain(err)[-1]), url)
             log.warning("storage %s: opening failed (%s); retrying in %.1f s", mask(url), reason, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any, TypeVar
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -140,5 +140,5 @@ def unreachable(err: Exception, url: str) -> StorageError:
         if not isinstance(beneath, BaseException) or beneath is root:
             break
         root = beneath
-    reason = scrub((str(root).strip().splitlines() or [type(root).__name__])[0], url)
+    reason = scrub(first_line(root, type(root).__name__), url)
     return StorageError(f"cannot open storage {mask(url)}: {reason}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tuner.errors import ForceQuit
+from tuner.errors import ForceQuit, first_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Heartbeat:
         try:
             self.storage.record_heartbeat(self.trial_id)
         except Exception as err:  # noqa: BLE001 - logged; tried again soon
-            log.warning("heartbeat of trial %d not recorded: %s", self.trial_id, str(err).splitlines()[0])
+            log.warning("heartbeat of trial %d not recorded: %s", self.trial_id, first_line(err))
             return False
         return True
 

@@ -28,7 +28,7 @@ from tuner.data.encoding import encode_documents
 from tuner.data.module import SentenceOrderingData
 from tuner.data.readers import load_documents
 from tuner.data.splits import Document
-from tuner.errors import ConfigError, PreflightError, TunerError
+from tuner.errors import ConfigError, PreflightError, TunerError, first_line
 from tuner.model.orderer import SentenceOrderer
 from tuner.training.distributed import one_device
 from tuner.training.trainer import build_trainer
@@ -100,7 +100,6 @@ def _validation_metrics(run: RunConfig, spec: BackboneSpec, documents: list[Docu
             trainer = build_trainer(config, Path(root), logger=False, progress=False)
             logged = trainer.validate(model, dataloaders=batches, verbose=False)
     except Exception as err:  # noqa: BLE001 - whatever it is, every trial would meet it
-        message = str(err).splitlines()[0] if str(err) else ""
         raise PreflightError(f"{run.source or run.name}: a validation step of {spec.label} failed: "
-                             f"{type(err).__name__}: {message}") from None
+                             f"{type(err).__name__}: {first_line(err)}") from None
     return tuple(sorted(logged[0])) if logged else ()

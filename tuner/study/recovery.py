@@ -1,10 +1,10 @@
-"""Recovery: the budget's slots, stale trials failed and retried, and ``tuner reap``.
+"""Recovery: the budget's slots (the rule: :func:`slot_holders`), stale trials failed and retried, and
+``tuner reap``.
 
-The budget ``n_trials`` counts every trial except a failed one that was retried (its retry holds the
-slot) and one failed by an error of the study itself. A trial whose heartbeat is older than the
-study's ``grace_period`` (stored with it when it was created, whatever the looking worker asked for)
-belongs to a dead worker (SIGKILL, power loss, a lost node): the next worker to look fails it, with the
-reason, and queues a retry up to ``max_retries`` times (:func:`fail_and_retry`).
+A trial whose heartbeat is older than the study's ``grace_period`` (stored with it when it was created,
+whatever the looking worker asked for) belongs to a dead worker (SIGKILL, power loss, a lost node): the next
+worker to look fails it, with the reason, and queues a retry up to ``max_retries`` times
+(:func:`fail_and_retry`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.keys import FAIL_REASON_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR
+from tuner._compat.optuna import retry_system_attrs, stale_trial_ids, storage_of, study_id, trial_id
+from tuner.keys import FAIL_REASON_ATTR, HOST_ATTR, PID_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR, WORKER_ATTR
 from tuner.storage.rdb import database_time, request_template
 from tuner.storage.records import is_not_admitted, is_study_error, lineage, retry_history
 
@@ -29,9 +30,22 @@ log = logging.getLogger(__name__)
 
 
 def slot_holders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that use the budget: all of them but failed trials that have a retry (the retry holds
-    the slot), trials failed by an error of the study itself (which would otherwise spend the budget
-    until it is fixed), and trials created past the budget, which never ran."""
+    """The trials that hold a slot of the budget: the budget rule, which every worker, ``tuner run`` and
+    its summary apply.
+
+    The budget ``n_trials`` is the study's, across every worker on every machine: a study run again
+    resumes up to it and stops there. Every trial holds a slot (running, waiting, finished) except:
+
+    - a failed trial that was retried: its retry holds the slot, however often it is retried (up to
+      ``max_retries``);
+    - a trial failed by an error of the study itself (bad data, a backbone that cannot load), which would
+      otherwise spend the budget until the study is fixed; it is queued again with the same settings;
+    - a trial created past the budget (``not_admitted``), failed before it ran.
+
+    A worker starts a trial while fewer than ``n_trials`` trials hold slots, and admits it by its place
+    among them (:func:`tuner.study.worker._admitted`; a retry by its first attempt's: :func:`retry_admitted`),
+    so that finished trials end equal to ``n_trials`` whatever the number of workers, lock or no lock.
+    """
     retried = {retry_history(t)[-1] for t in trials if retry_history(t)}
     return [t for t in trials
             if not (t.state == TrialState.FAIL and (t.number in retried or is_study_error(t) or is_not_admitted(t)))]
@@ -66,7 +80,7 @@ def fail_and_retry(study: optuna.Study, trial_id: int, reason: str, max_retries:
     Returns:
         The failed trial as stored, or ``None`` when it was no longer running (another worker ended it).
     """
-    storage = study._storage
+    storage = storage_of(study)
     try:
         storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
         if study_error:
@@ -98,13 +112,11 @@ def requeue(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
     """
     if not _retries_left(trial, max_retries):
         return False
-    system_attrs = {"failed_trial": trial.number, **trial.system_attrs,
-                    "retry_history": [*retry_history(trial), trial.number]}
     template = optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
                                          distributions=trial.distributions, user_attrs=trial.user_attrs,
-                                         system_attrs=system_attrs)
-    study._storage.create_new_trial(study._study_id, request_template(template, f"retry-of:{trial._trial_id}",
-                                                                      lookup=True))
+                                         system_attrs=retry_system_attrs(trial))
+    storage_of(study).create_new_trial(study_id(study), request_template(template, f"retry-of:{trial_id(trial)}",
+                                                                         lookup=True))
     return True
 
 
@@ -117,8 +129,8 @@ def retry_admitted(study: optuna.Study, trial: FrozenTrial, budget: int) -> bool
     between queuing the retry and writing the failure: this worker writes it. If that is refused, the
     trial's own worker finished it, and the retry is not needed.
     """
-    storage = study._storage
-    failed_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, retry_history(trial)[-1])
+    storage = storage_of(study)
+    failed_id = storage.get_trial_id_from_study_id_trial_number(study_id(study), retry_history(trial)[-1])
     if storage.get_trial(failed_id).state == TrialState.RUNNING:
         with contextlib.suppress(UpdateFinishedTrialError):
             storage.set_trial_state_values(failed_id, state=TrialState.FAIL)
@@ -136,11 +148,11 @@ def retry_note(trial: FrozenTrial, max_retries: int) -> str:
 
 def _owner(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
-    return f"worker {attrs.get('worker', '?')} on {attrs.get('host', '?')}, pid {attrs.get('pid', '?')}"
+    return f"worker {attrs.get(WORKER_ATTR, '?')} on {attrs.get(HOST_ATTR, '?')}, pid {attrs.get(PID_ATTR, '?')}"
 
 
 def heartbeat_interval(study: optuna.Study) -> int | None:
-    return getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+    return getattr(storage_of(study), "get_heartbeat_interval", lambda: None)()
 
 
 def _stale_ids(study: optuna.Study) -> list[int]:
@@ -148,8 +160,7 @@ def _stale_ids(study: optuna.Study) -> list[int]:
     heartbeats): the storage reads it from the study (:meth:`tuner.storage.rdb.ResilientRDBStorage.stale_trial_ids`)."""
     if not heartbeat_interval(study):
         return []
-    # Optuna keeps this query private; its public fail_stale_trials cannot record a failure's reason
-    return list(study._storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+    return stale_trial_ids(storage_of(study), study_id(study))
 
 
 def fail_stale(study: optuna.Study, max_retries: int) -> list[int]:
@@ -159,14 +170,14 @@ def fail_stale(study: optuna.Study, max_retries: int) -> list[int]:
     attributes are read-only), so the reason is written while the trial still runs. Several workers
     may race here; the storage lets exactly one change each trial's state. Returns the trials failed.
     """
-    storage = study._storage
+    storage = storage_of(study)
     failed = []
-    for trial_id in _stale_ids(study):
-        trial = storage.get_trial(trial_id)
+    for stale_id in _stale_ids(study):
+        trial = storage.get_trial(stale_id)
         if trial.state != TrialState.RUNNING:
             continue
         reason = f"stale: the heartbeat of {_owner(trial)} stopped; {retry_note(trial, max_retries)}"
-        if fail_and_retry(study, trial_id, reason, max_retries) is None:
+        if fail_and_retry(study, stale_id, reason, max_retries) is None:
             continue  # its worker, or another worker, finished it first
         log.warning("trial %d failed: %s", trial.number, reason)
         failed.append(trial.number)
@@ -188,16 +199,16 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
     reaped = []
     for trial in running:
         why = None
-        if trial._trial_id in stale_by_heartbeat:
+        if trial_id(trial) in stale_by_heartbeat:
             why = f"the heartbeat of {_owner(trial)} stopped"
-        elif trial.user_attrs.get("host") == host and not _alive(trial.user_attrs.get("pid")):
+        elif trial.user_attrs.get(HOST_ATTR) == host and not _alive(trial.user_attrs.get(PID_ATTR)):
             why = f"{_owner(trial)} is no longer running"
-        elif older_than is not None and ages.get(trial._trial_id, -math.inf) > older_than:
+        elif older_than is not None and ages.get(trial_id(trial), -math.inf) > older_than:
             why = f"running for more than {older_than:.0f} s (reaped by hand)"
         if why is None:
             continue
         reason = f"stale: {why}; {retry_note(trial, max_retries)}"
-        if fail_and_retry(study, trial._trial_id, reason, max_retries) is None:
+        if fail_and_retry(study, trial_id(trial), reason, max_retries) is None:
             continue
         reaped.append({"number": trial.number, "reason": reason, "retried": _retries_left(trial, max_retries)})
     return reaped
@@ -211,15 +222,15 @@ def _ages(study: optuna.Study, trials: list[FrozenTrial]) -> dict[int, float]:
     Optuna's ``datetime_start`` is all there is: the worker's local time, compared with this
     machine's, which is right only where both keep the same time zone and time.
     """
-    now = database_time(study._storage) if any(STARTED_ATTR in t.system_attrs for t in trials) else None
+    now = database_time(storage_of(study)) if any(STARTED_ATTR in t.system_attrs for t in trials) else None
     here = time.time()
     ages = {}
     for trial in trials:
         started = trial.system_attrs.get(STARTED_ATTR)
         if isinstance(started, (int, float)):
-            ages[trial._trial_id] = (here if now is None else now) - started  # an epoch: still no time zone
+            ages[trial_id(trial)] = (here if now is None else now) - started  # an epoch: still no time zone
         elif trial.datetime_start is not None:
-            ages[trial._trial_id] = here - trial.datetime_start.timestamp()
+            ages[trial_id(trial)] = here - trial.datetime_start.timestamp()
     return ages
 
 

@@ -1,8 +1,6 @@
 """Running a study: open it in its storage, run one worker on it in this process, summarise it.
 
-The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
-failed trials that were retried and trials failed by an error of the study itself (see
-:mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there.
+The budget ``n_trials`` is the study's, across every worker (the rule: :func:`tuner.study.recovery.slot_holders`).
 ``run_study`` is one worker in this process (:mod:`tuner.study.workers` starts several). It first runs
 the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot work fails before
 its first trial.
@@ -28,7 +26,7 @@ from tuner.config.loader import find_study, load_study
 from tuner.config.schema import RunConfig
 from tuner.errors import TunerError
 from tuner.hpo import search
-from tuner.keys import HEARTBEAT_ATTR
+from tuner.keys import BASELINE_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR, METRIC_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import heartbeat_settings, open_storage, request_template
 from tuner.storage.records import best_row
@@ -83,9 +81,9 @@ def open_study(run: RunConfig, storage: str | None = None, create: bool = True, 
         raise TunerError(f"no study {run.name!r} in {mask(url)}; studies there: {sorted(names) or 'none'}")
     study = optuna.create_study(study_name=run.name, storage=backend, sampler=sampler, pruner=pruner,
                                 direction=run.study.direction, load_if_exists=True)
-    metric = study.user_attrs.get("metric")
+    metric = study.user_attrs.get(METRIC_ATTR)
     if metric is None:
-        study.set_user_attr("metric", run.study.metric)
+        study.set_user_attr(METRIC_ATTR, run.study.metric)
     elif metric != run.study.metric:
         raise TunerError(f"study {run.name!r} in {mask(url)} optimises {metric}, not {run.study.metric}; "
                          "use another study name or storage")
@@ -120,13 +118,12 @@ def _check_heartbeat(study: optuna.Study, run: RunConfig, url: str) -> None:
 
 
 def counted(study: optuna.Study) -> int:
-    """The trials that use the budget (see :func:`tuner.study.recovery.used_slots`)."""
+    """The trials that hold a slot of the budget (:func:`tuner.study.recovery.slot_holders`)."""
     return used_slots(study.get_trials(deepcopy=False))
 
 
 def finished(trials: list[FrozenTrial]) -> int:
-    """Trials that ended and count towards the budget: a failed trial that was retried does not, nor one
-    failed by an error of the study itself."""
+    """Trials that ended and hold a slot of the budget (:func:`tuner.study.recovery.slot_holders`)."""
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
@@ -275,7 +272,7 @@ def _enqueue_baseline(study: optuna.Study, params: dict[str, Any]) -> None:
     lock keeps a second worker from queueing it again; through the storage proxy, which has no lock, the
     creation is named (``BASELINE_TOKEN``), and a second worker's finds the first's trial instead."""
     trial = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
-                                      user_attrs={"baseline": True})
+                                      user_attrs={BASELINE_ATTR: True})
     study.add_trial(request_template(trial, BASELINE_TOKEN, lookup=True))
 
 
@@ -312,6 +309,6 @@ class _Progress:
 
 def _line(trial: FrozenTrial) -> str:
     value = "" if trial.value is None else f" value={trial.value:.4f}"
-    reason = trial.user_attrs.get("fail_reason") if trial.state == TrialState.FAIL else None
+    reason = trial.user_attrs.get(FAIL_REASON_ATTR) if trial.state == TrialState.FAIL else None
     epochs = trial.user_attrs.get("epochs", "-")
     return f"{trial.state.name}{value} epochs={epochs}" + (f" ({reason})" if reason else "")

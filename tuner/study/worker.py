@@ -3,27 +3,23 @@
 Any number of workers, on one machine or many, run :func:`work` against one storage; they share
 nothing else. The rules that keep the study whole:
 
-- Slots. The budget ``n_trials`` counts every trial except a failed one that was retried (its retry
-  holds the slot), one failed by an error of the study, and one created past the budget. A worker
-  checks the count and starts its trial under the study's lock (:class:`tuner.storage.lock.SlotLock`),
-  and admits the trial by its place among the trials that hold slots (:func:`_admitted`), so that
-  finished trials end equal to ``n_trials`` whatever the number of workers, even when a lock is lost
-  with its database session, or there is none (the storage proxy: :mod:`tuner.storage.proxy`).
+- Slots. A worker counts the budget's slots (the rule: :func:`tuner.study.recovery.slot_holders`) and
+  starts its trial under the study's lock (:class:`tuner.storage.lock.SlotLock`), and admits the trial by
+  its place (:func:`_admitted`), even when a lock is lost with its database session, or there is none
+  (the storage proxy: :mod:`tuner.storage.proxy`).
 - Heartbeats. A running trial's worker records a heartbeat every ``heartbeat_interval`` seconds. A
   trial whose heartbeat is older than ``grace_period`` belongs to a dead worker (SIGKILL, power
   loss, a lost node): the next worker to look fails it, with the reason, and queues a retry up to
-  ``max_retries`` times. Every failure queues its retry before it is written, under a name derived from
-  the failed trial (:func:`tuner.study.recovery.fail_and_retry`), so a slot is held by the running trial
-  or its waiting retry at every moment, and workers failing one trial at once make one retry. A worker whose budget is
-  spent waits while other workers' trials run, so a trial orphaned late is still retried.
+  ``max_retries`` times (:func:`tuner.study.recovery.fail_and_retry`). A worker whose budget is spent waits
+  while other workers' trials run, so a trial orphaned late is still retried.
 - Signals. SIGTERM and SIGINT (preemption, Ctrl+C) end the running trial as FAIL with the reason,
   queue its retry, and stop the worker; Optuna alone leaves such a trial RUNNING for ever. A signal once
   the objective has returned lets its outcome be stored first. A second signal quits at once and stores
   nothing more: the trial stays RUNNING until the stale check fails and retries it.
 - Errors of the study itself. A :class:`tuner.errors.TunerError` raised inside a trial (a data file
   gone, a backbone that cannot load) is a property of the study, not of the trial's settings: the trial
-  is failed with ``study_error`` set, does not use the budget, is queued again with the same settings,
-  and the error stops the worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
+  is failed with ``study_error`` set and queued again with the same settings, and the error stops the
+  worker. The same failure ``SAME_FAILURES_TO_STOP`` times in a row stops it too.
 """
 
 from __future__ import annotations
@@ -35,16 +31,33 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError
-from tuner.keys import FAIL_REASON_ATTR, NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
+from tuner._compat.optuna import (
+    as_asked,
+    enter_optimize_loop,
+    forget_trials,
+    leave_optimize_loop,
+    stop_requested,
+    storage_of,
+    study_id,
+    trial_id,
+)
+from tuner.errors import ForceQuit, Interrupted, TrialAbandoned, TunerError, first_line
+from tuner.keys import (
+    FAIL_REASON_ATTR,
+    HOST_ATTR,
+    NOT_ADMITTED_ATTR,
+    PID_ATTR,
+    RETRY_OF_ATTR,
+    STUDY_ERROR_ATTR,
+    WORKER_ATTR,
+)
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import beats_when_started
+from tuner.storage.rdb import beats_when_started, new_trial_template
 from tuner.storage.records import lineage, retry_history
 from tuner.study.heartbeat import Heartbeat
 from tuner.study.recovery import (
@@ -117,17 +130,15 @@ def work(
     """
     result = WorkResult()
     started = time.monotonic()
-    labels = {"worker": worker, "host": socket.gethostname(), "pid": os.getpid()}
+    labels = {WORKER_ATTR: worker, HOST_ATTR: socket.gethostname(), PID_ATTR: os.getpid()}
     interval = heartbeat_interval(study)
     trial: optuna.Trial | None = None
     idle_wait = IDLE_FIRST_LOOK_S
     last_error: str | None = None  # the exception that failed the last trial, as "Type: message"
     repeats = 0  # how many trials in a row failed with it
-    # Samplers end a study through `study.stop()` (the grid sampler, once its grid is spent), which
-    # Optuna allows only inside its own optimize loop; this loop plays that part.
-    study._thread_local.in_optimize_loop, study._stop_flag = True, False
+    enter_optimize_loop(study)  # a sampler may end the study (the grid sampler, once its grid is spent)
     try:
-        while not study._stop_flag:
+        while not stop_requested(study):
             signals.check()
             if timeout is not None and time.monotonic() - started >= timeout:
                 log.info("timeout of %.0f s reached after %d trials", timeout, result.ran)
@@ -166,7 +177,7 @@ def work(
             repeats = repeats + 1 if error is not None and error == last_error else int(error is not None)
             last_error = error
             if same_failures and repeats >= same_failures:
-                reason = frozen.user_attrs.get("fail_reason") or error
+                reason = frozen.user_attrs.get(FAIL_REASON_ATTR) or error
                 result.repeated_failure = f"{repeats} trials in a row failed with the same error: {reason}"
                 break
     except Interrupted as err:
@@ -176,7 +187,7 @@ def work(
             with signals.deferred():
                 _end_interrupted(study, trial, err, max_retries)
     finally:
-        study._thread_local.in_optimize_loop = False
+        leave_optimize_loop(study)
     return result
 
 
@@ -191,13 +202,9 @@ def _ask(study: optuna.Study, waiting: bool, labels: Mapping[str, Any] | None = 
     """
     if waiting:
         return study.ask()
-    study._thread_local.cached_all_trials = None  # what study.ask does before it creates a trial
-    template = None
-    if labels:  # what Optuna makes without a template, plus the labels
-        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                               datetime_complete=None, params={}, distributions={}, user_attrs=dict(labels),
-                               system_attrs={}, intermediate_values={}, trial_id=-1)
-    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+    forget_trials(study)  # what study.ask does before it creates a trial
+    template = new_trial_template(labels) if labels else None
+    return optuna.Trial(study, storage_of(study).create_new_trial(study_id(study), template))
 
 
 def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial], budget: int) -> bool:
@@ -212,8 +219,8 @@ def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial],
     again. A trial enqueued by hand (the baseline) already holds its slot; a retry is admitted by its
     first attempt's place (:func:`tuner.study.recovery.retry_admitted`).
     """
-    if retry_history(trial._cached_frozen_trial):
-        return retry_admitted(study, trial._cached_frozen_trial, budget)
+    if retry_history(as_asked(trial)):
+        return retry_admitted(study, as_asked(trial), budget)
     if trial.number < len(seen):
         return True  # enqueued (the baseline): it holds its slot
     if trial.number == len(seen):
@@ -226,7 +233,7 @@ def _admitted(study: optuna.Study, trial: optuna.Trial, seen: list[FrozenTrial],
 def _withdraw(study: optuna.Study, trial: optuna.Trial) -> None:
     """Fail a trial created past the budget before it runs; it uses no slot (see slot_holders)."""
     trial.set_user_attr(NOT_ADMITTED_ATTR, True)
-    trial.set_user_attr("fail_reason", "not admitted: the budget was spent by trials started at the same time")
+    trial.set_user_attr(FAIL_REASON_ATTR, "not admitted: the budget was spent by trials started at the same time")
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     log.warning("trial %d not run: the budget was spent by trials started at the same time", trial.number)
 
@@ -234,29 +241,28 @@ def _withdraw(study: optuna.Study, trial: optuna.Trial) -> None:
 def _label(trial: optuna.Trial, labels: Mapping[str, Any]) -> None:
     """Record who runs ``trial`` (``labels``), where its creation did not; a retry, which starts as a copy
     of the failed trial's attributes, is linked to that trial and its failure cleared."""
-    # the trial as `ask` read it, after popping a queued retry: reading it again costs a query per trial
-    stored = trial._cached_frozen_trial.user_attrs
+    stored = as_asked(trial).user_attrs
     for key, value in labels.items():
         if stored.get(key) != value:
             trial.set_user_attr(key, value)
-    history = retry_history(trial._cached_frozen_trial)
+    history = retry_history(as_asked(trial))
     if history:
-        trial.set_user_attr("retry_of", history[-1])
-        trial.set_user_attr("fail_reason", None)
-        if trial._cached_frozen_trial.user_attrs.get(STUDY_ERROR_ATTR):
+        trial.set_user_attr(RETRY_OF_ATTR, history[-1])
+        trial.set_user_attr(FAIL_REASON_ATTR, None)
+        if as_asked(trial).user_attrs.get(STUDY_ERROR_ATTR):
             trial.set_user_attr(STUDY_ERROR_ATTR, None)
 
 
 def _end_interrupted(study: optuna.Study, trial: optuna.Trial, err: Interrupted, max_retries: int) -> FrozenTrial:
     """Fail an interrupted trial with the signal as its reason, its retry queued first (see
     :func:`tuner.study.recovery.fail_and_retry`: no lock is needed for a worker counting meanwhile)."""
-    current = study._storage.get_trial(trial._trial_id)
+    current = storage_of(study).get_trial(trial_id(trial))
     if current.state != TrialState.RUNNING:
         return current
     reason = f"interrupted by {signal.Signals(err.signum).name}; {retry_note(current, max_retries)}"
-    frozen = fail_and_retry(study, trial._trial_id, reason, max_retries, trial=trial)
+    frozen = fail_and_retry(study, trial_id(trial), reason, max_retries, trial=trial)
     if frozen is None:
-        return study._storage.get_trial(trial._trial_id)
+        return storage_of(study).get_trial(trial_id(trial))
     log.warning("trial %d failed: %s", trial.number, reason)
     return frozen
 
@@ -286,17 +292,17 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         """Whether the trial ran no forward pass for ``stall_timeout``; if so it is failed here."""
         if stall_timeout is None or time.monotonic() - signals.progressed_at <= stall_timeout:
             return False
-        current = study._storage.get_trial(trial._trial_id)
+        current = storage_of(study).get_trial(trial_id(trial))
         reason = (f"stalled: no forward pass for {stall_timeout:g} s while its worker lives (study.stall_timeout); "
                   f"{retry_note(current, max_retries)}")
-        if fail_and_retry(study, trial._trial_id, reason, max_retries) is not None:
+        if fail_and_retry(study, trial_id(trial), reason, max_retries) is not None:
             log.error("trial %d failed: %s", trial.number, reason)
         signals.abandon()  # if training ever wakes, it stops at its next check and stores nothing more
         return True
 
     with signals.deferred():
-        with Heartbeat(study._storage, trial._trial_id, interval, on_ended=signals.abandon,
-                       first_stored=beats_when_started(study._storage), stalled=stalled):
+        with Heartbeat(storage_of(study), trial_id(trial), interval, on_ended=signals.abandon,
+                       first_stored=beats_when_started(storage_of(study)), stalled=stalled):
             try:
                 with signals.allowed():  # the objective defers signals itself where it stops cleanly
                     signals.check()
@@ -315,8 +321,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
                     raise
                 interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.signum or signal.SIGTERM)
             except Exception as err:  # noqa: BLE001 - a failed trial must not stop the study (its errors do: below)
-                message = str(err).splitlines()[0] if str(err) else ""
-                reason = f"{type(err).__name__}: {message}"
+                reason = f"{type(err).__name__}: {first_line(err)}"
                 if isinstance(err, TunerError):
                     study_error = err
         ended = _ended_elsewhere(study, trial, state, signals)
@@ -327,9 +332,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
             raise interrupted from None
         if state == TrialState.FAIL:
             # the objective's own reason, when it gave one, says more than the exception's type
-            recorded = trial.user_attrs.get("fail_reason")
+            recorded = trial.user_attrs.get(FAIL_REASON_ATTR)
             if not recorded:
-                trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr(FAIL_REASON_ATTR, reason)
             if study_error is None:  # an error of the study is raised, and reported by the caller
                 log.warning("trial %d failed: %s", trial.number, recorded or reason)
         if state == TrialState.COMPLETE:
@@ -337,7 +342,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         if study_error is not None:
             # not counted (see used_slots) and run again once the study is fixed: the same settings, and
             # the baseline stays the baseline
-            fail_and_retry(study, trial._trial_id, str(trial.user_attrs.get(FAIL_REASON_ATTR) or reason),
+            fail_and_retry(study, trial_id(trial), str(trial.user_attrs.get(FAIL_REASON_ATTR) or reason),
                            max_retries, study_error=True, trial=trial)
             raise study_error
         frozen = study.tell(trial, state=state, skip_if_finished=True)
@@ -353,9 +358,9 @@ def _ended_elsewhere(study: optuna.Study, trial: optuna.Trial, state: TrialState
     if not signals.abandoned and state != TrialState.FAIL:
         return None  # a result's tell skips a trial ended meanwhile by itself
     signals.forget_abandoned()
-    stored = study._storage.get_trial(trial._trial_id)
+    stored = storage_of(study).get_trial(trial_id(trial))
     if stored.state == TrialState.RUNNING:
         return None
     log.warning("trial %d was ended by another worker while it ran, and not stored here: %s", trial.number,
-                stored.user_attrs.get("fail_reason") or stored.state.name)
+                stored.user_attrs.get(FAIL_REASON_ATTR) or stored.state.name)
     return stored

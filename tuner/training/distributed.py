@@ -49,10 +49,10 @@ import torch.multiprocessing as mp
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, Strategy
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies import Strategy
 from typing_extensions import override
 
+from tuner._compat.lightning import DDPStrategyHooks, SpawnLauncherHooks
 from tuner.config.schema import TrainerConfig
 from tuner.errors import TunerError
 from tuner.keys import RANKS_ATTR
@@ -74,7 +74,7 @@ def one_device(config: TrainerConfig) -> TrainerConfig:
     return replace(config, devices=1, strategy="auto")
 
 
-class SpawnedDDPStrategy(DDPStrategy):
+class SpawnedDDPStrategy(DDPStrategyHooks):
     """DDP whose ranks this process spawns, with a line from rank 0 back to this process.
 
     Rank 0's callback states, the trainer's epoch count and every rank's fingerprint come back when the
@@ -90,8 +90,8 @@ class SpawnedDDPStrategy(DDPStrategy):
         self.ranks: list[dict[str, Any]] = []
 
     @override
-    def _configure_launcher(self) -> None:
-        self._launcher = _SpawnLauncher(self)
+    def make_launcher(self) -> _SpawnLauncher:
+        return _SpawnLauncher(self)
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
@@ -264,7 +264,7 @@ class _LocalRanks(LightningEnvironment):
         return 0
 
 
-class _SpawnLauncher(_MultiProcessingLauncher):
+class _SpawnLauncher(SpawnLauncherHooks):
     """Lightning's spawn launcher, bringing back more than the best checkpoint path and callback metrics.
 
     Rank 0's callback states, the epoch count and every rank's fingerprint come back in the extra
@@ -288,9 +288,9 @@ class _SpawnLauncher(_MultiProcessingLauncher):
             raise pickle.loads(self._errors.get()) from failed
 
     @override
-    def _wrapping_function(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
+    def run_rank(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
         try:
-            super()._wrapping_function(process_idx, *args, **kwargs)
+            super().run_rank(process_idx, *args, **kwargs)
         except Exception as err:
             try:
                 self._errors.put(pickle.dumps(err))
@@ -308,9 +308,9 @@ class _SpawnLauncher(_MultiProcessingLauncher):
             torch.distributed.destroy_process_group()
 
     @override
-    def _collect_rank_zero_results(self, trainer: pl.Trainer, results: Any) -> Any:
+    def collect_rank_zero_results(self, trainer: pl.Trainer, results: Any) -> Any:
         self._ranks = self._spawned.gather_ranks(trainer)  # a collective: every rank takes part
-        return super()._collect_rank_zero_results(trainer, results)
+        return super().collect_rank_zero_results(trainer, results)
 
     @override
     def get_extra_results(self, trainer: pl.Trainer) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tuner.data.batching import collate
 from tuner.data.encoding import encode_documents
 from tuner.data.module import SentenceOrderingData
 from tuner.data.splits import Document
-from tuner.errors import TunerError, require_file
+from tuner.errors import TunerError, first_line, require_file
 from tuner.model.orderer import SentenceOrderer
 from tuner.training.trainer import build_trainer, split_metrics
 
@@ -33,7 +33,8 @@ def load_checkpoint(path: str | Path, data_overrides: Mapping[str, Any] | None =
     except OSError as err:
         raise TunerError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
     except Exception as err:  # noqa: BLE001 - unpickling a file that is not a checkpoint raises almost anything
-        raise TunerError(f"checkpoint {path} is not a tuner checkpoint: {_first_line(err)}") from None
+        raise TunerError(f"checkpoint {path} is not a tuner checkpoint: "
+                         f"{first_line(err, type(err).__name__)}") from None
     model_hparams = stored.get("hyper_parameters") if isinstance(stored, Mapping) else None
     if not isinstance(model_hparams, Mapping) or "backbone_config" not in model_hparams or "state_dict" not in stored:
         raise TunerError(f"checkpoint {path} is not a tuner checkpoint: it holds no model written by tuner train "
@@ -41,18 +42,13 @@ def load_checkpoint(path: str | Path, data_overrides: Mapping[str, Any] | None =
     try:
         model = SentenceOrderer.load_from_checkpoint(path, map_location="cpu")
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
-        raise TunerError(f"checkpoint {path} cannot be loaded: {_first_line(err)}") from None
+        raise TunerError(f"checkpoint {path} cannot be loaded: {first_line(err, type(err).__name__)}") from None
     hparams = stored.get("datamodule_hyper_parameters") or {}
     values = dict(hparams.get("data", {}))
     values.update(data_overrides or {})
     data = SentenceOrderingData(data_config(values), hparams.get("backbone_name", model.spec.name))
     model.eval()
     return model, data
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def evaluate(

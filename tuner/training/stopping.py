@@ -23,6 +23,7 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tuner._compat.lightning import validation_follows
 from tuner.errors import ForceQuit, Interrupted, TrialAbandoned
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class StopOnSignal(Callback):
         # validation, which the retry would never run (its history would lack it); the last
         # validation's checkpoint stands instead.
         if (self.signals.signum is not None and not self.signals.abandoned
-                and not _validation_follows(trainer)):
+                and not validation_follows(trainer)):
             trainer.save_checkpoint(str(self.last))
         self.signals.check()
 
@@ -262,9 +263,3 @@ class StopOnSignal(Callback):
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.signals is not None and not trainer.sanity_checking:
             self.signals.check()  # the last checkpoint, from the last validation, stands
-
-
-def _validation_follows(trainer: pl.Trainer) -> bool:
-    """Whether Lightning validates right after the training batch that just ended."""
-    loop = trainer.fit_loop
-    return loop._data_fetcher is not None and bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
