@@ -77,9 +77,9 @@ def objective(trial: Any) -> float:
 
 
 def _tuner_run(url: str, study_name: str, seed: int, n_trials: int) -> Any:
-    from tuner.study.runner import load_run
+    from tuner.study.runner import load_study_file
 
-    return load_run(str(ROOT / "studies" / "demo.toml"), [
+    return load_study_file(str(ROOT / "studies" / "demo.toml"), [
         f'study.name="{study_name}"', f'study.storage="{url}"', f"study.n_trials={n_trials}",
         f'study.sampler={{type="random", seed={seed}}}', 'study.pruner="none"', 'study.direction="minimize"',
         "study.baseline=false",

@@ -19,7 +19,7 @@ from _common import ROOT, machine, require_shared, write_results
 
 from tuner.storage.records import trial_row
 from tuner.study.queries import best_checkpoint
-from tuner.study.runner import load_run, open_study, run_study
+from tuner.study.runner import load_study_file, open_study, run_study
 from tuner.training.inference import evaluate
 
 DEFAULTS = ["search.max_epochs=[1, 2]"]
@@ -39,7 +39,7 @@ def main() -> None:
         f'data.test="{nips / "test.lower"}"',
         f'study.storage="sqlite:///{folder / "study.db"}"', f'trainer.output_dir="{folder}"', "study.n_trials=100",
     ]
-    run = load_run(str(ROOT / "studies" / "nips.toml"), overrides)
+    run = load_study_file(str(ROOT / "studies" / "nips.toml"), overrides)
     started = time.perf_counter()
     run_study(run, timeout=args.budget, progress=False)
     wall = time.perf_counter() - started

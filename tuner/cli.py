@@ -22,10 +22,10 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from tuner.config.loader import find_study, load_study
+    from tuner.config.loader import find_study_file, read_study_file
     from tuner.training.trainer import train
 
-    run = load_study(find_study(args.study), args.set)
+    run = read_study_file(find_study_file(args.study), args.set)
     result = train(run, output_dir=args.output)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
@@ -44,22 +44,22 @@ def _checkpoint(args: argparse.Namespace) -> str:
     if not args.study:
         raise TunerError("give --checkpoint PATH or --study NAME")
     from tuner.study.queries import best_checkpoint
-    from tuner.study.runner import load_run
+    from tuner.study.runner import load_study_file
 
-    return best_checkpoint(load_run(args.study), args.storage)
+    return best_checkpoint(load_study_file(args.study), args.storage)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
-    from tuner.config.loader import find_study
+    from tuner.config.loader import find_study_file
     from tuner.study.queries import trials
-    from tuner.study.runner import load_run, run_study
+    from tuner.study.runner import load_study_file, run_study
     from tuner.study.workers import run_workers
 
-    run = load_run(args.study, args.set)
+    run = load_study_file(args.study, args.set)
     if args.workers > 1:
-        summary = run_workers(run, find_study(args.study), args.workers, args.set, storage=args.storage,
+        summary = run_workers(run, find_study_file(args.study), args.workers, args.set, storage=args.storage,
                               n_trials=args.n_trials, timeout=args.timeout)
     else:
         summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
@@ -89,9 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from tuner.study.runner import load_run, reap_study
+    from tuner.study.runner import load_study_file, reap_study
 
-    reaped = reap_study(load_run(args.study), args.storage, args.older_than)
+    reaped = reap_study(load_study_file(args.study), args.storage, args.older_than)
     if args.json:
         print(json.dumps(reaped, indent=2))
         return 0
@@ -126,18 +126,18 @@ def _num(value: Any, spec: str = ".2e") -> str:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     from tuner.study.queries import trials
-    from tuner.study.runner import load_run
+    from tuner.study.runner import load_study_file
 
-    rows = trials(load_run(args.study), args.storage)
+    rows = trials(load_study_file(args.study), args.storage)
     print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from tuner.study.queries import best
-    from tuner.study.runner import load_run
+    from tuner.study.runner import load_study_file
 
-    row = best(load_run(args.study), args.storage)
+    row = best(load_study_file(args.study), args.storage)
     if args.json:
         print(json.dumps(row, indent=2, default=str))
     else:
@@ -174,9 +174,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        trainer=TrainerConfig(precision=args.precision))
     if args.study and not args.data and args.split == "test":
         from tuner.study.queries import record_test
-        from tuner.study.runner import load_run
+        from tuner.study.runner import load_study_file
 
-        record_test(load_run(args.study), results["test"], args.storage)
+        record_test(load_study_file(args.study), results["test"], args.storage)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -29,7 +29,7 @@ from tuner.storage.proxy import make_server, open_backend, open_proxy
 from tuner.storage.rdb import database_time, heartbeat_settings, open_storage
 from tuner.storage.urls import StorageError, proxy_address
 from tuner.study.recovery import fail_stale, reap
-from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline, load_run, open_study
+from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline, load_study_file, open_study
 from tuner.study.worker import work
 from tuner.training.stopping import StopSignals
 
@@ -186,8 +186,8 @@ def test_stale_trials_through_the_proxy_follow_the_grace_period_stored_with_the_
 def test_a_trial_gets_a_first_heartbeat_through_the_proxy_only_if_its_study_has_heartbeats(
         proxy: Proxy, database: str, study_dir: Path, interval: int) -> None:
     """The proxy serves studies with different settings: its own do not decide."""
-    run = load_run(str(study_dir / "studies" / "tiny.toml"),
-                   [f'study.name="{_unique("first-beat")}"', f"study.heartbeat_interval={interval}"])
+    run = load_study_file(str(study_dir / "studies" / "tiny.toml"),
+                          [f'study.name="{_unique("first-beat")}"', f"study.heartbeat_interval={interval}"])
     study = open_study(run, proxy.address)
     storage = study._storage
     created = storage.create_new_trial(study._study_id)  # RUNNING as it is made
@@ -200,9 +200,9 @@ def test_a_trial_gets_a_first_heartbeat_through_the_proxy_only_if_its_study_has_
 def test_a_worker_with_other_heartbeat_settings_is_refused_through_the_proxy(proxy: Proxy, study_dir: Path) -> None:
     name = _unique("refused")
     tiny = str(study_dir / "studies" / "tiny.toml")
-    open_study(load_run(tiny, [f'study.name="{name}"']), proxy.address)
+    open_study(load_study_file(tiny, [f'study.name="{name}"']), proxy.address)
     with pytest.raises(TunerError) as err:
-        open_study(load_run(tiny, [f'study.name="{name}"', "study.grace_period=70"]), proxy.address)
+        open_study(load_study_file(tiny, [f'study.name="{name}"', "study.grace_period=70"]), proxy.address)
     assert str(err.value) == (f"study {name!r} in {proxy.address} has grace_period 120, not 70 (heartbeat settings are "
                               "fixed when a study is created: every worker judges stale trials by them); use "
                               "--set study.grace_period=120")

@@ -13,12 +13,12 @@ from tuner.errors import ConfigError, TunerError
 from tuner.keys import HEARTBEAT_ATTR
 from tuner.storage.urls import mask
 from tuner.study.queries import trials
-from tuner.study.runner import load_run, open_study, run_study
+from tuner.study.runner import load_study_file, open_study, run_study
 
 
 def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny")
+    run = load_study_file("tiny")
     summary = run_study(run, progress=False)
     assert summary.finished == 5 and summary.trials_run == 5
     study = open_study(run)
@@ -48,7 +48,7 @@ def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatc
 
 def test_timeout_stops_after_the_current_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    summary = run_study(load_run("tiny"), timeout=0.05, progress=False)  # any trial takes longer
+    summary = run_study(load_study_file("tiny"), timeout=0.05, progress=False)  # any trial takes longer
     assert summary.trials_run == 1 and summary.finished == 1
 
 
@@ -67,7 +67,7 @@ def test_an_error_of_the_study_in_a_trial_stops_the_run_and_spends_nothing(
     err = capsys.readouterr().err
     assert code == 2
     assert err.splitlines()[-1] == f"tuner: error: data file {train} does not exist", err
-    run = load_run("tiny")
+    run = load_study_file("tiny")
     failed, queued = open_study(run).trials
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["study_error"]
     assert failed.user_attrs["fail_reason"] == f"DataError: data file {train} does not exist"
@@ -98,16 +98,16 @@ def test_the_same_failure_three_times_in_a_row_stops_the_run(
     assert captured.err.splitlines()[-1] == ("tuner: error: 3 trials in a row failed with the same error: "
                                              "RuntimeError: the optimizer is broken on purpose; stopping")
     assert "3/5 trials finished, 3 run now" in captured.out
-    trials = open_study(load_run("tiny")).trials
+    trials = open_study(load_study_file("tiny")).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3
 
 
 def test_a_new_storage_never_overwrites_an_earlier_studys_trials(study_dir: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    first = load_run("tiny", ["study.n_trials=1"])
+    first = load_study_file("tiny", ["study.n_trials=1"])
     run_study(first, progress=False)
-    second = load_run("tiny", ["study.n_trials=1", f'study.storage="sqlite:///{study_dir / "other.db"}"'])
+    second = load_study_file("tiny", ["study.n_trials=1", f'study.storage="sqlite:///{study_dir / "other.db"}"'])
     run_study(second, progress=False)
     old, new = open_study(first).trials[0].user_attrs, open_study(second).trials[0].user_attrs
     assert old["trial_dir"] != new["trial_dir"] and new["trial_dir"].endswith("trial-0000-2")
@@ -116,13 +116,13 @@ def test_a_new_storage_never_overwrites_an_earlier_studys_trials(study_dir: Path
 
 def test_reopening_with_another_metric_is_refused(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    open_study(load_run("tiny"))
+    open_study(load_study_file("tiny"))
     with pytest.raises(TunerError, match="optimises val_kendall_tau, not val_pmr"):
-        open_study(load_run("tiny", ['study.metric="val_pmr"']))
+        open_study(load_study_file("tiny", ['study.metric="val_pmr"']))
     with pytest.raises(TunerError, match="is to maximize, not minimize"):
-        open_study(load_run("tiny", ['study.direction="minimize"']))
+        open_study(load_study_file("tiny", ['study.direction="minimize"']))
     with pytest.raises(TunerError, match="no study 'other'"):
-        trials(load_run("tiny", ['study.name="other"']))
+        trials(load_study_file("tiny", ['study.name="other"']))
 
 
 def _refusal(storage: str, name: str, wrong: str, fix: str) -> str:
@@ -135,35 +135,36 @@ def test_reopening_with_other_heartbeat_settings_is_refused(study_dir: Path, mon
     monkeypatch.chdir(study_dir)
     name = f"beat-{uuid.uuid4().hex[:8]}"  # the server databases are shared by the tests
     study = [f'study.name="{name}"']
-    open_study(load_run("tiny", study), storage_url)
+    open_study(load_study_file("tiny", study), storage_url)
     for override, wrong, fix in [
         ("study.grace_period=70", "grace_period 120, not 70", "--set study.grace_period=120"),
         ("study.heartbeat_interval=10", "heartbeat_interval 30, not 10", "--set study.heartbeat_interval=30"),
         ("study.heartbeat_interval=0", "heartbeat_interval 30, not 0", "--set study.heartbeat_interval=30"),
     ]:
         with pytest.raises(TunerError) as err:
-            open_study(load_run("tiny", [*study, override]), storage_url)
+            open_study(load_study_file("tiny", [*study, override]), storage_url)
         assert str(err.value) == _refusal(storage_url, name, wrong, fix)
     with pytest.raises(TunerError) as err:
-        open_study(load_run("tiny", [*study, "study.heartbeat_interval=20", "study.grace_period=60"]), storage_url)
+        open_study(load_study_file("tiny", [*study, "study.heartbeat_interval=20", "study.grace_period=60"]),
+                   storage_url)
     assert str(err.value) == _refusal(storage_url, name, "heartbeat_interval 30, not 20, grace_period 120, not 60",
                                       "--set study.heartbeat_interval=30 --set study.grace_period=120")
     # the study keeps its settings, and a worker with the same ones opens it
-    reopened = open_study(load_run("tiny", study), storage_url)
+    reopened = open_study(load_study_file("tiny", study), storage_url)
     assert reopened.user_attrs[HEARTBEAT_ATTR] == {"heartbeat_interval": 30, "grace_period": 120}
     # a command that runs no trial (`tuner reap`, which has no --set) is not refused, and changes nothing
-    reaper = open_study(load_run("tiny", [*study, "study.heartbeat_interval=0"]), storage_url, create=False)
+    reaper = open_study(load_study_file("tiny", [*study, "study.heartbeat_interval=0"]), storage_url, create=False)
     assert reaper.user_attrs[HEARTBEAT_ATTR] == {"heartbeat_interval": 30, "grace_period": 120}
 
 
 def test_a_study_without_heartbeats_refuses_a_worker_with_them(study_dir: Path, monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
     monkeypatch.chdir(study_dir)
-    open_study(load_run("tiny", ["study.heartbeat_interval=0", "study.grace_period=5"]))
+    open_study(load_study_file("tiny", ["study.heartbeat_interval=0", "study.grace_period=5"]))
     # without heartbeats, the grace period does not matter
-    open_study(load_run("tiny", ["study.heartbeat_interval=0"]))
+    open_study(load_study_file("tiny", ["study.heartbeat_interval=0"]))
     with pytest.raises(TunerError) as err:
-        open_study(load_run("tiny"))
+        open_study(load_study_file("tiny"))
     assert str(err.value) == _refusal(f"sqlite:///{study_dir / 'study.db'}", "tiny", "heartbeat_interval 0, not 30",
                                       "--set study.heartbeat_interval=0")
 
@@ -175,21 +176,21 @@ def test_a_study_from_before_the_settings_were_stored_takes_the_first_workers(
     old = optuna.create_study(study_name=name, storage=storage_url, direction="maximize")
     old.set_user_attr("metric", "val_kendall_tau")
     first = [f'study.name="{name}"', "study.grace_period=300"]
-    assert open_study(load_run("tiny", first), storage_url).user_attrs[HEARTBEAT_ATTR] == {
+    assert open_study(load_study_file("tiny", first), storage_url).user_attrs[HEARTBEAT_ATTR] == {
         "heartbeat_interval": 30, "grace_period": 300}
     with pytest.raises(TunerError, match="grace_period 300, not 120"):
-        open_study(load_run("tiny", [f'study.name="{name}"']), storage_url)
+        open_study(load_study_file("tiny", [f'study.name="{name}"']), storage_url)
 
 
 def test_tuner_run_with_other_heartbeat_settings_exits_with_status_2(
         study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(study_dir)
-    open_study(load_run("tiny"))
+    open_study(load_study_file("tiny"))
     assert main(["run", "--study", "tiny", "--set", "study.grace_period=70", *QUICK]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == ["tuner: error: " + _refusal(f"sqlite:///{study_dir / 'study.db'}", "tiny",
                                                             "grace_period 120, not 70", "--set study.grace_period=120")]
-    assert open_study(load_run("tiny")).trials == []  # nothing ran
+    assert open_study(load_study_file("tiny")).trials == []  # nothing ran
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ def test_bad_study_sections_name_file_and_key(study_dir: Path, monkeypatch: pyte
                                               message: str) -> None:
     monkeypatch.chdir(study_dir)
     with pytest.raises(ConfigError) as err:
-        load_run("tiny", [override])
+        load_study_file("tiny", [override])
     assert message in str(err.value) and str(err.value).startswith(f"--set {override}: ")
 
 

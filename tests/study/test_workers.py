@@ -22,7 +22,7 @@ from processes import (
 )
 
 from tuner.storage.records import retry_of
-from tuner.study.runner import load_run, open_study
+from tuner.study.runner import load_study_file, open_study
 
 
 def start_pool(study_dir: Path, n_trials: int, *args: str) -> subprocess.Popen[str]:
@@ -39,10 +39,10 @@ def running_pids(study_dir: Path) -> list[int]:
 
 
 def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.study.runner import load_run, worker_index
+    from tuner.study.runner import load_study_file, worker_index
 
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ['study.storage="sqlite:///:memory:"'])
+    run = load_study_file("tiny", ['study.storage="sqlite:///:memory:"'])
 
     def first_learning_rates(index: int) -> list[float]:
         study = open_study(run, worker_index=index)
@@ -143,7 +143,7 @@ def test_workers_started_before_a_failed_start_are_stopped(study_dir: Path, monk
     monkeypatch.setattr(workers.subprocess, "Popen", start)
     try:
         with pytest.raises(OSError, match="fork failed on purpose"):
-            workers.run_workers(load_run("tiny"), study_dir / "studies" / "tiny.toml", 3)
+            workers.run_workers(load_study_file("tiny"), study_dir / "studies" / "tiny.toml", 3)
         assert [child.returncode for child in started] == [-signal.SIGKILL, -signal.SIGKILL]  # SIGTERM ignored
         for child in started:
             with pytest.raises(ProcessLookupError):

@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
+from tuner.config.schema import PrunerConfig, SamplerConfig, StudyFile
 from tuner.errors import ConfigError
 
 # The baseline trial's learning rate, enqueued as trial 0: the measured recipe (MiniLM on NIPS, pairwise
@@ -27,7 +27,7 @@ TPE_STARTUP_TRIALS = 5
 TPE_MULTIVARIATE = False
 
 
-def build_sampler(config: SamplerConfig, run: RunConfig) -> optuna.samplers.BaseSampler:
+def build_sampler(config: SamplerConfig, run: StudyFile) -> optuna.samplers.BaseSampler:
     """The configured sampler. TPE is independent (:data:`TPE_MULTIVARIATE`) with a constant liar (parallel
     workers spread out) and samples at random for its first :data:`TPE_STARTUP_TRIALS` trials unless
     ``n_startup_trials`` is given; ``multivariate = true`` among its options brings Optuna's joint model back."""
@@ -47,7 +47,7 @@ def build_sampler(config: SamplerConfig, run: RunConfig) -> optuna.samplers.Base
         raise ConfigError(f"study.sampler: {config.type} does not take these options: {err}") from None
 
 
-def _grid(run: RunConfig, learning_rates: Any) -> dict[str, list[Any]]:
+def _grid(run: StudyFile, learning_rates: Any) -> dict[str, list[Any]]:
     if not isinstance(learning_rates, list) or not learning_rates:
         raise ConfigError("study.sampler: the grid sampler needs learning_rate = [values, ...] among its options")
     grid: dict[str, list[Any]] = {"learning_rate": [float(v) for v in learning_rates]}
@@ -79,7 +79,7 @@ def build_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
         raise ConfigError(f"study.pruner: {config.type} does not take these options: {err}") from None
 
 
-def choices(run: RunConfig) -> dict[str, tuple[Any, ...]]:
+def choices(run: StudyFile) -> dict[str, tuple[Any, ...]]:
     """The categorical parameters searched, with backbones as their labels."""
     space = run.search
     found: dict[str, tuple[Any, ...]] = {}
@@ -91,14 +91,14 @@ def choices(run: RunConfig) -> dict[str, tuple[Any, ...]]:
     return found
 
 
-def baseline_params(run: RunConfig) -> dict[str, Any]:
+def baseline_params(run: StudyFile) -> dict[str, Any]:
     """The baseline: :data:`BASELINE_LEARNING_RATE` with the first of every choice."""
     params: dict[str, Any] = {"learning_rate": BASELINE_LEARNING_RATE}
     params.update({key: values[0] for key, values in choices(run).items()})
     return params
 
 
-def sample(trial: optuna.Trial, run: RunConfig) -> RunConfig:
+def sample(trial: optuna.Trial, run: StudyFile) -> StudyFile:
     """The trial's settings: ``run`` with every searched key replaced by a sampled value.
 
     The learning rate is sampled here too; :mod:`tuner.hpo.lr_finder` may replace it with the LR

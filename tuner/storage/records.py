@@ -13,7 +13,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.schema import RunConfig
+from tuner.config.schema import StudyFile
 from tuner.keys import NOT_ADMITTED_ATTR, STUDY_ERROR_ATTR
 
 
@@ -44,7 +44,7 @@ def is_study_error(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(STUDY_ERROR_ATTR))
 
 
-def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any]:
+def trial_row(trial: FrozenTrial, run: StudyFile | None = None) -> dict[str, Any]:
     """One trial as a stable JSON object (see README, "JSON output")."""
     params = dict(trial.params)
     if "lr_used" in trial.user_attrs:
@@ -87,7 +87,7 @@ def best_trial(trials: Iterable[FrozenTrial], direction: str = "maximize") -> Fr
     return max(complete, key=lambda t: (sign * float(t.value or 0.0), -t.number))
 
 
-def best_row(study: optuna.Study, run: RunConfig | None = None) -> dict[str, Any] | None:
+def best_row(study: optuna.Study, run: StudyFile | None = None) -> dict[str, Any] | None:
     """The study's best complete trial as a JSON row (see :func:`trial_row`), or ``None`` before any completed."""
     direction = "maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize"
     best = best_trial(study.get_trials(deepcopy=False), direction)

@@ -8,8 +8,8 @@ from typing import Any
 
 import optuna
 
-from tuner.config.loader import find_study, load_study
-from tuner.config.schema import RunConfig
+from tuner.config.loader import find_study_file, read_study_file
+from tuner.config.schema import StudyFile
 from tuner.errors import ConfigError, TunerError
 from tuner.storage.reader import open_reader
 from tuner.storage.urls import NoDatabase, mask, resolve_url
@@ -17,7 +17,7 @@ from tuner.storage.urls import NoDatabase, mask, resolve_url
 log = logging.getLogger(__name__)
 
 
-def read_study(run: RunConfig, storage: str | None = None) -> optuna.Study:
+def read_study(run: StudyFile, storage: str | None = None) -> optuna.Study:
     """The run's study, opened read-only (:func:`tuner.storage.reader.open_reader`): nothing is created or written."""
     url = resolve_url(storage, run.study.storage)
     backend = open_reader(url)
@@ -39,20 +39,20 @@ def list_studies(storage: str | None = None, root: Path | None = None) -> dict[s
     return {"files": files, "storage": mask(url), "studies": stored}
 
 
-def locate_study(study: str, storage: str | None = None) -> tuple[str, str, RunConfig | None]:
+def locate_study(study: str, storage: str | None = None) -> tuple[str, str, StudyFile | None]:
     """Where ``--study`` lives: its name, its storage URL, and its study file's settings where there is one.
 
     ``study`` is a study file's name or path (as for ``tuner run``), or else the name of a study in
     the storage (``--storage``, ``$TUNER_STORAGE`` or the default), for studies whose file is elsewhere.
     """
     try:
-        path = find_study(study)
+        path = find_study_file(study)
     except ConfigError:
         given = Path(study).expanduser()
         if given.suffix == ".toml" or (given.parent != Path(".") and given.exists()):  # a path, not a name
             raise
         return study, resolve_url(storage), None
-    run = load_study(path)
+    run = read_study_file(path)
     return run.name, resolve_url(storage, run.study.storage), run
 
 

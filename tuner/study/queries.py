@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuner.config.schema import RunConfig
+from tuner.config.schema import StudyFile
 from tuner.errors import TunerError
 from tuner.keys import TEST_ATTR
 from tuner.storage.records import best_row, trial_row
@@ -17,18 +17,18 @@ from tuner.storage.studies import read_study
 from tuner.study.runner import open_study
 
 
-def trials(run: RunConfig, storage: str | None = None) -> list[dict[str, Any]]:
+def trials(run: StudyFile, storage: str | None = None) -> list[dict[str, Any]]:
     return [trial_row(t, run) for t in read_study(run, storage).get_trials(deepcopy=False)]
 
 
-def best(run: RunConfig, storage: str | None = None) -> dict[str, Any]:
+def best(run: StudyFile, storage: str | None = None) -> dict[str, Any]:
     row = best_row(read_study(run, storage), run)
     if row is None:
         raise TunerError(f"study {run.name!r} has no complete trial yet")
     return row
 
 
-def record_test(run: RunConfig, metrics: dict[str, Any], storage: str | None = None) -> None:
+def record_test(run: StudyFile, metrics: dict[str, Any], storage: str | None = None) -> None:
     """Keep the best trial's test metrics in the study (attribute ``test:NUMBER``) for reports.
 
     A finished trial's own attributes can no longer change in Optuna, so they go on the study.
@@ -39,7 +39,7 @@ def record_test(run: RunConfig, metrics: dict[str, Any], storage: str | None = N
         study.set_user_attr(f"{TEST_ATTR}{row['number']}", metrics)
 
 
-def best_checkpoint(run: RunConfig, storage: str | None = None) -> str:
+def best_checkpoint(run: StudyFile, storage: str | None = None) -> str:
     row = best(run, storage)
     path = row["attrs"].get("checkpoint")
     if not path or not Path(path).is_file():

@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.loader import find_study, load_study
-from tuner.config.schema import RunConfig
+from tuner.config.loader import find_study_file, read_study_file
+from tuner.config.schema import StudyFile
 from tuner.errors import TunerError
 from tuner.hpo import search
 from tuner.keys import HEARTBEAT_ATTR
@@ -41,18 +41,18 @@ from tuner.training.stopping import StopSignals
 log = logging.getLogger(__name__)
 
 
-def load_run(study: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_study_file(study: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyFile:
     """A study file by name or path, validated, with its sampler and pruner checked too."""
-    return load_study(find_study(study), overrides, check=_check_search)
+    return read_study_file(find_study_file(study), overrides, check=_check_search)
 
 
-def _check_search(run: RunConfig) -> None:
+def _check_search(run: StudyFile) -> None:
     """The sampler's and pruner's options are checked by building them."""
     search.build_sampler(run.study.sampler, run)
     search.build_pruner(run.study.pruner)
 
 
-def open_study(run: RunConfig, storage: str | None = None, create: bool = True, worker_index: int = 0
+def open_study(run: StudyFile, storage: str | None = None, create: bool = True, worker_index: int = 0
                ) -> optuna.Study:
     """The run's study in its storage, created if absent (with ``create=False``, refused, and nothing is
     created). A study that exists with another metric or direction is refused rather than mixed. So is one
@@ -97,7 +97,7 @@ def open_study(run: RunConfig, storage: str | None = None, create: bool = True, 
     return study
 
 
-def _check_heartbeat(study: optuna.Study, run: RunConfig, url: str) -> None:
+def _check_heartbeat(study: optuna.Study, run: StudyFile, url: str) -> None:
     """Refuse a worker whose heartbeat settings differ from those stored with the study when it was created:
     a worker with a shorter grace period would fail other workers' live trials as stale. A study created
     before the settings were stored takes this worker's."""
@@ -130,7 +130,7 @@ def finished(trials: list[FrozenTrial]) -> int:
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
-def check_study(run: RunConfig) -> None:
+def check_study(run: StudyFile) -> None:
     """:func:`tuner.study.preflight.check` with SIGINT and SIGTERM handled as in a worker: a signal raises
     :class:`tuner.errors.Interrupted` rather than Lightning's own exit."""
     from tuner.study.preflight import check
@@ -218,7 +218,7 @@ def default_worker() -> str:
 
 
 def run_study(
-    run: RunConfig,
+    run: StudyFile,
     storage: str | None = None,
     n_trials: int | None = None,
     timeout: float | None = None,
@@ -279,7 +279,7 @@ def _enqueue_baseline(study: optuna.Study, params: dict[str, Any]) -> None:
     study.add_trial(request_template(trial, BASELINE_TOKEN, lookup=True))
 
 
-def reap_study(run: RunConfig, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
+def reap_study(run: StudyFile, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
     """Fail the study's stale RUNNING trials and queue their retries (see :func:`tuner.study.recovery.reap`)."""
     study = open_study(run, storage, create=False)
     lock = SlotLock(resolve_url(storage, run.study.storage), run.name,

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.schema import RunConfig
+from tuner.config.schema import StudyFile
 from tuner.storage.records import best_row
 from tuner.storage.sqlite import check_sqlite_for_workers
 from tuner.storage.urls import mask, resolve_url
@@ -46,7 +46,7 @@ KILL_AFTER_S = 10.0  # how long a worker has to end after SIGTERM when starting 
 
 
 def run_workers(
-    run: RunConfig,
+    run: StudyFile,
     study_file: str | Path,
     workers: int,
     overrides: list[str] | tuple[str, ...] = (),
