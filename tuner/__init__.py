@@ -15,9 +15,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_study_file": "tuner.study.runner",
-    "run_study": "tuner.study.runner",
-    "run_workers": "tuner.study.workers",
+    "load_study_file": "tuner.study.run",
+    "run_study": "tuner.study.run",
+    "run_workers": "tuner.study.pool",
     "trials": "tuner.study.queries",
     "best": "tuner.study.queries",
     "train": "tuner.training.trainer",

@@ -44,7 +44,7 @@ def _checkpoint(args: argparse.Namespace) -> str:
     if not args.study:
         raise TunerError("give --checkpoint PATH or --study NAME")
     from tuner.study.queries import best_checkpoint
-    from tuner.study.runner import load_study_file
+    from tuner.study.run import load_study_file
 
     return best_checkpoint(load_study_file(args.study), args.storage)
 
@@ -53,9 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from tuner.config.loader import find_study_file
+    from tuner.study.pool import run_workers
     from tuner.study.queries import trials
-    from tuner.study.runner import load_study_file, run_study
-    from tuner.study.workers import run_workers
+    from tuner.study.run import load_study_file, run_study
 
     run = load_study_file(args.study, args.set)
     if args.workers > 1:
@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from tuner.study.runner import load_study_file, reap_study
+    from tuner.study.run import load_study_file, reap_study
 
     reaped = reap_study(load_study_file(args.study), args.storage, args.older_than)
     if args.json:
@@ -126,7 +126,7 @@ def _num(value: Any, spec: str = ".2e") -> str:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     from tuner.study.queries import trials
-    from tuner.study.runner import load_study_file
+    from tuner.study.run import load_study_file
 
     rows = trials(load_study_file(args.study), args.storage)
     print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
@@ -135,7 +135,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from tuner.study.queries import best
-    from tuner.study.runner import load_study_file
+    from tuner.study.run import load_study_file
 
     row = best(load_study_file(args.study), args.storage)
     if args.json:
@@ -174,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        trainer=TrainerConfig(precision=args.precision))
     if args.study and not args.data and args.split == "test":
         from tuner.study.queries import record_test
-        from tuner.study.runner import load_study_file
+        from tuner.study.run import load_study_file
 
         record_test(load_study_file(args.study), results["test"], args.storage)
     if args.json:

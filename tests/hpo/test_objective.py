@@ -18,7 +18,7 @@ from tuner.hpo.objective import training_steps
 from tuner.model import losses
 from tuner.storage.records import retry_history
 from tuner.study.recovery import requeue
-from tuner.study.runner import load_study_file, open_study, run_study
+from tuner.study.run import load_study_file, open_study, run_study
 
 
 def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

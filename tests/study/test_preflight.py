@@ -12,7 +12,7 @@ import pytest
 
 from tuner.cli import main
 from tuner.study.preflight import check
-from tuner.study.runner import load_study_file
+from tuner.study.run import load_study_file
 
 
 def write_bad_files(folder: Path) -> None:

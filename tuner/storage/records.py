@@ -34,7 +34,7 @@ def lineage(trial: FrozenTrial) -> int:
 
 
 def is_not_admitted(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` was created past the budget and failed before it ran (see tuner.study.worker)."""
+    """Whether ``trial`` was created past the budget and failed before it ran (see tuner.study.loop)."""
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(NOT_ADMITTED_ATTR))
 
 

@@ -11,7 +11,7 @@ every failure would spend the budget. The check costs seconds and creates nothin
 3. It runs one validation step of the first backbone, built from its config (random weights: nothing
    is downloaded), on two validation documents, and reads which metrics the model logs.
 
-:func:`tuner.study.runner.run_study` and :func:`tuner.study.workers.run_workers` run it before they open the study.
+:func:`tuner.study.run.run_study` and :func:`tuner.study.pool.run_workers` run it before they open the study.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from tuner.errors import ConfigError, TunerError
 from tuner.keys import HEARTBEAT_ATTR
 from tuner.storage.urls import mask
 from tuner.study.queries import trials
-from tuner.study.runner import load_study_file, open_study, run_study
+from tuner.study.run import load_study_file, open_study, run_study
 
 
 def test_run_completes_the_budget_prunes_and_records(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
 failed trials that were retried and trials failed by an error of the study itself (see
 :mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there.
-``run_study`` is one worker in this process (:mod:`tuner.study.workers` starts several). It first runs
+``run_study`` is one worker in this process (:mod:`tuner.study.pool` starts several). It first runs
 the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot work fails before
 its first trial.
 """
@@ -34,8 +34,8 @@ from tuner.storage.rdb import heartbeat_settings, open_storage, request_template
 from tuner.storage.records import best_row
 from tuner.storage.retry import retry_deadline
 from tuner.storage.urls import mask, resolve_url
+from tuner.study.loop import work
 from tuner.study.recovery import reap, used_slots
-from tuner.study.worker import work
 from tuner.training.stopping import StopSignals
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def run_study(
     failing with the same error (``repeated_failure`` says so).
 
     With ``check``, the pre-flight check runs first (a worker that
-    :func:`tuner.study.workers.run_workers` started skips it: its parent ran it; such a worker also stops
+    :func:`tuner.study.pool.run_workers` started skips it: its parent ran it; such a worker also stops
     as on SIGTERM once that parent is gone). An error of the study, found there or raised inside a trial,
     is raised as a :class:`tuner.errors.TunerError`; a signal during the check raises
     :class:`tuner.errors.Interrupted`.

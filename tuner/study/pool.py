@@ -2,7 +2,7 @@
 
 The pre-flight check runs here once; each worker is a ``tuner run`` process with an even share of the
 CPU threads and, where GPUs are visible, one of them. Signals are forwarded, so the workers end their
-trials cleanly; a worker whose parent is gone stops as on SIGTERM (:class:`tuner.study.runner.ParentWatch`).
+trials cleanly; a worker whose parent is gone stops as on SIGTERM (:class:`tuner.study.run.ParentWatch`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tuner.config.schema import StudyFile
 from tuner.storage.records import best_row
 from tuner.storage.sqlite import check_sqlite_for_workers
 from tuner.storage.urls import mask, resolve_url
-from tuner.study.runner import (
+from tuner.study.run import (
     PARENT_PID_VARIABLE,
     RunSummary,
     check_study,
