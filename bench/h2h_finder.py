@@ -31,7 +31,7 @@ def main() -> None:
     from tuner.hpo.lr_finder import run_finder
     from tuner.hpo.objective import training_steps
     from tuner.model.orderer import SentenceOrderer
-    from tuner.study.run import load_study_file
+    from tuner.study.open import load_study_file
     from tuner.training.stopping import StopSignals
 
     sizing = replace(FULL, backbone_layers=tuple(args.layers))

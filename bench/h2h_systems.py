@@ -175,7 +175,8 @@ def _toml_backbone(backbone: BackboneSpec) -> str:
 
 def run_tuner(spec: dict[str, Any], log: EventLog) -> None:
     from tuner.hpo import objective
-    from tuner.study.run import load_study_file, run_study
+    from tuner.study.open import load_study_file
+    from tuner.study.run import run_study
 
     study_file = Path(spec["folder"]) / "h2h.toml"
     study_file.write_text(tuner_study(spec))

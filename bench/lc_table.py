@@ -59,7 +59,7 @@ from tuner.data.readers import load_documents  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.hpo.lr_finder import run_finder  # noqa: E402
 from tuner.model.orderer import SentenceOrderer  # noqa: E402
-from tuner.study.run import load_study_file  # noqa: E402
+from tuner.study.open import load_study_file  # noqa: E402
 from tuner.training.trainer import build_trainer, quiet_lightning  # noqa: E402
 
 EVAL_BATCH = 32

@@ -22,7 +22,8 @@ from typing import Any
 
 from _common import ROOT, machine, require_shared, write_results
 
-from tuner.study.run import load_study_file, open_study, run_study
+from tuner.study.open import load_study_file, open_study
+from tuner.study.run import run_study
 
 
 def measure(study: str, overrides: list[str], n_trials: int) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from pathlib import Path
 from _common import ROOT, machine, require_shared, write_results
 
 from tuner.storage.records import trial_row
+from tuner.study.open import load_study_file, open_study
 from tuner.study.queries import best_checkpoint
-from tuner.study.run import load_study_file, open_study, run_study
+from tuner.study.run import run_study
 from tuner.training.inference import evaluate
 
 DEFAULTS = ["search.max_epochs=[1, 2]"]

@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_study_file": "tuner.study.run",
+    "load_study_file": "tuner.study.open",
     "run_study": "tuner.study.run",
     "run_workers": "tuner.study.pool",
     "trials": "tuner.study.queries",

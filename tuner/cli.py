@@ -43,8 +43,8 @@ def _checkpoint(args: argparse.Namespace) -> str:
         return str(args.checkpoint)
     if not args.study:
         raise TunerError("give --checkpoint PATH or --study NAME")
+    from tuner.study.open import load_study_file
     from tuner.study.queries import best_checkpoint
-    from tuner.study.run import load_study_file
 
     return best_checkpoint(load_study_file(args.study), args.storage)
 
@@ -53,9 +53,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from tuner.config.loader import find_study_file
+    from tuner.study.open import load_study_file
     from tuner.study.pool import run_workers
     from tuner.study.queries import trials
-    from tuner.study.run import load_study_file, run_study
+    from tuner.study.run import run_study
 
     run = load_study_file(args.study, args.set)
     if args.workers > 1:
@@ -89,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from tuner.study.run import load_study_file, reap_study
+    from tuner.study.open import load_study_file
+    from tuner.study.recovery import reap_study
 
     reaped = reap_study(load_study_file(args.study), args.storage, args.older_than)
     if args.json:
@@ -125,8 +127,8 @@ def _num(value: Any, spec: str = ".2e") -> str:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
+    from tuner.study.open import load_study_file
     from tuner.study.queries import trials
-    from tuner.study.run import load_study_file
 
     rows = trials(load_study_file(args.study), args.storage)
     print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
@@ -134,8 +136,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
+    from tuner.study.open import load_study_file
     from tuner.study.queries import best
-    from tuner.study.run import load_study_file
 
     row = best(load_study_file(args.study), args.storage)
     if args.json:
@@ -173,8 +175,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides,
                        trainer=TrainerConfig(precision=args.precision))
     if args.study and not args.data and args.split == "test":
+        from tuner.study.open import load_study_file
         from tuner.study.queries import record_test
-        from tuner.study.run import load_study_file
 
         record_test(load_study_file(args.study), results["test"], args.storage)
     if args.json:

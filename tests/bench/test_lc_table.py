@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_documents, write_lines
 
 from bench.lc_table import grid, log_grid, main
-from tuner.study.run import load_study_file
+from tuner.study.open import load_study_file
 
 
 def test_the_learning_rates_are_log_spaced_with_both_ends() -> None:

@@ -17,8 +17,9 @@ from tuner.hpo import search
 from tuner.hpo.objective import training_steps
 from tuner.model import losses
 from tuner.storage.records import retry_history
+from tuner.study.open import load_study_file, open_study
 from tuner.study.recovery import requeue
-from tuner.study.run import load_study_file, open_study, run_study
+from tuner.study.run import run_study
 
 
 def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

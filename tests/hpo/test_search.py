@@ -11,7 +11,7 @@ import pytest
 from tuner.config.loader import read_study_file
 from tuner.config.schema import PrunerConfig, SamplerConfig, StudyFile
 from tuner.hpo.search import MEDIAN_STARTUP_TRIALS, TPE_STARTUP_TRIALS, build_pruner, build_sampler
-from tuner.study.run import load_study_file
+from tuner.study.open import load_study_file
 
 
 def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:

@@ -29,8 +29,9 @@ from tuner.storage.proxy import make_server, open_backend, open_proxy
 from tuner.storage.rdb import database_time, heartbeat_settings, open_storage
 from tuner.storage.urls import StorageError, proxy_address
 from tuner.study.loop import work
+from tuner.study.open import load_study_file, open_study
 from tuner.study.recovery import fail_stale, reap
-from tuner.study.run import BASELINE_TOKEN, _enqueue_baseline, load_study_file, open_study
+from tuner.study.run import BASELINE_TOKEN, _enqueue_baseline
 from tuner.training.stopping import StopSignals
 
 HEARTBEAT_S, GRACE_S = 1, 10

@@ -22,7 +22,7 @@ from processes import (
 )
 
 from tuner.storage.records import retry_of
-from tuner.study.run import load_study_file, open_study
+from tuner.study.open import load_study_file, open_study
 
 
 def start_pool(study_dir: Path, n_trials: int, *args: str) -> subprocess.Popen[str]:
@@ -39,7 +39,8 @@ def running_pids(study_dir: Path) -> list[int]:
 
 
 def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.study.run import load_study_file, worker_index
+    from tuner.study.env import worker_index
+    from tuner.study.open import load_study_file
 
     monkeypatch.chdir(study_dir)
     run = load_study_file("tiny", ['study.storage="sqlite:///:memory:"'])

@@ -11,8 +11,8 @@ import huggingface_hub.constants
 import pytest
 
 from tuner.cli import main
+from tuner.study.open import load_study_file
 from tuner.study.preflight import check
-from tuner.study.run import load_study_file
 
 
 def write_bad_files(folder: Path) -> None:

@@ -10,8 +10,8 @@ import optuna
 import pytest
 from processes import run_tuner
 
+from tuner.study.open import load_study_file, open_study
 from tuner.study.queries import record_test
-from tuner.study.run import load_study_file, open_study
 
 
 def test_trials_and_best_json_match_the_storage(study_dir: Path) -> None:

@@ -70,7 +70,7 @@ def read_study_file(
 ) -> StudyFile:
     """Read, override and validate the study file at ``path``.
 
-    What the sections say is checked here; :func:`tuner.study.run.load_study_file`, which the commands
+    What the sections say is checked here; :func:`tuner.study.open.load_study_file`, which the commands
     use, also finds the file by name and checks its sampler and pruner by building them.
 
     An error is blamed on the file, or on the first ``--set`` item without which it would not happen.

@@ -14,7 +14,7 @@ from tuner.errors import TunerError
 from tuner.keys import TEST_ATTR
 from tuner.storage.records import best_row, trial_row
 from tuner.storage.studies import read_study
-from tuner.study.run import open_study
+from tuner.study.open import open_study
 
 
 def trials(run: StudyFile, storage: str | None = None) -> list[dict[str, Any]]:

@@ -21,9 +21,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.config.schema import StudyFile
 from tuner.keys import FAIL_REASON_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR
+from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import database_time, request_template
 from tuner.storage.records import is_not_admitted, is_study_error, lineage, retry_history
+from tuner.storage.retry import retry_deadline
+from tuner.storage.urls import resolve_url
+from tuner.study.open import open_study
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +238,12 @@ def _alive(pid: Any) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def reap_study(run: StudyFile, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
+    """``tuner reap``: fail the study's stale RUNNING trials and queue their retries (see :func:`reap`)."""
+    study = open_study(run, storage, create=False)
+    lock = SlotLock(resolve_url(storage, run.study.storage), run.name,
+                    retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
+    with lock():
+        return reap(study, run.study.max_retries, older_than)

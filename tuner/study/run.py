@@ -1,22 +1,19 @@
-"""Running a study: open it in its storage, run one worker on it in this process, summarise it.
+"""``tuner run`` in this process: one worker on a study, its progress lines, and its summary.
 
 The budget ``n_trials`` counts the study's trials across every worker, on every machine, except
 failed trials that were retried and trials failed by an error of the study itself (see
 :mod:`tuner.study.recovery`): a study run again resumes up to the budget and stops there.
-``run_study`` is one worker in this process (:mod:`tuner.study.pool` starts several). It first runs
-the pre-flight check (:func:`tuner.study.preflight.check`), so a study that cannot work fails before
-its first trial.
+``run_study`` is one worker in this process (:mod:`tuner.study.pool` starts several); its trials run in
+:func:`tuner.study.loop.work`. It first runs the pre-flight check (:func:`tuner.study.open.check_study`),
+so a study that cannot work fails before its first trial.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,99 +21,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.loader import find_study_file, read_study_file
 from tuner.config.schema import StudyFile
-from tuner.errors import TunerError
 from tuner.hpo import search
-from tuner.keys import HEARTBEAT_ATTR
 from tuner.storage.lock import SlotLock
-from tuner.storage.rdb import heartbeat_settings, open_storage, request_template
+from tuner.storage.rdb import request_template
 from tuner.storage.records import best_row
 from tuner.storage.retry import retry_deadline
 from tuner.storage.urls import mask, resolve_url
+from tuner.study.env import PARENT_PID_VARIABLE, ParentWatch, requested_threads, worker_index
 from tuner.study.loop import work
-from tuner.study.recovery import reap, used_slots
+from tuner.study.open import check_study, open_study
+from tuner.study.recovery import used_slots
 from tuner.training.stopping import StopSignals
 
 log = logging.getLogger(__name__)
-
-
-def load_study_file(study: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyFile:
-    """A study file by name or path, validated, with its sampler and pruner checked too."""
-    return read_study_file(find_study_file(study), overrides, check=_check_search)
-
-
-def _check_search(run: StudyFile) -> None:
-    """The sampler's and pruner's options are checked by building them."""
-    search.build_sampler(run.study.sampler, run)
-    search.build_pruner(run.study.pruner)
-
-
-def open_study(run: StudyFile, storage: str | None = None, create: bool = True, worker_index: int = 0
-               ) -> optuna.Study:
-    """The run's study in its storage, created if absent (with ``create=False``, refused, and nothing is
-    created). A study that exists with another metric or direction is refused rather than mixed. So is one
-    with other heartbeat settings, for a worker (``create``: :func:`_check_heartbeat`); a command that runs
-    no trial (``tuner reap``, ``tuner evaluate --study``, with ``create=False``) has no heartbeat to
-    conflict, and the stale check follows the study's settings whatever its own.
-
-    ``worker_index`` offsets the sampler's seed: workers with one seed would sample the same settings.
-    """
-    url = resolve_url(storage, run.study.storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    interval = run.study.heartbeat_interval or None
-    heartbeat: dict[str, Any] = {"heartbeat_interval": interval,
-                                 "grace_period": run.study.grace_period if interval else None}
-    if create:
-        # creating the schema concurrently on a fresh database races (Optuna issue #4621): one at a time
-        with SlotLock(url, "schema")(retry=False):
-            backend = open_storage(url, **heartbeat)
-    else:
-        backend = open_storage(url, create_schema=False, **heartbeat)
-    config = run.study.sampler
-    if worker_index and config.seed is not None:
-        config = dataclasses.replace(config, seed=config.seed + worker_index)
-    sampler = search.build_sampler(config, run)
-    pruner = search.build_pruner(run.study.pruner)
-    names = {s.study_name for s in optuna.study.get_all_study_summaries(backend)}
-    if run.name not in names and not create:
-        raise TunerError(f"no study {run.name!r} in {mask(url)}; studies there: {sorted(names) or 'none'}")
-    study = optuna.create_study(study_name=run.name, storage=backend, sampler=sampler, pruner=pruner,
-                                direction=run.study.direction, load_if_exists=True)
-    metric = study.user_attrs.get("metric")
-    if metric is None:
-        study.set_user_attr("metric", run.study.metric)
-    elif metric != run.study.metric:
-        raise TunerError(f"study {run.name!r} in {mask(url)} optimises {metric}, not {run.study.metric}; "
-                         "use another study name or storage")
-    if study.direction.name.lower() != run.study.direction:
-        raise TunerError(f"study {run.name!r} in {mask(url)} is to {study.direction.name.lower()}, "
-                         f"not {run.study.direction}; use another study name or storage")
-    if create:
-        _check_heartbeat(study, run, url)
-    return study
-
-
-def _check_heartbeat(study: optuna.Study, run: StudyFile, url: str) -> None:
-    """Refuse a worker whose heartbeat settings differ from those stored with the study when it was created:
-    a worker with a shorter grace period would fail other workers' live trials as stale. A study created
-    before the settings were stored takes this worker's."""
-    asked = heartbeat_settings(run.study.heartbeat_interval, run.study.grace_period)
-    kept = study.user_attrs.get(HEARTBEAT_ATTR)
-    if kept is None:
-        study.set_user_attr(HEARTBEAT_ATTR, asked)
-        return
-    stored = heartbeat_settings(kept.get("heartbeat_interval"), kept.get("grace_period"))
-    if stored == asked:
-        return
-    given = {"heartbeat_interval": run.study.heartbeat_interval or 0, "grace_period": run.study.grace_period}
-    # in a study without heartbeats, the grace period does not matter
-    wrong = {key: value for key, value in given.items()
-             if stored[key] != value and (key == "heartbeat_interval" or stored["heartbeat_interval"])}
-    raise TunerError(f"study {run.name!r} in {mask(url)} has "
-                     + ", ".join(f"{key} {stored[key]}, not {value}" for key, value in wrong.items())
-                     + " (heartbeat settings are fixed when a study is created: every worker judges stale trials "
-                       "by them); use " + " ".join(f"--set study.{key}={stored[key]}" for key in wrong))
 
 
 def counted(study: optuna.Study) -> int:
@@ -128,15 +46,6 @@ def finished(trials: list[FrozenTrial]) -> int:
     """Trials that ended and count towards the budget: a failed trial that was retried does not, nor one
     failed by an error of the study itself."""
     return used_slots(trials) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-
-
-def check_study(run: StudyFile) -> None:
-    """:func:`tuner.study.preflight.check` with SIGINT and SIGTERM handled as in a worker: a signal raises
-    :class:`tuner.errors.Interrupted` rather than Lightning's own exit."""
-    from tuner.study.preflight import check
-
-    with StopSignals():
-        check(run)
 
 
 @dataclass
@@ -151,66 +60,6 @@ class RunSummary:
     forced: bool = False  # a second signal stopped it at once, leaving its trial RUNNING for the stale check
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
     repeated_failure: str | None = None  # trials failed in a row with the same error: the worker stopped
-
-
-def requested_threads() -> int | None:
-    """The CPU threads per worker the user asked for: ``$TUNER_NUM_THREADS``, else ``$OMP_NUM_THREADS``."""
-    for variable in ("TUNER_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(variable, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
-
-
-WORKER_INDEX_VARIABLES = ("TUNER_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
-
-
-def worker_index() -> int:
-    """This worker's index among its peers: set by ``--workers``, a Slurm array or an indexed Kubernetes Job
-    (0 when none is set)."""
-    for variable in WORKER_INDEX_VARIABLES:
-        value = os.environ.get(variable, "")
-        if value.isdigit():
-            return int(value)
-    return 0
-
-
-PARENT_PID_VARIABLE = "TUNER_PARENT_PID"  # set by `--workers`: the worker stops when that process is gone
-PARENT_POLL_S = 1.0
-
-
-class ParentWatch:
-    """Stop this worker as SIGTERM does once the process that started it (``--workers``) is gone.
-
-    A worker leads its own session, so a parent killed outright (SIGKILL, the OOM killer) would leave it
-    training for ever. A thread compares ``os.getppid()`` with the parent's pid; Linux's
-    ``PR_SET_PDEATHSIG`` would need a ``preexec_fn`` (unsafe in a process with threads) and fires when the
-    thread that started the child ends, not its process.
-    """
-
-    def __init__(self, parent: str | None) -> None:
-        self.parent = int(parent) if parent and parent.isdigit() else None
-        self._done = threading.Event()
-
-    def __enter__(self) -> ParentWatch:
-        if self.parent is not None:
-            threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-
-    def _watch(self) -> None:
-        while not self._done.wait(PARENT_POLL_S):
-            if os.getppid() != self.parent:
-                # the parent read this worker's output: writing to its pipe now fails (EPIPE), and would fail
-                # the trial rather than end it cleanly
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.dup2(devnull, sys.stderr.fileno())
-                os.close(devnull)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
 
 
 def default_worker() -> str:
@@ -277,15 +126,6 @@ def _enqueue_baseline(study: optuna.Study, params: dict[str, Any]) -> None:
     trial = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
                                       user_attrs={"baseline": True})
     study.add_trial(request_template(trial, BASELINE_TOKEN, lookup=True))
-
-
-def reap_study(run: StudyFile, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
-    """Fail the study's stale RUNNING trials and queue their retries (see :func:`tuner.study.recovery.reap`)."""
-    study = open_study(run, storage, create=False)
-    lock = SlotLock(resolve_url(storage, run.study.storage), run.name,
-                    retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
-    with lock():
-        return reap(study, run.study.max_retries, older_than)
 
 
 class _Progress:
