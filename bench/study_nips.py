@@ -44,7 +44,7 @@ def main() -> None:
     started = time.perf_counter()
     run_study(run, timeout=args.budget, progress=False)
     wall = time.perf_counter() - started
-    rows = [trial_row(t, run) for t in open_study(run).trials]
+    rows = [trial_row(t, run).to_json() for t in open_study(run).trials]
     checkpoint = best_checkpoint(run)
     best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["value"])
     test = evaluate(checkpoint, split="test")["test"]

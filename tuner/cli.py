@@ -8,10 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import PRECISIONS
 from tuner.errors import Interrupted, TunerError
+
+if TYPE_CHECKING:  # the commands import the library when they run, so that `tuner --help` starts at once
+    from tuner.storage.records import TrialRow
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -70,8 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "
           f"{summary.trials_run} run now")
     if summary.best and not args.worker_id:
-        print(f"best: trial {summary.best['number']} value={summary.best['value']:.4f} "
-              f"params={json.dumps(summary.best['params'])}")
+        print(f"best: trial {summary.best.number} value={summary.best.value:.4f} "
+              f"params={json.dumps(summary.best.params)}")
     if summary.failed_workers:
         print(f"tuner: error: workers exited abnormally: {', '.join(summary.failed_workers)}", file=sys.stderr)
         return 1
@@ -95,29 +98,29 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
     reaped = reap_study(load_study_file(args.study), args.storage, args.older_than)
     if args.json:
-        print(json.dumps(reaped, indent=2))
+        print(json.dumps([item.to_json() for item in reaped], indent=2))
         return 0
     for item in reaped:
-        print(f"trial {item['number']}: {item['reason']}")
+        print(f"trial {item.number}: {item.reason}")
     print(f"{len(reaped)} stale trial{'s' if len(reaped) != 1 else ''} failed")
     return 0
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[TrialRow]) -> str:
     header = f"{'#':>4} {'state':<9} {'value':>7} {'pmr':>6} {'epochs':>6} {'lr used':>9} {'finder':>9} " \
              f"{'secs':>6} {'worker':>10}  params"
     lines = [header]
     for row in rows:
-        attrs = row["attrs"]
+        attrs = row.attrs
         finder = (attrs.get("lr_finder") or {}).get("suggestion")
-        value = "" if row["value"] is None else f"{row['value']:.4f}"
+        value = "" if row.value is None else f"{row.value:.4f}"
         pmr = attrs.get("val_pmr")
-        params = {k: v for k, v in row["params"].items() if k != "learning_rate"}
+        params = {k: v for k, v in row.params.items() if k != "learning_rate"}
         lines.append(
-            f"{row['number']:>4} {row['state']:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
+            f"{row.number:>4} {row.state:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
             f"{attrs.get('epochs', ''):>6} {_num(attrs.get('lr_used')):>9} {_num(finder):>9} "
-            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get('worker', ''):>10}  {json.dumps(params)}"
-            + (f"  [{attrs['fail_reason']}]" if row["state"] == "FAIL" and attrs.get("fail_reason") else "")
+            f"{_num(row.duration_s, '.0f'):>6} {attrs.get('worker', ''):>10}  {json.dumps(params)}"
+            + (f"  [{attrs['fail_reason']}]" if row.state == "FAIL" and attrs.get("fail_reason") else "")
         )
     return "\n".join(lines)
 
@@ -131,7 +134,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     from tuner.study.queries import trials
 
     rows = trials(load_study_file(args.study), args.storage)
-    print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
+    print(json.dumps([row.to_json() for row in rows], indent=2, default=str) if args.json else _table(rows))
     return 0
 
 
@@ -141,11 +144,11 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     row = best(load_study_file(args.study), args.storage)
     if args.json:
-        print(json.dumps(row, indent=2, default=str))
+        print(json.dumps(row.to_json(), indent=2, default=str))
     else:
-        print(f"trial {row['number']}: value={row['value']:.4f}")
-        print(f"params: {json.dumps(row['params'])}")
-        print(f"checkpoint: {row['attrs'].get('checkpoint')}")
+        print(f"trial {row.number}: value={row.value:.4f}")
+        print(f"params: {json.dumps(row.params)}")
+        print(f"checkpoint: {row.attrs.get('checkpoint')}")
     return 0
 
 
@@ -154,15 +157,15 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
     found = list_studies(args.storage)
     if args.json:
-        print(json.dumps(found, indent=2))
+        print(json.dumps(found.to_json(), indent=2))
         return 0
     print("study files:")
-    for path in found["files"]:
+    for path in found.files:
         print(f"  {path}")
-    print(f"studies in {found['storage']}:")
-    for study in found["studies"]:
-        best = "" if study["best_value"] is None else f" best={study['best_value']:.4f}"
-        print(f"  {study['name']}: {study['trials']} trials{best}")
+    print(f"studies in {found.storage}:")
+    for study in found.studies:
+        best = "" if study.best_value is None else f" best={study.best_value:.4f}"
+        print(f"  {study.name}: {study.trials} trials{best}")
     return 0
 
 

@@ -164,7 +164,7 @@ def test_heartbeats_and_stale_trials_work_through_the_proxy(proxy: Proxy, databa
     assert study._storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
     assert fail_stale(study, max_retries=2) == [dead.number]
     age_heartbeats(database, [reaped._trial_id], 3600)
-    assert [r["number"] for r in reap(study, 2)] == [reaped.number]  # `tuner reap`
+    assert [r.number for r in reap(study, 2)] == [reaped.number]  # `tuner reap`
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL,
                                          TrialState.WAITING, TrialState.WAITING]
@@ -217,7 +217,7 @@ def test_reap_through_the_proxy_judges_age_by_the_database_clock(proxy: Proxy) -
     assert now is not None and abs(now - proxy.backend.database_time()) < 60
     assert 0 <= now - west.system_attrs[STARTED_ATTR] < 60  # recorded by the proxy's database
     storage.set_trial_system_attr(east._trial_id, STARTED_ATTR, east.system_attrs[STARTED_ATTR] - 7200)
-    assert [r["number"] for r in reap(study, 0, older_than=3600)] == [east.number]
+    assert [r.number for r in reap(study, 0, older_than=3600)] == [east.number]
 
 
 @pytest.mark.parametrize("write", ["create", "claim", "finish"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -44,8 +45,29 @@ def is_study_error(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(STUDY_ERROR_ATTR))
 
 
-def trial_row(trial: FrozenTrial, run: StudyFile | None = None) -> dict[str, Any]:
-    """One trial as a stable JSON object (see README, "JSON output")."""
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as ``tuner trials`` and ``tuner best`` show it.
+
+    ``params`` holds the learning rate used (the finder's, where it chose one) and the study file's fixed
+    backbone and batch size where they were not sampled; ``attrs`` are the trial's user attributes.
+    """
+
+    number: int
+    state: str  # the TrialState's name
+    value: float | None
+    params: dict[str, Any]
+    duration_s: float | None  # start to end; None while it runs
+    attrs: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as a stable JSON object (see README, "JSON output")."""
+        return {"number": self.number, "state": self.state, "value": self.value, "params": self.params,
+                "duration_s": self.duration_s, "attrs": self.attrs}
+
+
+def trial_row(trial: FrozenTrial, run: StudyFile | None = None) -> TrialRow:
+    """One trial as a :class:`TrialRow`; with ``run``, the study file's fixed choices fill its params."""
     params = dict(trial.params)
     if "lr_used" in trial.user_attrs:
         params["learning_rate"] = trial.user_attrs["lr_used"]
@@ -54,14 +76,8 @@ def trial_row(trial: FrozenTrial, run: StudyFile | None = None) -> dict[str, Any
         params.setdefault("batch_size", run.data.batch_size)
     duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if (
         trial.datetime_complete and trial.datetime_start) else None
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "params": params,
-        "duration_s": duration,
-        "attrs": dict(trial.user_attrs),
-    }
+    return TrialRow(number=trial.number, state=trial.state.name, value=trial.value, params=params,
+                    duration_s=duration, attrs=dict(trial.user_attrs))
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
@@ -87,8 +103,8 @@ def best_trial(trials: Iterable[FrozenTrial], direction: str = "maximize") -> Fr
     return max(complete, key=lambda t: (sign * float(t.value or 0.0), -t.number))
 
 
-def best_row(study: optuna.Study, run: StudyFile | None = None) -> dict[str, Any] | None:
-    """The study's best complete trial as a JSON row (see :func:`trial_row`), or ``None`` before any completed."""
+def best_row(study: optuna.Study, run: StudyFile | None = None) -> TrialRow | None:
+    """The study's best complete trial as a row (see :func:`trial_row`), or ``None`` before any completed."""
     direction = "maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize"
     best = best_trial(study.get_trials(deepcopy=False), direction)
     return None if best is None else trial_row(best, run)

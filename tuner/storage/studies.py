@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,32 @@ def read_study(run: StudyFile, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=run.name, storage=backend)
 
 
-def list_studies(storage: str | None = None, root: Path | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StoredStudy:
+    """A study in a storage: its name, how many trials it holds, and its best value (``None`` before one completed)."""
+
+    name: str
+    trials: int
+    best_value: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "trials": self.trials, "best_value": self.best_value}
+
+
+@dataclass(frozen=True)
+class StudyListing:
+    """What ``tuner studies`` shows: the study files under ``studies/`` and the studies in the (masked) storage."""
+
+    files: list[str]
+    storage: str
+    studies: list[StoredStudy]
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``tuner studies --json`` prints it."""
+        return {"files": self.files, "storage": self.storage, "studies": [s.to_json() for s in self.studies]}
+
+
+def list_studies(storage: str | None = None, root: Path | None = None) -> StudyListing:
     """Study files under ``studies/`` and the studies in the storage, with trial counts."""
     folder = (root or Path.cwd()) / "studies"
     files = sorted(str(p) for p in folder.glob("*.toml")) if folder.is_dir() else []
@@ -34,9 +60,8 @@ def list_studies(storage: str | None = None, root: Path | None = None) -> dict[s
         summaries = optuna.study.get_all_study_summaries(open_reader(url))
     except NoDatabase:  # none yet: the study files are still worth listing
         summaries = []
-    stored = [{"name": s.study_name, "trials": s.n_trials,
-               "best_value": s.best_trial.value if s.best_trial else None} for s in summaries]
-    return {"files": files, "storage": mask(url), "studies": stored}
+    stored = [StoredStudy(s.study_name, s.n_trials, s.best_trial.value if s.best_trial else None) for s in summaries]
+    return StudyListing(files, mask(url), stored)
 
 
 def locate_study(study: str, storage: str | None = None) -> tuple[str, str, StudyFile | None]:

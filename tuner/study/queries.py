@@ -12,16 +12,16 @@ from typing import Any
 from tuner.config.schema import StudyFile
 from tuner.errors import TunerError
 from tuner.keys import TEST_ATTR
-from tuner.storage.records import best_row, trial_row
+from tuner.storage.records import TrialRow, best_row, trial_row
 from tuner.storage.studies import read_study
 from tuner.study.open import open_study
 
 
-def trials(run: StudyFile, storage: str | None = None) -> list[dict[str, Any]]:
+def trials(run: StudyFile, storage: str | None = None) -> list[TrialRow]:
     return [trial_row(t, run) for t in read_study(run, storage).get_trials(deepcopy=False)]
 
 
-def best(run: StudyFile, storage: str | None = None) -> dict[str, Any]:
+def best(run: StudyFile, storage: str | None = None) -> TrialRow:
     row = best_row(read_study(run, storage), run)
     if row is None:
         raise TunerError(f"study {run.name!r} has no complete trial yet")
@@ -36,13 +36,13 @@ def record_test(run: StudyFile, metrics: dict[str, Any], storage: str | None = N
     study = open_study(run, storage, create=False)
     row = best_row(study, run)
     if row is not None:
-        study.set_user_attr(f"{TEST_ATTR}{row['number']}", metrics)
+        study.set_user_attr(f"{TEST_ATTR}{row.number}", metrics)
 
 
 def best_checkpoint(run: StudyFile, storage: str | None = None) -> str:
     row = best(run, storage)
-    path = row["attrs"].get("checkpoint")
+    path = row.attrs.get("checkpoint")
     if not path or not Path(path).is_file():
-        raise TunerError(f"the best trial ({row['number']}) of study {run.name!r} has no checkpoint on this machine "
+        raise TunerError(f"the best trial ({row.number}) of study {run.name!r} has no checkpoint on this machine "
                          f"(recorded: {path})")
     return str(path)

@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -178,7 +179,20 @@ def fail_stale(study: optuna.Study, max_retries: int) -> list[int]:
     return failed
 
 
-def reap(study: optuna.Study, max_retries: int, older_than: float | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ReapedTrial:
+    """A trial :func:`reap` failed: its number, the reason recorded on it, and whether its retry was queued."""
+
+    number: int
+    reason: str
+    retried: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``tuner reap --json`` prints it."""
+        return {"number": self.number, "reason": self.reason, "retried": self.retried}
+
+
+def reap(study: optuna.Study, max_retries: int, older_than: float | None = None) -> list[ReapedTrial]:
     """Fail stale RUNNING trials by hand, for storages without heartbeats or with no worker left.
 
     A RUNNING trial is stale when its heartbeat stopped, when its worker's process is gone from this
@@ -204,7 +218,7 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
         reason = f"stale: {why}; {retry_note(trial, max_retries)}"
         if fail_and_retry(study, trial._trial_id, reason, max_retries) is None:
             continue
-        reaped.append({"number": trial.number, "reason": reason, "retried": _retries_left(trial, max_retries)})
+        reaped.append(ReapedTrial(trial.number, reason, _retries_left(trial, max_retries)))
     return reaped
 
 
@@ -240,7 +254,7 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def reap_study(run: StudyFile, storage: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
+def reap_study(run: StudyFile, storage: str | None = None, older_than: float | None = None) -> list[ReapedTrial]:
     """``tuner reap``: fail the study's stale RUNNING trials and queue their retries (see :func:`reap`)."""
     study = open_study(run, storage, create=False)
     lock = SlotLock(resolve_url(storage, run.study.storage), run.name,

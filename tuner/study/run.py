@@ -25,7 +25,7 @@ from tuner.config.schema import StudyFile
 from tuner.hpo import search
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import request_template
-from tuner.storage.records import best_row
+from tuner.storage.records import TrialRow, best_row
 from tuner.storage.retry import retry_deadline
 from tuner.storage.urls import mask, resolve_url
 from tuner.study.env import PARENT_PID_VARIABLE, ParentWatch, requested_threads, worker_index
@@ -55,7 +55,7 @@ class RunSummary:
     trials_run: int
     finished: int
     n_trials: int
-    best: dict[str, Any] | None
+    best: TrialRow | None
     interrupted: str | None = None  # the signal that stopped the worker
     forced: bool = False  # a second signal stopped it at once, leaving its trial RUNNING for the stale check
     failed_workers: list[str] = field(default_factory=list)  # `--workers`: those that exited abnormally
