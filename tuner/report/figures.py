@@ -1,4 +1,4 @@
-"""The report's figures: plain values from :mod:`tuner.report.data` and :mod:`.tables` to plotly specifications.
+"""The report's figures: plain values from :mod:`tuner.report.data` to plotly specifications.
 
 Every string that comes from a study (its name, parameters, attributes, error messages) goes through
 :func:`escape` before it reaches a figure.

@@ -21,12 +21,19 @@ from typing import Any
 from tuner.errors import TunerError
 from tuner.report.data import (
     Figure,
+    _cell,
+    choices_data,
+    compare_data,
     finite,
     history_data,
+    importance_data,
     learning_curves_data,
     lr_finder_data,
+    parallel_data,
     pruning_savings_data,
     summary_data,
+    table_data,
+    timeline_data,
 )
 from tuner.report.figures import (
     _iso,
@@ -43,15 +50,6 @@ from tuner.report.figures import (
     escape,
 )
 from tuner.report.snapshot import StudySnapshot, load_snapshot
-from tuner.report.tables import (
-    _cell,
-    choices_data,
-    compare_data,
-    importance_data,
-    parallel_data,
-    table_data,
-    timeline_data,
-)
 
 
 @dataclass
