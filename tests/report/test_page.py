@@ -83,7 +83,7 @@ def test_thousands_of_trials_stay_fast() -> None:
     seconds = time.perf_counter() - started
     assert seconds < 20, f"{seconds:.1f} s for 3000 trials"
     assert page.count("<tr>") == 3000 + 1
-    assert importance_data(trials)["reason"] is None
+    assert importance_data(trials).reason is None
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
