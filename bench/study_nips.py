@@ -21,7 +21,7 @@ from tuner.storage.records import trial_row
 from tuner.study.open import load_study_file, open_study
 from tuner.study.queries import best_checkpoint
 from tuner.study.run import run_study
-from tuner.training.inference import evaluate
+from tuner.training.inference import evaluate_checkpoint
 
 DEFAULTS = ["search.max_epochs=[1, 2]"]
 
@@ -47,7 +47,7 @@ def main() -> None:
     rows = [trial_row(t, run).to_json() for t in open_study(run).trials]
     checkpoint = best_checkpoint(run)
     best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["value"])
-    test = evaluate(checkpoint, split="test")["test"]
+    test = evaluate_checkpoint(checkpoint, split="test")["test"]
     print(f"{len(rows)} trials in {wall:.0f} s; best validation tau {best['value']:.4f} (trial {best['number']}, "
           f"{best['params']}); its test tau {test['kendall_tau']:.4f}, PMR {test['pmr']:.4f}")
     write_results("study_nips.json", {

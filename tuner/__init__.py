@@ -21,7 +21,7 @@ _API = {
     "trials": "tuner.study.queries",
     "best": "tuner.study.queries",
     "train": "tuner.training.trainer",
-    "evaluate": "tuner.training.inference",
+    "evaluate": "tuner.study.queries",
     "order_sentences": "tuner.training.inference",
     "write_report": "tuner.report.page",
     "serve": "tuner.dashboard",

@@ -172,16 +172,13 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tuner.config.loader import section_overrides
     from tuner.config.schema import TrainerConfig
-    from tuner.training.inference import evaluate
+    from tuner.study.open import load_study_file
+    from tuner.study.queries import evaluate
 
     data_overrides = section_overrides(args.set, "data", "tuner evaluate")
-    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides,
+    results = evaluate(args.checkpoint, study=load_study_file(args.study) if args.study else None,
+                       storage=args.storage, split=args.split, files=args.data or (), data_overrides=data_overrides,
                        trainer=TrainerConfig(precision=args.precision))
-    if args.study and not args.data and args.split == "test":
-        from tuner.study.open import load_study_file
-        from tuner.study.queries import record_test
-
-        record_test(load_study_file(args.study), results["test"], args.storage)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
