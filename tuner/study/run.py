@@ -50,6 +50,9 @@ def finished(trials: list[FrozenTrial]) -> int:
 
 @dataclass
 class RunSummary:
+    """What ``tuner run`` did, in this process or with ``--workers``: the trials it ran, the study's finished
+    trials against its budget, the best trial so far, and what stopped it."""
+
     study: str
     storage: str
     trials_run: int
