@@ -157,9 +157,9 @@ def tuner_study(spec: dict[str, Any]) -> str:
         f"test = {json.dumps(data.test)}", f"separator = {json.dumps(data.separator)}",
         f"max_length = {data.max_length}", f"cache_dir = {json.dumps(data.cache_dir)}",
         "[model]", f"backbone = {_toml_backbone(_backbones(spec)[0])}",
-        "[trainer]", f"max_epochs = {spec['max_epochs']}", 'precision = "auto"', f"seed = {spec['seed']}",
+        "[trainer]", f"max_epochs = {spec['max_epochs']}", 'precision = "auto"', f"seed = {spec['training_seed']}",
         f"output_dir = {json.dumps(str(Path(spec['folder']) / 'runs'))}",
-        "[study]", f"sampler = {{ type = \"tpe\", seed = {spec['seed']} }}",
+        "[study]", f"sampler = {{ type = \"tpe\", seed = {spec['sampler_seed']} }}",
         f"storage = {json.dumps('sqlite:///' + str(Path(spec['folder']) / 'tuner.db'))}",
         "[search]", f"learning_rate = [{low}, {high}]", f"batch_size = {json.dumps(spec['batch_sizes'])}",
         f"backbone = [{backbones}]", "",
@@ -208,7 +208,8 @@ class UncachedData(SentenceOrderingData):
 def lightning_objective(spec: dict[str, Any], log: EventLog) -> Callable[[optuna.Trial], float]:
     """The optuna-examples Lightning objective (``pytorch/pytorch_lightning_simple.py``) on this task: sample,
     build the module and data module, fit with ``PyTorchLightningPruningCallback`` on validation tau at each
-    epoch's end, no checkpointing, return the last validation's tau."""
+    epoch's end, no checkpointing, return the last validation's tau. Gradients are clipped at 1.0, the recipe
+    every system trains with."""
     from optuna_integration import PyTorchLightningPruningCallback
 
     choices = {b.label: b for b in _backbones(spec)}
@@ -217,13 +218,13 @@ def lightning_objective(spec: dict[str, Any], log: EventLog) -> Callable[[optuna
         backbone = choices[trial.suggest_categorical("backbone", list(choices))]
         batch_size = trial.suggest_categorical("batch_size", spec["batch_sizes"])
         learning_rate = trial.suggest_float("learning_rate", *spec["learning_rate"], log=True)
-        pl.seed_everything(spec["seed"] * 1000 + trial.number, verbose=False)
+        pl.seed_everything((spec["training_seed"] + trial.number) % 2**31, verbose=False)
         model = SentenceOrderer(backbone=backbone.to_dict(), learning_rate=learning_rate)
         data = UncachedData(replace(_data(spec, batch_size), cache_dir=None), backbone.name)
         trainer = pl.Trainer(
             logger=True, enable_checkpointing=False, max_epochs=spec["max_epochs"], accelerator="auto", devices=1,
             precision=hardware.best_precision(),  # type: ignore[arg-type]
-            default_root_dir=str(Path(spec["folder"]) / "lightning"), enable_progress_bar=False,
+            default_root_dir=str(Path(spec["folder"]) / "lightning"), enable_progress_bar=False, gradient_clip_val=1.0,
             callbacks=[Observer(log, str(trial.number)), PyTorchLightningPruningCallback(trial, monitor=METRIC)],
         )
         trainer.fit(model, datamodule=data)
@@ -233,9 +234,10 @@ def lightning_objective(spec: dict[str, Any], log: EventLog) -> Callable[[optuna
 
 
 def run_optuna(spec: dict[str, Any], log: EventLog, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner) -> None:
+               pruner: optuna.pruners.BasePruner, n_trials: int = 100_000) -> optuna.Study:
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    study.optimize(lightning_objective(spec, log), n_trials=100_000)
+    study.optimize(lightning_objective(spec, log), n_trials=n_trials)
+    return study
 
 
 # --- Hugging Face Trainer.hyperparameter_search ---------------------------------------------------------------
@@ -296,12 +298,14 @@ def hf_metrics(prediction: Any) -> dict[str, float]:
     return {name: float(values.mean()) for name, values in ordering_metrics(scores, labels.clamp(min=0), mask).items()}
 
 
-def run_hf(spec: dict[str, Any], log: EventLog) -> None:
-    """One ``Trainer.hyperparameter_search`` over the learning rate and batch size of one backbone."""
+def run_hf(spec: dict[str, Any], log: EventLog, n_trials: int = 100_000) -> Any:
+    """One ``Trainer.hyperparameter_search`` over the learning rate, the batch size and, in ``model_init(trial)``,
+    the backbone (every backbone of a search shares its tokenizer: the data set is tokenised once)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    backbone = parse_backbone(spec["backbone"])
-    data = SentenceOrderingData(_data(spec), backbone.name)
+    choices = {b.label: b for b in _backbones(spec)}
+    first = next(iter(choices.values()))
+    data = SentenceOrderingData(_data(spec), first.name)
     data.setup("fit")  # tokenised once before the search, as a datasets.map() before it would be
     train = EpochDataset(data.datasets["train"])
     precision = hardware.best_precision()
@@ -318,20 +322,25 @@ def run_hf(spec: dict[str, Any], log: EventLog) -> None:
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                         model: Any = None, **kwargs: Any) -> None:
             if metrics and "eval_kendall_tau" in metrics:
-                params = {"backbone": backbone.label, "batch_size": args.per_device_train_batch_size,
+                params = {"backbone": model.orderer.spec.label, "batch_size": args.per_device_train_batch_size,
                           "learning_rate": args.learning_rate}
                 log.record(f"{spec['part']}:{self.trials}", metrics["eval_kendall_tau"],
                            metrics.get("eval_pmr", math.nan), round(state.epoch or 0), params, model.orderer)
 
     args = TrainingArguments(
         output_dir=str(Path(spec["folder"]) / "hf"), eval_strategy="epoch", num_train_epochs=spec["max_epochs"],
-        per_device_eval_batch_size=16, weight_decay=0.01, warmup_steps=0.1, seed=spec["seed"],
+        per_device_eval_batch_size=16, weight_decay=0.01, warmup_steps=0.1, seed=spec["training_seed"],
         bf16=precision == "bf16-mixed", fp16=precision == "16-mixed", use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length", remove_unused_columns=False, report_to="none",
         disable_tqdm=True,
     )
+    def model_init(trial: optuna.Trial | None) -> HFOrderer:
+        # the Trainer builds one model with no trial when it is made, then one per trial
+        label = trial.suggest_categorical("backbone", list(choices)) if trial is not None else first.label
+        return HFOrderer(SentenceOrderer(backbone=choices[label].to_dict()))
+
     trainer = Trainer(
-        model_init=lambda: HFOrderer(SentenceOrderer(backbone=backbone.to_dict())), args=args,
+        model_init=model_init, args=args,
         train_dataset=train, eval_dataset=data.datasets["validation"], data_collator=HFCollator(data.pad_id),
         compute_metrics=hf_metrics, callbacks=[Observe()],
     )
@@ -341,9 +350,9 @@ def run_hf(spec: dict[str, Any], log: EventLog) -> None:
                 "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size",
                                                                          spec["batch_sizes"])}
 
-    trainer.hyperparameter_search(hp_space=hp_space, compute_objective=lambda m: m["eval_kendall_tau"],
-                                  n_trials=100_000, direction="maximize", backend="optuna",
-                                  sampler=optuna.samplers.TPESampler(seed=spec["seed"]))
+    return trainer.hyperparameter_search(hp_space=hp_space, compute_objective=lambda m: m["eval_kendall_tau"],
+                                         n_trials=n_trials, direction="maximize", backend="optuna",
+                                         sampler=optuna.samplers.TPESampler(seed=spec["sampler_seed"]))
 
 
 # --- the test split ------------------------------------------------------------------------------------------
@@ -378,7 +387,7 @@ def main() -> None:
         return
     log = EventLog(folder, spec.get("offset", 0.0))
     start_watchdog(log, spec["budget_s"])
-    system, seed = spec["system"], spec["seed"]
+    system, seed = spec["system"], spec["sampler_seed"]
     if system == "tuner":
         run_tuner(spec, log)
     elif system == "optuna":

@@ -8,16 +8,20 @@ would pick instead?
 Four systems search the same task under the same CPU-time budget, one at a time, each (system, seed)
 cell in a process of its own (``bench/h2h_systems.py``):
 
-- ``hf``: Hugging Face ``Trainer.hyperparameter_search``, Optuna backend. It cannot search the backbone
-  (transformers #19397), so one search per backbone, each with an equal share of the budget.
+- ``hf``: Hugging Face ``Trainer.hyperparameter_search``, Optuna backend, the backbone chosen in
+  ``model_init(trial)`` (it is not a ``TrainingArguments`` field, transformers #19397). Backbones with
+  different tokenizers cannot share its tokenised data set: then one search per backbone, each with an
+  equal share of the budget and a sampler seed of its own.
 - ``optuna``: plain Optuna + optuna-integration as the optuna-examples Lightning example writes it.
 - ``random``: random search without pruning, the floor.
 - ``tuner``: ``tuner run`` with its defaults.
 
 :data:`SETTINGS` says exactly what each got. They share the data (a fixed subset of NIPS, written once),
-the model and head (tuner's ``SentenceOrderer``), tuner's collate (dynamic padding, length buckets), the
-backbone choices, batch sizes, learning-rate range, maximum epochs, the precision
-``tuner.hardware.best_precision`` picks, the torch threads, and the budget.
+the model and head (tuner's ``SentenceOrderer``) and its training recipe (AdamW, weight decay 0.01, 10%
+warm-up, linear decay, gradients clipped at norm 1.0), tuner's collate (dynamic padding, length buckets),
+the backbone choices, batch sizes, learning-rate range, maximum epochs, the precision
+``tuner.hardware.best_precision`` picks, the torch threads, and the budget. Each cell has its own sampler
+seed and training seed, drawn from (system, seed): two systems never share a sampler's draws.
 
 The clock is the cell process's CPU time (``time.process_time()``: all its threads), from the end of its
 imports; the budget ends the process wherever it is. Every validation is recorded with its CPU time, so
@@ -35,6 +39,7 @@ same: after a change to tuner's defaults only tuner's cells run again. Results: 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -54,16 +59,17 @@ SYSTEMS = ("hf", "optuna", "random", "tuner")
 NAMES = {"hf": "HF Trainer.hyperparameter_search", "optuna": "Optuna + Lightning example", "random": "random search",
          "tuner": "tuner (defaults)"}
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-TARGET_SHARE = 0.9  # "compute to a target": CPU seconds to 0.9 x the best validation tau any system found
+TARGET_GAP = 0.01  # the target: within 0.01 of the best median (over seeds) validation tau of any system
 PRECISION_NOTE = ("every system trains in tuner.hardware.best_precision() (bf16-mixed on a CPU with native bf16, "
                   "fp32 on one without)")
 
 # What each system gets, beyond the shared task. Their own documented defaults unless said.
 SETTINGS = {
     "hf": ("Trainer.hyperparameter_search(backend='optuna', direction='maximize', hp_space: learning_rate "
-           "log-uniform, per_device_train_batch_size categorical; compute_objective = eval_kendall_tau; model_init); "
-           "kwargs sampler=TPESampler(seed) (Optuna's default sampler, seeded), pruner: create_study's default "
-           "(MedianPruner()), in-memory storage; one search per backbone, budget split evenly. TrainingArguments: "
+           "log-uniform, per_device_train_batch_size categorical; model_init(trial) draws the backbone; "
+           "compute_objective = eval_kendall_tau; kwargs sampler=TPESampler(seed) (Optuna's default sampler, "
+           "seeded), pruner: create_study's default (MedianPruner()), in-memory storage; one search over every "
+           "backbone (one per backbone, budget split evenly, where their tokenizers differ). TrainingArguments: "
            "eval_strategy='epoch' (an evaluation to report and prune on), weight_decay=0.01 and warmup_steps=0.1 "
            "(the recipe tuner's module uses; linear decay and max_grad_norm=1.0 are the defaults), "
            "train_sampling_strategy='group_by_length' (the documented setting for dynamic padding), "
@@ -72,14 +78,11 @@ SETTINGS = {
     "optuna": ("optuna-examples pytorch/pytorch_lightning_simple.py: create_study(direction='maximize', "
                "pruner=MedianPruner()), TPESampler (default options, seeded), in-memory storage; "
                "pl.Trainer(logger=True, "
-               "enable_checkpointing=False, max_epochs, accelerator='auto', devices=1, "
-               "callbacks=[PyTorchLightningPruningCallback(trial, monitor='val_kendall_tau')]); the module's own "
-               "optimiser (AdamW, weight decay 0.01, 10% warm-up, linear decay); no gradient clipping "
-               "(Lightning's default); no LR finder; the data tokenised afresh in every trial (no cache); "
-               "objective: the last validation's tau"),
-    "random": ("as optuna, with RandomSampler(seed) and NopPruner(). With the same seed its trials are optuna's "
-               "first ones (TPE samples at random for its first 10 trials, the median pruner waits for 5): the two "
-               "differ only where TPE's model and the pruner act"),
+               "enable_checkpointing=False, max_epochs, accelerator='auto', devices=1, gradient_clip_val=1.0 "
+               "(the shared recipe), callbacks=[PyTorchLightningPruningCallback(trial, monitor='val_kendall_tau')]); "
+               "the module's own optimiser (AdamW, weight decay 0.01, 10% warm-up, linear decay); no LR finder; "
+               "the data tokenised afresh in every trial (no cache); objective: the last validation's tau"),
+    "random": "as optuna, with RandomSampler(seed) and NopPruner()",
     "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's independent, "
               "constant-liar TPE, n_startup_trials=5), pruner median (n_startup_trials=3, else Optuna's defaults), "
               "LR finder in scale mode (100 steps, multiplier [0.03, 1], run only where it costs at most 0.25 of the "
@@ -101,10 +104,7 @@ class Sizing:
     max_epochs: int
     backbone_layers: tuple[int, ...]  # MiniLM cuts: 6 is the whole model
     batch_sizes: tuple[int, ...] = (8, 16)
-    # Four decades, as a user who does not yet know the rate searches them. Within [1e-5, 2e-4], the range of
-    # the first full run, nearly every draw trained, and random search tied plain Optuna: too easy to tell
-    # the searches apart. Here rates below ~1e-5 barely move the model in two epochs, and at ~3e-3 the
-    # 3-layer cut collapses (tau < 0.1), so a draw can waste a whole trial (BENCHMARKS.md has the trials).
+    # four decades, as a user who does not yet know the rate searches them (BENCHMARKS.md#head-to-head)
     learning_rate: tuple[float, float] = (1e-6, 1e-2)
     max_length: int = 512
 
@@ -113,19 +113,11 @@ class Sizing:
                 for n in self.backbone_layers]
 
 
-# Sizing at ~1,000 tokens/s of training for MiniLM-L6 in fp32 on a 2-core AVX2 machine, ~2,000 for a 3-layer cut,
-# ~180 tokens per NIPS abstract, and CPU time ~1.8x wall time with 2 torch threads (see README).
-# Quick: 4 cells of 300 CPU s (~170 s wall each) + ~40 s each to start, test and, for hf, start twice: ~15 min.
-# Full: 12 cells of 700 CPU s (~6.5 min wall each) + ~1 min each: ~90 min, within the 150 asked. The whole
-# model is left out, and trials are 2 epochs: on a 2-core AMD EPYC (AVX2) a batch-8 step took 1.6 s with 6
-# layers and 0.9 s with 3. The full mode trains on 160 documents, so that a cell fits more than 10 trials
-# (a 2-epoch trial on the 3-layer cut at batch 8: ~65 CPU s in fp32 on AVX2, ~42 in bf16-mixed on
-# AVX512-BF16), past the 10 random start-up trials of Optuna's TPE and the 5 its
-# median pruner waits for: with 320 documents a cell fit 6 to 8 trials, and plain Optuna drew exactly
-# random search's trials (BENCHMARKS.md).
+# Sized so that a full cell fits 20 to 30 two-epoch trials, past Optuna's 10 random start-up trials and the 5 its
+# median pruner waits for (BENCHMARKS.md#head-to-head); quick: ~15 min, full: 20 cells, ~2.5 h on 2 cores.
 QUICK = Sizing(train_docs=160, val_docs=80, test_docs=150, budget_cpu_s=300, seeds=(0,), max_epochs=2,
                backbone_layers=(3, 2))
-FULL = Sizing(train_docs=160, val_docs=120, test_docs=377, budget_cpu_s=700, seeds=(0, 1, 2), max_epochs=2,
+FULL = Sizing(train_docs=160, val_docs=120, test_docs=377, budget_cpu_s=700, seeds=(0, 1, 2, 3, 4), max_epochs=2,
               backbone_layers=(3, 2))
 
 
@@ -143,17 +135,6 @@ def best_curve(events: Sequence[dict[str, Any]], budget_s: float) -> list[list[f
 def time_to_reach(curve: Sequence[Sequence[float]], target: float) -> float | None:
     """CPU seconds until the curve's best reached ``target`` (``None``: never)."""
     return next((float(t) for t, tau in curve if tau >= target), None)
-
-
-def match_fraction(tuner_curve: Sequence[Sequence[float]], peer_curve: Sequence[Sequence[float]]) -> float | None:
-    """tuner's CPU time to reach the peer's best validation tau over the peer's own time to reach it
-    (``None`` when tuner never reaches it, or the peer found nothing)."""
-    if not peer_curve:
-        return None
-    peer_best = peer_curve[-1][1]
-    mine = time_to_reach(tuner_curve, peer_best)
-    theirs = time_to_reach(peer_curve, peer_best)
-    return None if mine is None or not theirs else mine / theirs
 
 
 def median_or_none(values: Sequence[float | None]) -> float | None:
@@ -202,11 +183,19 @@ def pending_cells(done: dict[str, Any], systems: Sequence[str], seeds: Sequence[
     return [(system, seed) for seed in seeds for system in systems if cell_key(system, seed) not in done]
 
 
-def summarize(cells: dict[str, Any], systems: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
-    """The headline figures from the finished cells."""
-    found = {key: cell for key, cell in cells.items() if cell.get("curve")}
-    overall = max((cell["curve"][-1][1] for cell in found.values()), default=None)
-    target = None if overall is None else TARGET_SHARE * overall
+def cell_seeds(system: str, seed: int) -> tuple[int, int]:
+    """A cell's sampler seed and training seed, drawn from (system, seed): no two systems share a sampler's
+    draws, and every cell trains with seeds of its own."""
+    digest = hashlib.sha256(f"{system}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31, int.from_bytes(digest[4:8], "big") % 2**31
+
+
+def summarize(cells: dict[str, Any], systems: Sequence[str], seeds: Sequence[int], budget_s: float) -> dict[str, Any]:
+    """The headline figures from the finished cells: per system, the spread over seeds; the compute each cell
+    needed to come within :data:`TARGET_GAP` of the best system's median best validation tau (censored at the
+    budget); and tuner's paired speed-up over each peer at that target."""
+    from bench.replay import paired_speedup
+
     per_system: dict[str, Any] = {}
     for system in systems:
         mine = [cells[cell_key(system, s)] for s in seeds if cell_key(system, s) in cells]
@@ -215,23 +204,28 @@ def summarize(cells: dict[str, Any], systems: Sequence[str], seeds: Sequence[int
             "best_val_kendall_tau": spread([c["curve"][-1][1] if c.get("curve") else None for c in mine]),
             "test_kendall_tau": spread([c.get("test", {}).get("kendall_tau") for c in mine]),
             "test_pmr": spread([c.get("test", {}).get("pmr") for c in mine]),
-            "cpu_s_to_target": [None if target is None else time_to_reach(c.get("curve", []), target) for c in mine],
             "trials": spread([c.get("trials") for c in mine]),
         }
-        per_system[system]["cpu_s_to_target_median"] = median_or_none(per_system[system]["cpu_s_to_target"])
-    summary: dict[str, Any] = {"target_val_kendall_tau": target, "systems": per_system,
-                               "test_kendall_tau": {s: per_system[s]["test_kendall_tau"]["median"] for s in systems}}
-    for peer in ("hf", "optuna"):
-        fractions = {str(s): match_fraction(cells[cell_key("tuner", s)].get("curve", []),
-                                            cells[cell_key(peer, s)].get("curve", []))
-                     for s in seeds if cell_key("tuner", s) in cells and cell_key(peer, s) in cells}
-        summary[f"time_fraction_to_match_{peer}"] = median_or_none(list(fractions.values())) if fractions else None
-        summary[f"time_fraction_to_match_{peer}_per_seed"] = fractions
-        never = [s for s, f in fractions.items() if f is None]
-        summary[f"time_fraction_to_match_{peer}_note"] = (
-            f"tuner never reached {NAMES[peer]}'s best validation tau with seed(s) {', '.join(never)}; "
-            "such a seed ranks above every number in the median" if never else None)
-    return summary
+    medians = [row["best_val_kendall_tau"]["median"] for row in per_system.values()]
+    best = max((m for m in medians if m is not None), default=None)
+    target = None if best is None else best - TARGET_GAP
+    reach: dict[str, dict[int, float | None]] = {}
+    for system in systems:
+        reach[system] = {s: time_to_reach(cells[cell_key(system, s)].get("curve", []), target)
+                         for s in seeds if cell_key(system, s) in cells and target is not None}
+        row = per_system[system]
+        row["cpu_s_to_target"] = list(reach[system].values())
+        row["cpu_s_to_target_median"] = (statistics.median(budget_s if v is None else v for v in reach[system].values())
+                                         if reach[system] else None)
+    speedup = {}
+    if "tuner" in systems:
+        for peer in (s for s in systems if s != "tuner"):
+            paired = [s for s in reach["tuner"] if s in reach[peer]]
+            if paired:
+                speedup[peer] = paired_speedup([reach["tuner"][s] for s in paired], [reach[peer][s] for s in paired],
+                                               budget_s)
+    return {"target_val_kendall_tau": target, "systems": per_system, "speedup_tuner_vs": speedup,
+            "test_kendall_tau": {s: per_system[s]["test_kendall_tau"]["median"] for s in systems}}
 
 
 def _figure(value: float | None, digits: int = 3) -> str:
@@ -261,7 +255,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{sizing['learning_rate'][1]:g}, {sizing['max_epochs']} epoch(s) at most. Median [min, max] over seeds.",
         "",
         "| system | best validation tau | test tau | test PMR | CPU s to validation tau "
-        f"{_figure(summary['target_val_kendall_tau'])} (0.9 x best) | trials |",
+        f"{_figure(summary['target_val_kendall_tau'])} (median, a miss counted as the budget) | trials |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for system in systems:
@@ -273,26 +267,20 @@ def render_markdown(results: dict[str, Any]) -> str:
             to_target += f" ({misses} of {len(reached)} never)"
         lines.append(f"| {NAMES[system]} | {_range(row['best_val_kendall_tau'])} | {_range(row['test_kendall_tau'])} | "
                      f"{_range(row['test_pmr'])} | {to_target} | {_range(row['trials'], 0)} |")
-    lines.append("")
+    lines += ["", f"The target is the best system's median best validation tau less {TARGET_GAP:g}."]
     sources: dict[str, list[str]] = {}
     for key, cell in sorted(results.get("cells", {}).items()):
         if cell.get("reused_from"):
             sources.setdefault(cell["reused_from"], []).append(key)
     for source, keys in sources.items():
-        lines += [f"Taken from `{source}`, a run with the same settings for these systems, the same sizing and a "
-                  f"machine that reads the same (`--reuse`): the cells {', '.join(keys)}.", ""]
-    for peer in ("hf", "optuna"):
-        if peer not in systems or "tuner" not in systems:
-            continue
-        value = summary[f"time_fraction_to_match_{peer}"]
-        per_seed = ", ".join(f"seed {s}: {_figure(f, 2)}" for s, f in summary[f"time_fraction_to_match_{peer}_per_seed"]
-                             .items())
-        text = (f"**{_figure(value, 2)}**" if value is not None
-                else "**null**: tuner did not reach its best validation tau in most seeds")
-        lines.append(f"- `time_fraction_to_match_{peer}` (tuner's CPU time to reach {NAMES[peer]}'s best "
-                     f"validation tau / its own, median; target <= 0.33): {text} ({per_seed or 'no seed'})")
-        if summary[f"time_fraction_to_match_{peer}_note"]:
-            lines.append(f"  - {summary[f'time_fraction_to_match_{peer}_note']}")
+        lines += ["", f"Taken from `{source}`, a run with the same settings for these systems, the same sizing and a "
+                  f"machine that reads the same (`--reuse`): the cells {', '.join(keys)}."]
+    if summary["speedup_tuner_vs"]:
+        lines += ["", "tuner's speed-up to the target over each peer (the median over seeds of the peer's CPU seconds "
+                  "over tuner's, a miss counted as the budget; paired Wilcoxon test):", ""]
+        for peer, found in summary["speedup_tuner_vs"].items():
+            lines.append(f"- {NAMES[peer]}: {found['median_ratio']:.2f}x; tuner faster in {found['faster_in']}, "
+                         f"slower in {found['slower_in']} of {found['seeds']} seeds; p = {found['p_value']:.2g}")
     lines += ["", "What each system got:", ""]
     lines += [f"- **{NAMES[s]}**: {results['settings']['peers'][s]}" for s in systems]
     lines += ["", f"Measured, not adjusted: {PRECISION_NOTE}; the clock is each cell process's CPU time after its "
@@ -387,27 +375,38 @@ def _child(spec: dict[str, Any], folder: Path, name: str, timeout_s: float) -> f
     return time.perf_counter() - started
 
 
+def hf_parts(backbones: Sequence[Any]) -> list[list[Any]]:
+    """HF's searches: one over every backbone when they share a tokenizer (its data set is tokenised once,
+    before the search), else one per backbone."""
+    names = {b if isinstance(b, str) else b["name"] for b in backbones}
+    return [list(backbones)] if len(names) == 1 else [[b] for b in backbones]
+
+
 def run_cell(system: str, seed: int, sizing: Sizing, data: dict[str, str], folder: Path) -> dict[str, Any]:
     """One (system, seed) cell: its search(es) within the budget, then the test of its best weights."""
     from bench.h2h_systems import read_events
 
     shutil.rmtree(folder, ignore_errors=True)  # a cell cut short by a stopped run starts over
     folder.mkdir(parents=True)
-    base = {"system": system, "seed": seed, "folder": str(folder), "data": data, "backbones": sizing.backbones(),
+    sampler_seed, training_seed = cell_seeds(system, seed)
+    base = {"system": system, "seed": seed, "sampler_seed": sampler_seed, "training_seed": training_seed,
+            "folder": str(folder), "data": data, "backbones": sizing.backbones(),
             "batch_sizes": list(sizing.batch_sizes), "learning_rate": list(sizing.learning_rate),
             "max_epochs": sizing.max_epochs, "max_length": sizing.max_length}
     # a cell stuck without using CPU (it should never be) is stopped at 3x its budget in wall time, plus start-up
     guard = 3 * sizing.budget_cpu_s + 600
     wall = 0.0
-    if system == "hf":  # one search per backbone, an even share of the budget each, on one clock
-        share = sizing.budget_cpu_s / len(sizing.backbones())
-        for part, backbone in enumerate(sizing.backbones()):
+    parts = hf_parts(sizing.backbones()) if system == "hf" else [None]
+    if len(parts) > 1:  # HF, backbones whose tokenizers differ: one search each, an even share, on one clock
+        share = sizing.budget_cpu_s / len(parts)
+        for part, backbones in enumerate(parts):
             spent = max((e["cpu_s"] for e in _all_lines(folder / "events.jsonl")), default=0.0)
-            spec = {**base, "mode": "search", "part": part, "backbone": backbone, "offset": spent,
-                    "budget_s": share * (part + 1)}
+            spec = {**base, "mode": "search", "part": part, "backbones": backbones, "offset": spent,
+                    "sampler_seed": sampler_seed + part, "budget_s": share * (part + 1)}
             wall += _child(spec, folder, f"search-{part}", guard)
     else:
-        wall += _child({**base, "mode": "search", "budget_s": sizing.budget_cpu_s}, folder, "search", guard)
+        wall += _child({**base, "mode": "search", "part": 0, "budget_s": sizing.budget_cpu_s}, folder, "search",
+                       guard)
     events = read_events(folder / "events.jsonl")
     test_wall = _child({**base, "mode": "test"}, folder, "test", guard)
     test = json.loads((folder / "test.json").read_text())
@@ -463,7 +462,12 @@ def main() -> None:
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument("--reuse", metavar="RESULTS", help="a results file in bench/results/ whose finished cells "
                         "this run takes for the systems whose settings are unchanged")
+    parser.add_argument("--summarize", metavar="RESULTS", help="a results file in bench/results/: its summary, "
+                        "figure and BENCHMARKS.md section made again from its stored cells, nothing run")
     args = parser.parse_args()
+    if args.summarize:
+        publish(RESULTS / args.summarize, json.loads((RESULTS / args.summarize).read_text()), args.no_markdown)
+        return
     sizing = _sizing(args)
     output = RESULTS / (args.output or ("head_to_head_quick.json" if args.quick else "head_to_head.json"))
     work = ROOT / "runs" / "head_to_head" / output.stem
@@ -497,19 +501,26 @@ def main() -> None:
         print(f"{NAMES[system]}, seed {seed}: {sizing.budget_cpu_s:g} CPU s ...", flush=True)
         cell = run_cell(system, seed, sizing, data, work / f"{system}-{seed}")
         results["cells"][cell_key(system, seed)] = cell
-        results["summary"] = summarize(results["cells"], args.systems, sizing.seeds)
+        results["summary"] = summarize(results["cells"], args.systems, sizing.seeds, sizing.budget_cpu_s)
         _write(output, results)
         best = _figure(cell["curve"][-1][1] if cell["curve"] else None)
         print(f"  best validation tau {best} after {cell['trials']} trial(s) ({cell['validations']} validations), "
               f"test tau {_figure(cell['test'].get('kendall_tau'))}; {cell['search_wall_s']:.0f} s wall searching, "
               f"{cell['test_wall_s']:.0f} s testing", flush=True)
-    results["summary"] = summarize(results["cells"], args.systems, sizing.seeds)
+    publish(output, results, args.no_markdown)
+
+
+def publish(output: Path, results: dict[str, Any], no_markdown: bool) -> None:
+    """The summary of a results file's cells, its figures and its ``BENCHMARKS.md`` section."""
+    settings = results["settings"]
+    results["summary"] = summarize(results["cells"], settings["systems"], settings["sizing"]["seeds"],
+                                   settings["sizing"]["budget_cpu_s"])
     _write(output, results)
     output.with_suffix(".html").write_text(curves_html(results))
     curves_png(results, output.with_suffix(".png"))
     section = render_markdown(results)
     print(section)
-    if not args.no_markdown:
+    if not no_markdown:
         benchmarks = ROOT / "BENCHMARKS.md"
         text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
         benchmarks.write_text(replace_section(text, output.stem, section))

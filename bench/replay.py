@@ -49,6 +49,7 @@ from bench._common import RESULTS, ROOT, replace_section
 TARGET_GAP = 0.01  # "within 0.01 tau of the table's best configuration"
 BUDGET_POINTS = [round(0.05 * i, 2) for i in range(1, 21)]  # fractions of the budget for the anytime curves
 TABLES = ("lc_table_nips.json", "lc_table_rocstories.json")
+PEERS = ("random", "optuna_example", "tpe_hyperband", "hf")  # what users would run instead of tuner
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,19 @@ class Policy:
             the table holds).
         objective: ``last`` (the last validation, as optuna-examples and HF return) or ``best``.
         baseline: the first trial is tuner's baseline (``BASELINE_LEARNING_RATE``, the first of each choice).
+        baseline_per_backbone: with ``baseline``, one baseline trial per backbone, in the study file's order.
         finder: ``off``, or ``tuner`` (tuner's LR-finder rule: scale mode, run where it costs at most
             ``max_cost`` of the trial's steps, its suggestion times a sampled multiplier when reliable).
+        finder_max_cost, finder_multiplier: override ``LRFinderConfig.max_cost`` and ``.multiplier``.
+        finder_scope: ``config`` runs the finder once per (backbone, batch size), as tuner does; ``study``
+            runs it once, for the first trial's, and scales every trial's rate from that suggestion.
+        lr_range: the sampler's learning-rate range, where it is narrower than the table's (a prior).
         cache: tokenisation is cached across trials (tuner), else paid by every trial.
         per_backbone: one search per backbone with an equal share of the budget (HF's hyperparameter_search).
         stop_diverged: a trial whose training loss is not finite ends at that step (tuner's NaN guard).
+        warm_start: another table (a path, or a file name in ``bench/results``): the same policy searches it
+            first with the same replay seed, and its finished trials seed this search's sampler, as
+            ``tuner run --warm-start`` would; their compute is not charged.
     """
 
     name: str
@@ -80,10 +89,15 @@ class Policy:
     objective: str = "last"
     baseline: bool = False
     finder: str = "off"
+    baseline_per_backbone: bool = False
     finder_max_cost: float | None = None
+    finder_multiplier: tuple[float, float] | None = None
+    finder_scope: str = "config"
+    lr_range: tuple[float, float] | None = None
     cache: bool = False
     per_backbone: bool = False
     stop_diverged: bool = False
+    warm_start: str | None = None
 
 
 def default_policies() -> dict[str, Policy]:
@@ -123,7 +137,7 @@ def parse_variant(text: str, base: dict[str, Policy]) -> Policy:
             options[option] = value
             policy = replace(policy, **{f"{group}_options": options})
         elif key in Policy.__dataclass_fields__ and key != "name":
-            policy = replace(policy, **{key: value})
+            policy = replace(policy, **{key: tuple(value) if isinstance(value, list) else value})
         else:
             known = sorted(Policy.__dataclass_fields__)
             raise SystemExit(f"--variant {text!r}: unknown key {key!r}; use one of {known}")
@@ -259,8 +273,23 @@ def _finder(table: Table, backbone: str, batch_size: int) -> dict[str, Any] | No
     return table.raw.get("finder", {}).get(f"{backbone}|{batch_size}")  # type: ignore[no-any-return]
 
 
-def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, Any]:
-    """One search by ``policy`` with replay seed ``seed``: the trials it ran and its anytime best."""
+def _warm_trials(policy: Policy, seed: int, budget_trials: float) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials of ``policy`` on its ``warm_start`` table, as trials another study can take."""
+    assert policy.warm_start is not None
+    path = Path(policy.warm_start)
+    other = _TABLES.get(str(path)) or Table.load(path if path.is_file() else RESULTS / path)
+    _TABLES[str(path)] = other
+    cold = replace(policy, warm_start=None)
+    found = replay(other, cold, seed, budget_trials * other.full_cost(Policy("full", evals="epoch")), keep=True)
+    return [optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value,
+                                      user_attrs={"warm_start": True})
+            for t in found["study_trials"] if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials: float = 30.0, keep: bool = False
+           ) -> dict[str, Any]:
+    """One search by ``policy`` with replay seed ``seed``: the trials it ran and its anytime best.
+    ``budget_trials`` sizes the search on a ``warm_start`` table; ``keep`` returns the Optuna trials too."""
     draws = random.Random(f"draws-{seed}")  # the training seed of each trial: shared by every policy
     seeds = [draws.choice(table.seeds) for _ in range(10_000)]
     fixed = table.raw["fixed_costs"]
@@ -269,22 +298,29 @@ def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, 
     best = (-math.inf, math.nan)
     trials: list[dict[str, Any]] = []
     parts = [[b] for b in table.backbones] if policy.per_backbone else [table.backbones]
+    studies: list[optuna.Study] = []
     for part_index, backbones in enumerate(parts):
         part_budget = spent + (budget - spent) / (len(parts) - part_index)
         study = optuna.create_study(direction="maximize", sampler=_sampler(policy, seed * 10 + part_index),
                                     pruner=_pruner(policy))
+        studies.append(study)
+        if policy.warm_start:
+            study.add_trials(_warm_trials(policy, seed, budget_trials))
         if policy.baseline:
             from tuner.hpo.search import BASELINE_LEARNING_RATE
 
-            study.enqueue_trial({"backbone": backbones[0], "batch_size": table.batch_sizes[0],
-                                 "learning_rate": BASELINE_LEARNING_RATE}, user_attrs={"baseline": True})
+            for backbone in backbones if policy.baseline_per_backbone else backbones[:1]:
+                study.enqueue_trial({"backbone": backbone, "batch_size": table.batch_sizes[0],
+                                     "learning_rate": BASELINE_LEARNING_RATE}, user_attrs={"baseline": True})
         finders: set[str] = set()
         tokenized: set[str] = set()
+        low, high = policy.lr_range or (table.low, table.high)
         while spent < part_budget:
             trial = study.ask()
             backbone = trial.suggest_categorical("backbone", backbones)
             batch_size = trial.suggest_categorical("batch_size", table.batch_sizes)
-            learning_rate = trial.suggest_float("learning_rate", table.low, table.high, log=True)
+            learning_rate = trial.suggest_float("learning_rate", low, high, log=True)
+            sampled_rate = learning_rate
             training_seed = seeds[len(trials)]
             costs = fixed["backbones"][backbone]
             spent += costs["load_cpu_s"]
@@ -302,6 +338,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, 
             curve = config["curve"]
             evaluated = _evaluated(curve, policy.evals, table.evals_per_epoch)
             values: list[float] = []
+            value: float | None = None
             state = optuna.trial.TrialState.COMPLETE
             for n, index in enumerate(evaluated):
                 cost = table.cost(config, evaluated, n)
@@ -335,11 +372,15 @@ def replay(table: Table, policy: Policy, seed: int, budget: float) -> dict[str, 
                     best = (value, float(record["test_kendall_tau"] or 0.0))
                     events.append((spent, value, best[1]))
             trials.append({"backbone": backbone, "batch_size": batch_size, "rate": rate, "seed": training_seed,
+                           "sampled_rate": sampled_rate, "value": value,
                            "state": state.name if state else "BUDGET", "validations": len(values),
                            "cpu_s": round(spent, 1)})
             if state is None:
                 break
-    return {"events": events, "trials": trials, "spent": spent}
+    result = {"events": events, "trials": trials, "spent": spent}
+    if keep:
+        result["study_trials"] = [t for study in studies for t in study.get_trials(deepcopy=False)]
+    return result
 
 
 def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: str, batch_size: int,
@@ -349,8 +390,11 @@ def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: st
 
     config = LRFinderConfig()
     max_cost = policy.finder_max_cost if policy.finder_max_cost is not None else config.max_cost
-    found = _finder(table, backbone, batch_size)
     key = f"{backbone}|{batch_size}"
+    if policy.finder_scope == "study":
+        key = next(iter(finders), key)  # the first trial's finder serves every later one
+        backbone, batch_size = key.rsplit("|", 1)[0], int(key.rsplit("|", 1)[1])
+    found = _finder(table, backbone, batch_size)
     if found is None:
         return sampled, 0.0
     steps = next(c["steps_per_epoch"] for c in table.raw["configs"].values() if c["batch_size"] == batch_size)
@@ -360,7 +404,7 @@ def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: st
     finders.add(key)
     if not found["reliable"]:
         return sampled, cost
-    multiplier = trial.suggest_float("lr_multiplier", *config.multiplier, log=True)
+    multiplier = trial.suggest_float("lr_multiplier", *(policy.finder_multiplier or config.multiplier), log=True)
     return float(found["suggestion"]) * multiplier, cost
 
 
@@ -439,14 +483,38 @@ def summarize(table: Table, runs: dict[str, list[dict[str, Any]]], budget: float
                                              for r in results),
         }
     speedups = {a: {b: paired_speedup(reach[a], reach[b], budget) for b in runs if b != a} for a in runs}
+    regrets = {name: {f: [(tau_star - (v if v is not None else 0.0)) / tau_star
+                          for v in (best_at(r["events"], f * budget) for r in results)] for f in BUDGET_POINTS}
+               for name, results in runs.items()}
+    versus = {a: {b: regret_versus(regrets[a], regrets[b], policies[b]["regret"]) for b in runs if b in PEERS}
+              for a in runs if a not in PEERS}
     return {"tau_star": tau_star, "best_config": list(best), "target": target, "budget_cpu_s": budget,
-            "policies": policies, "speedup": speedups}
+            "policies": policies, "speedup": speedups, "regret_versus": versus}
 
 
-def _replay_one(args: tuple[Path, Policy, int, float]) -> tuple[str, int, dict[str, Any]]:
-    path, policy, seed, budget = args
+def regret_versus(mine: dict[float, list[float]], theirs: dict[float, list[float]],
+                  their_bands: dict[str, Sequence[float]], rounds: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Per budget from 10% on: the paired mean difference in regret (mine minus theirs) with a bootstrap 95%
+    band, and whether my median regret is at or below the top of their median's band (not behind)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    points = {}
+    for fraction in (f for f in BUDGET_POINTS if f >= 0.1):
+        difference = np.asarray(mine[fraction]) - np.asarray(theirs[fraction])
+        means = difference[rng.integers(0, len(difference), (rounds, len(difference)))].mean(axis=1)
+        low, high = np.quantile(means, [0.025, 0.975])
+        points[str(fraction)] = {"mean_difference": [float(difference.mean()), float(low), float(high)],
+                                 "not_behind": statistics.median(mine[fraction]) <= their_bands[str(fraction)][2]}
+    return {"budgets": points, "never_behind": all(p["not_behind"] for p in points.values())}
+
+
+def _replay_one(args: tuple[Path, Policy, int, float, float]) -> tuple[str, int, dict[str, Any]]:
+    path, policy, seed, budget, budget_trials = args
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    result = replay(_TABLES.setdefault(str(path), Table.load(path)), policy, seed, budget)
+    if str(path) not in _TABLES:
+        _TABLES[str(path)] = Table.load(path)
+    result = replay(_TABLES[str(path)], policy, seed, budget, budget_trials)
     return policy.name, seed, result
 
 
@@ -457,7 +525,7 @@ def run_table(path: Path, policies: Sequence[Policy], seeds: int, budget_trials:
               ) -> dict[str, Any]:
     table = Table.load(path)
     budget = budget_trials * table.full_cost(Policy("full", evals="epoch"))
-    jobs = [(path, policy, seed, budget) for policy in policies for seed in range(seeds)]
+    jobs = [(path, policy, seed, budget, budget_trials) for policy in policies for seed in range(seeds)]
     runs: dict[str, list[dict[str, Any]]] = {p.name: [{}] * seeds for p in policies}
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for name, seed, result in pool.imap_unordered(_replay_one, jobs, chunksize=4):
@@ -548,9 +616,14 @@ def render_markdown(results: Sequence[dict[str, Any]]) -> str:
         if "tuner" in result["speedup"]:
             lines += ["", "tuner's compute to the target against each peer's (median of the peer's over tuner's, "
                       "paired Wilcoxon test):", ""]
+            versus = result.get("regret_versus", {}).get("tuner", {})
             for peer, s in result["speedup"]["tuner"].items():
+                behind = ""
+                if peer in versus:
+                    lost = [f"{float(f):.0%}" for f, v in versus[peer]["budgets"].items() if not v["not_behind"]]
+                    behind = f"; behind it at {', '.join(lost)}" if lost else "; never behind it from 10% of the budget"
                 lines.append(f"- {peer}: {s['median_ratio']:.2f}x; tuner faster in {s['faster_in']}, slower in "
-                             f"{s['slower_in']} of {s['seeds']} seeds; p = {s['p_value']:.2g}")
+                             f"{s['slower_in']} of {s['seeds']} seeds; p = {s['p_value']:.2g}{behind}")
         lines.append("")
     return "\n".join(lines)
 

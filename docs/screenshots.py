@@ -1,4 +1,4 @@
-"""The README's screenshots: the report's first sections and the dashboard's study page.
+"""The screenshots of README.md and docs/reports.md: the report's first sections and the dashboard's study page.
 
     tuner report --study studies/nips.toml --storage URL -o report.html
     tuner dashboard --study studies/nips.toml --storage URL --port 8080 &

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--study", required=True, help="study name or path")
         sub.add_argument("--storage", help="database URL")
-        sub.add_argument("--json", action="store_true", help="print JSON (see README)")
+        sub.add_argument("--json", action="store_true", help="print JSON (see docs/commands.md)")
         sub.set_defaults(func=func)
 
     studies = commands.add_parser("studies", help="list study files and the studies in a storage")

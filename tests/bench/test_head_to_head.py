@@ -9,11 +9,12 @@ import pytest
 from bench.head_to_head import (
     QUICK,
     SETTINGS,
+    cell_seeds,
+    hf_parts,
     SYSTEMS,
     best_curve,
     cell_key,
     curves_png,
-    match_fraction,
     median_or_none,
     pending_cells,
     render_markdown,
@@ -42,11 +43,16 @@ def test_time_to_reach_is_the_first_point_at_or_above_the_target() -> None:
     assert time_to_reach(curve, 0.61) is None
 
 
-def test_match_fraction_divides_tuner_time_by_the_peer_time_to_the_peer_best() -> None:
-    peer = [[100.0, 0.5], [300.0, 0.7]]
-    assert match_fraction([[50.0, 0.6], [100.0, 0.75]], peer) == pytest.approx(100 / 300)
-    assert match_fraction([[50.0, 0.69]], peer) is None  # never reached
-    assert match_fraction([[50.0, 0.8]], []) is None  # the peer found nothing
+def test_every_cell_has_seeds_of_its_own() -> None:
+    seeds = {cell_seeds(system, seed) for system in SYSTEMS for seed in range(5)}
+    assert len(seeds) == 20 and len({s for pair in seeds for s in pair}) == 40
+    assert cell_seeds("tuner", 3) == cell_seeds("tuner", 3)  # a rerun draws the same
+
+
+def test_hf_searches_every_backbone_at_once_when_they_share_a_tokenizer() -> None:
+    cuts = [{"name": "m", "config": {"num_hidden_layers": 3}}, {"name": "m", "config": {"num_hidden_layers": 2}}]
+    assert hf_parts(cuts) == [cuts]
+    assert hf_parts(["m", "other"]) == [["m"], ["other"]]
 
 
 def test_median_ranks_misses_above_every_number() -> None:
@@ -106,24 +112,23 @@ def _cells() -> dict[str, dict]:
     }
 
 
-def test_summary_fractions_targets_and_test_taus() -> None:
-    summary = summarize(_cells(), SYSTEMS, [0, 1])
-    assert summary["target_val_kendall_tau"] == pytest.approx(0.9 * 0.8)
-    # seed 0: tuner reaches hf's 0.6 at 150 s, hf at 200 s; seed 1: tuner never reaches 0.8
-    assert summary["time_fraction_to_match_hf_per_seed"] == {"0": pytest.approx(0.75), "1": None}
-    assert summary["time_fraction_to_match_hf"] is None
-    assert "seed(s) 1" in summary["time_fraction_to_match_hf_note"]
-    # seed 0: 0.58 >= 0.55 at 40 s against 50 s; seed 1: 0.5 at 30 s against 60 s
-    assert summary["time_fraction_to_match_optuna"] == pytest.approx((0.8 + 0.5) / 2)
-    assert summary["time_fraction_to_match_optuna_note"] is None
+def test_summary_targets_the_best_median_and_pairs_tuner_with_each_peer() -> None:
+    summary = summarize(_cells(), SYSTEMS, [0, 1], budget_s=300.0)
+    # median best validation tau: hf 0.7, optuna 0.525, random 0.4 (one seed), tuner 0.6
+    assert summary["target_val_kendall_tau"] == pytest.approx(0.69)
+    assert summary["systems"]["hf"]["cpu_s_to_target"] == [None, 100.0]
+    assert summary["systems"]["hf"]["cpu_s_to_target_median"] == pytest.approx((300.0 + 100.0) / 2)
+    assert summary["systems"]["tuner"]["cpu_s_to_target"] == [150.0, None]
+    hf = summary["speedup_tuner_vs"]["hf"]  # seed 0: 300 / 150 = 2; seed 1: 100 / 300
+    assert hf["median_ratio"] == pytest.approx((2 + 1 / 3) / 2) and (hf["faster_in"], hf["slower_in"]) == (1, 1)
+    assert summary["speedup_tuner_vs"]["optuna"]["seeds"] == 2
     assert summary["test_kendall_tau"]["tuner"] == pytest.approx(0.6)
     assert summary["systems"]["random"]["test_kendall_tau"]["n"] == 1
-    assert summary["systems"]["hf"]["cpu_s_to_target"] == [None, 100.0]
 
 
 def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
     results = {
-        "summary": summarize(_cells(), SYSTEMS, [0, 1]),
+        "summary": summarize(_cells(), SYSTEMS, [0, 1], budget_s=300.0),
         "settings": {"quick": True, "sizing": {**QUICK.__dict__, "seeds": (0, 1)}, "systems": list(SYSTEMS),
                      "peers": SETTINGS},
         "machine": {"summary": "AMD EPYC (AVX2, no native bf16), 2 cores", "precision": "32-true"},
@@ -133,9 +138,8 @@ def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
     text = render_markdown(results)
     assert "### Head-to-head (quick)" in text
     assert "| tuner (defaults) | 0.600 [0.500, 0.700] | 0.600 [0.500, 0.700] |" in text
-    assert "`time_fraction_to_match_hf`" in text and "**null**" in text and "seed 1: n/a" in text
-    assert "**0.65**" in text  # optuna's median fraction
-    assert "(1 of 2 never)" in text  # hf never reached the target with seed 0
+    assert "CPU s to validation tau 0.690" in text and "| 200 (1 of 2 never) |" in text  # hf
+    assert "- HF Trainer.hyperparameter_search: 1.17x; tuner faster in 1, slower in 1 of 2 seeds; p = 1" in text
     for system in SYSTEMS:
         assert SETTINGS[system] in text
     assert "head_to_head_quick.html" in text and "(bench/results/head_to_head_quick.png)" in text

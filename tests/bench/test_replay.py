@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from bench.lc_table import config_key, log_grid
 from bench.replay import (
+    BUDGET_POINTS,
     Policy,
     Table,
     _evaluated,
@@ -207,3 +209,37 @@ def test_the_section_and_the_figure_report_every_policy_of_every_table(tmp_path:
     assert f"- random: {result['speedup']['tuner']['random']['median_ratio']:.2f}x" in section
     regret_png([result, result], tmp_path / "replay.png")
     assert (tmp_path / "replay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regret_against_each_peer_is_paired_per_budget(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    base = default_policies()
+    worse = replace(base["tuner"], name="worse", lr_range=(1e-6, 2e-6))  # a prior far from the peak
+    result = run_table(path, [base["random"], base["tuner"], worse], seeds=6, budget_trials=8, workers=1)
+    assert set(result["regret_versus"]) == {"tuner", "worse"}  # only non-peers are compared with the peers
+    versus = result["regret_versus"]["worse"]["random"]
+    assert set(versus["budgets"]) == {str(f) for f in BUDGET_POINTS if f >= 0.1}
+    low, high = versus["budgets"]["1.0"]["mean_difference"][1:]
+    assert 0 < low <= high and not versus["never_behind"]  # a prior that excludes the peak is behind random
+
+
+def test_a_study_wide_finder_is_paid_once_and_scales_every_trial(table: Table) -> None:
+    policy = replace(default_policies()["tuner"], finder_max_cost=10.0, finder_scope="study",
+                     finder_multiplier=(1.0, 1.0), baseline=False)
+    trials = replay(table, policy, seed=0, budget=400.0)["trials"]
+    assert {t["rate"] for t in trials} == {table.snap(1e-3)}  # the finder's 1e-3, times 1
+    per_config = replay(table, replace(policy, finder_scope="config"), seed=0, budget=400.0)
+    assert per_config["trials"][0]["cpu_s"] == trials[0]["cpu_s"]  # the first finder costs the same
+
+
+def test_a_warm_start_seeds_the_sampler_with_the_other_table_s_trials(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    table = Table.load(path)
+    policy = replace(default_policies()["tuner"], warm_start=str(path), baseline=False)
+    warm = replay(table, policy, seed=3, budget=300.0, budget_trials=4, keep=True)
+    cold = replay(table, replace(policy, warm_start=None), seed=3, budget=300.0, keep=True)
+    seeded = [t for t in warm["study_trials"] if t.user_attrs.get("warm_start")]
+    assert seeded and all(t.value is not None for t in seeded)
+    assert len(warm["study_trials"]) == len(seeded) + len(warm["trials"])
+    assert [t["backbone"] for t in warm["trials"]] != [t["backbone"] for t in cold["trials"]] or \
+        [t["sampled_rate"] for t in warm["trials"]] != [t["sampled_rate"] for t in cold["trials"]]

@@ -30,7 +30,7 @@ class SentenceOrderer(pl.LightningModule):
         pooling: what the head scores for each sentence: ``marker``, the marker token's hidden state
             alone, or ``mean`` (default), the mean over the marker and its sentence's tokens. Mean
             pooling leaves the ln 2 plateau of the pairwise loss within tens of steps where marker
-            pooling stays on it for hundreds (MiniLM on NIPS; see README).
+            pooling stays on it for hundreds (MiniLM on NIPS; see docs/study-files.md).
         pretrained: load pretrained weights; ``False`` rebuilds the architecture from
             ``backbone_config`` alone (used when loading a checkpoint, which holds the weights).
         backbone_config: the encoder's config as a dict, stored so a checkpoint rebuilds without the hub.

@@ -61,7 +61,7 @@ class TrialRow:
     attrs: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        """The row as a stable JSON object (see README, "JSON output")."""
+        """The row as a stable JSON object (see docs/commands.md, "JSON output")."""
         return {"number": self.number, "state": self.state, "value": self.value, "params": self.params,
                 "duration_s": self.duration_s, "attrs": self.attrs}
 

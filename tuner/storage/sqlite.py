@@ -115,7 +115,7 @@ def check_sqlite_for_workers(url: str, workers: int) -> None:
     fstype = file_system_type(path.parent if path.parent != Path() else Path.cwd())
     if fstype is not None and (fstype in NETWORK_FILE_SYSTEMS or fstype.startswith("nfs")):
         raise StorageError(f"storage {mask(url)}: {path} is on a network file system ({fstype}), where SQLite's "
-                           "locking is unreliable; use PostgreSQL or MySQL (see README, 'Many machines')")
+                           "locking is unreliable; use PostgreSQL or MySQL (see docs/clusters.md, 'SQLite')")
     if workers > SQLITE_MAX_WORKERS:
-        log.warning("%d workers share the SQLite file %s; above %d, use PostgreSQL or MySQL (see README, "
-                    "'Many machines')", workers, path, SQLITE_MAX_WORKERS)
+        log.warning("%d workers share the SQLite file %s; above %d, use PostgreSQL or MySQL (see docs/clusters.md, "
+                    "'SQLite')", workers, path, SQLITE_MAX_WORKERS)
