@@ -31,7 +31,7 @@ def main() -> None:
     from tuner.hpo.lr_finder import run_finder
     from tuner.hpo.objective import training_steps
     from tuner.model.orderer import SentenceOrderer
-    from tuner.study.runner import load_run
+    from tuner.study.open import load_study_file
     from tuner.training.stopping import StopSignals
 
     sizing = replace(FULL, backbone_layers=tuple(args.layers))
@@ -44,7 +44,7 @@ def main() -> None:
                 "learning_rate": list(sizing.learning_rate), "max_epochs": sizing.max_epochs,
                 "max_length": sizing.max_length}
         (folder / "finder.toml").write_text(tuner_study(spec))
-        base = load_run(str(folder / "finder.toml"))
+        base = load_study_file(str(folder / "finder.toml"))
         for backbone in base.search.backbone:
             run = replace(base, model=replace(base.model, backbone=backbone),
                           data=replace(base.data, batch_size=args.batch_size))

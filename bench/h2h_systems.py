@@ -175,7 +175,8 @@ def _toml_backbone(backbone: BackboneSpec) -> str:
 
 def run_tuner(spec: dict[str, Any], log: EventLog) -> None:
     from tuner.hpo import objective
-    from tuner.study.runner import load_run, run_study
+    from tuner.study.open import load_study_file
+    from tuner.study.run import run_study
 
     study_file = Path(spec["folder"]) / "h2h.toml"
     study_file.write_text(tuner_study(spec))
@@ -189,7 +190,7 @@ def run_tuner(spec: dict[str, Any], log: EventLog) -> None:
         return plain(config, root, [Observer(log, str(trial.number)), *callbacks], **kwargs)
 
     objective.build_trainer = observed  # type: ignore[assignment]
-    run_study(load_run(str(study_file)), n_trials=100_000, progress=False)
+    run_study(load_study_file(str(study_file)), n_trials=100_000, progress=False)
 
 
 # --- plain Optuna, as the optuna-examples Lightning example; and random search --------------------------------

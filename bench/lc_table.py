@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from tuner import hardware  # noqa: E402
-from tuner.config.schema import RunConfig  # noqa: E402
+from tuner.config.schema import StudyFile  # noqa: E402
 from tuner.data.batching import Collate, DocumentBatchSampler  # noqa: E402
 from tuner.data.encoding import encode_cached, encode_documents  # noqa: E402
 from tuner.data.module import SentenceOrderingData  # noqa: E402
@@ -59,7 +59,7 @@ from tuner.data.readers import load_documents  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.hpo.lr_finder import run_finder  # noqa: E402
 from tuner.model.orderer import SentenceOrderer  # noqa: E402
-from tuner.study.runner import load_run  # noqa: E402
+from tuner.study.open import load_study_file  # noqa: E402
 from tuner.training.trainer import build_trainer, quiet_lightning  # noqa: E402
 
 EVAL_BATCH = 32
@@ -74,7 +74,7 @@ def log_grid(low: float, high: float, count: int) -> list[float]:
     return [float(f"{math.exp(math.log(low) + i * step):.4g}") for i in range(count)]
 
 
-def grid(run: RunConfig, lr_values: int, seeds: int) -> list[dict[str, Any]]:
+def grid(run: StudyFile, lr_values: int, seeds: int) -> list[dict[str, Any]]:
     """Every configuration of the study's search space, seed by seed (a partial table has whole seeds first)."""
     backbones = run.search.backbone or (run.model.backbone,)
     batch_sizes = run.search.batch_size or (run.data.batch_size,)
@@ -91,7 +91,7 @@ def config_key(backbone: str, batch_size: int, learning_rate: float, seed: int) 
 class SubsetData(SentenceOrderingData):
     """The study's data, each split cut to its first N documents; validation and test evaluated together."""
 
-    def __init__(self, run: RunConfig, backbone_name: str, sizes: dict[str, int | None],
+    def __init__(self, run: StudyFile, backbone_name: str, sizes: dict[str, int | None],
                  splits: tuple[str, ...] = SPLITS) -> None:
         super().__init__(run.data, backbone_name)
         self.sizes = sizes
@@ -173,7 +173,7 @@ class CurveRecorder(pl.Callback):
         self.records.append(record)
 
 
-def train_config(run: RunConfig, config: dict[str, Any], sizes: dict[str, int | None], epochs: int,
+def train_config(run: StudyFile, config: dict[str, Any], sizes: dict[str, int | None], epochs: int,
                  evals_per_epoch: int, folder: Path) -> dict[str, Any]:
     """One configuration, trained for ``epochs`` epochs without pruning; its curve and costs."""
     backbone = next(b for b in (run.search.backbone or (run.model.backbone,)) if b.label == config["backbone"])
@@ -197,7 +197,7 @@ def train_config(run: RunConfig, config: dict[str, Any], sizes: dict[str, int | 
             "fit_wall_s": round(time.perf_counter() - started_wall, 3)}
 
 
-def finder_curve(run: RunConfig, backbone_label: str, batch_size: int, sizes: dict[str, int | None],
+def finder_curve(run: StudyFile, backbone_label: str, batch_size: int, sizes: dict[str, int | None],
                  folder: Path) -> dict[str, Any]:
     """The study's LR finder on the table's data for one (backbone, batch size), with its CPU cost."""
     backbone = next(b for b in (run.search.backbone or (run.model.backbone,)) if b.label == backbone_label)
@@ -212,7 +212,7 @@ def finder_curve(run: RunConfig, backbone_label: str, batch_size: int, sizes: di
             **{k: found[k] for k in ("suggestion", "reliable", "reason", "lr", "loss", "num_training")}}
 
 
-def fixed_costs(run: RunConfig, sizes: dict[str, int | None], folder: Path) -> dict[str, Any]:
+def fixed_costs(run: StudyFile, sizes: dict[str, int | None], folder: Path) -> dict[str, Any]:
     """What every trial or system pays besides training: importing the stack (a fresh process), loading each
     backbone, and tokenising the table's data afresh and from tuner's cache. CPU seconds."""
     code = "import time; import lightning, optuna, torch, transformers; print(time.process_time())"
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_lightning()
     threads = hardware.set_threads()
     try:
-        run = load_run(args.study, args.overrides)
+        run = load_study_file(args.study, args.overrides)
     except TunerError as err:
         sys.exit(f"lc_table: error: {err}")
     epochs = args.epochs or max(run.search.max_epochs or (run.trainer.max_epochs,))

@@ -22,12 +22,13 @@ from typing import Any
 
 from _common import ROOT, machine, require_shared, write_results
 
-from tuner.study.runner import load_run, open_study, run_study
+from tuner.study.open import load_study_file, open_study
+from tuner.study.run import run_study
 
 
 def measure(study: str, overrides: list[str], n_trials: int) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"overhead-{study}-"))
-    run = load_run(str(ROOT / "studies" / f"{study}.toml"), [
+    run = load_study_file(str(ROOT / "studies" / f"{study}.toml"), [
         *overrides, f'study.storage="sqlite:///{folder / "study.db"}"', f'trainer.output_dir="{folder}"',
         f"study.n_trials={n_trials}", "study.baseline=false", 'study.pruner="none"',
     ])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from _common import ROOT, machine, require_shared, write_results
 
-from tuner.config.loader import load_study
+from tuner.config.loader import read_study_file
 from tuner.training.trainer import train
 
 RECIPE = [
@@ -45,7 +45,7 @@ def main() -> None:
         f'data.test="{nips / "test.lower"}"',
         *args.set,
     ]
-    run = load_study(ROOT / "studies" / "nips.toml", overrides)
+    run = read_study_file(ROOT / "studies" / "nips.toml", overrides)
     started = time.perf_counter()
     result = train(run, output_dir=Path("runs") / "bench-quality" / time.strftime("%Y%m%d-%H%M%S"), progress=False)
     total = time.perf_counter() - started

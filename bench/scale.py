@@ -4,7 +4,7 @@
                           [--trials-per-worker 2] [--processes 16]
                           [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/tuner_scale]
 
-Each simulated worker runs tuner's worker loop (:func:`tuner.study.worker.work`, heartbeats every 30 s,
+Each simulated worker runs tuner's worker loop (:func:`tuner.study.loop.work`, heartbeats every 30 s,
 stale after 120 s, as ``tuner run`` does; an idle worker looks for others' ended trials every second
 at most) on a trivial objective that sleeps ``--trial-s`` seconds, with
 its own storage: its own database engine, or its own proxy client. 256 Python processes would not fit
@@ -59,7 +59,7 @@ def _child(url: str, study_name: str, budget: int, threads: int, trial_s: float)
     import tuner.storage.proxy  # noqa: F401 - the same
     from tuner.storage.lock import SlotLock
     from tuner.storage.rdb import open_storage
-    from tuner.study.worker import work
+    from tuner.study.loop import work
     from tuner.training.stopping import StopSignals
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

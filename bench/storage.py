@@ -11,9 +11,9 @@ For each backend and each K, K worker processes share one fresh database and run
 ``x ** 2`` in total, with each method in turn (each goes first in one round of three, so they are
 measured side by side on a shared, noisy machine):
 
-- ``tuner``: each worker opens the study as ``tuner run`` does (:func:`tuner.study.runner.open_study`:
+- ``tuner``: each worker opens the study as ``tuner run`` does (:func:`tuner.study.open.open_study`:
   heartbeats every 30 s, stale after 120 s, the storage retrying transient errors) and runs
-  :func:`tuner.study.worker.work` under :class:`tuner.storage.lock.SlotLock` and
+  :func:`tuner.study.loop.work` under :class:`tuner.storage.lock.SlotLock` and
   :class:`tuner.training.stopping.StopSignals`.
 - ``optuna``: each worker runs ``study.optimize`` on a plain ``RDBStorage(url)`` with
   ``MaxTrialsCallback(N, states=None)``, the global-budget recipe of Optuna's documentation.
@@ -77,9 +77,9 @@ def objective(trial: Any) -> float:
 
 
 def _tuner_run(url: str, study_name: str, seed: int, n_trials: int) -> Any:
-    from tuner.study.runner import load_run
+    from tuner.study.open import load_study_file
 
-    return load_run(str(ROOT / "studies" / "demo.toml"), [
+    return load_study_file(str(ROOT / "studies" / "demo.toml"), [
         f'study.name="{study_name}"', f'study.storage="{url}"', f"study.n_trials={n_trials}",
         f'study.sampler={{type="random", seed={seed}}}', 'study.pruner="none"', 'study.direction="minimize"',
         "study.baseline=false",
@@ -95,8 +95,8 @@ def _worker(method: str, url: str, study_name: str, n_trials: int, index: int, b
     try:
         if method == "tuner":
             from tuner.storage.lock import SlotLock
-            from tuner.study.runner import open_study
-            from tuner.study.worker import work
+            from tuner.study.loop import work
+            from tuner.study.open import open_study
             from tuner.training.stopping import StopSignals
 
             run = _tuner_run(url, study_name, index, n_trials)
@@ -152,7 +152,7 @@ def _create_study(method: str, url: str, study_name: str, n_trials: int) -> None
     import optuna
 
     if method == "tuner":
-        from tuner.study.runner import open_study
+        from tuner.study.open import open_study
 
         study = open_study(_tuner_run(url, study_name, 0, n_trials), url)  # what `tuner run --workers` does first
     else:
@@ -366,7 +366,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     ctx = mp.get_context("forkserver")
     # the fork server imports these once; each worker is a clean fork of it with no connection open
-    ctx.set_forkserver_preload(["optuna", "sqlalchemy", "tuner.study.runner", "tuner.study.worker",
+    ctx.set_forkserver_preload(["optuna", "sqlalchemy", "tuner.study.open", "tuner.study.loop",
                                 "tuner.storage.rdb"])
     folder = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     runs: list[dict[str, Any]] = []
@@ -421,7 +421,7 @@ def main() -> None:
                    "TPE's grows with the number of trials and would measure the sampler, not the storage",
         "objective": "x ** 2, x = trial.suggest_float('x', -10, 10)",
         "methods": {
-            "tuner": "tuner.study.runner.open_study + tuner.study.worker.work "
+            "tuner": "tuner.study.open.open_study + tuner.study.loop.work "
                      "(heartbeat 30 s, grace 120 s, SlotLock, StopSignals)",
             "optuna": "study.optimize on optuna.storages.RDBStorage(url), MaxTrialsCallback(n_trials, states=None)",
             "optuna_heartbeat": "the same with RDBStorage(url, heartbeat_interval=30, grace_period=120): Optuna's "

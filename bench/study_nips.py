@@ -18,9 +18,10 @@ from pathlib import Path
 from _common import ROOT, machine, require_shared, write_results
 
 from tuner.storage.records import trial_row
+from tuner.study.open import load_study_file, open_study
 from tuner.study.queries import best_checkpoint
-from tuner.study.runner import load_run, open_study, run_study
-from tuner.training.inference import evaluate
+from tuner.study.run import run_study
+from tuner.training.inference import evaluate_checkpoint
 
 DEFAULTS = ["search.max_epochs=[1, 2]"]
 
@@ -39,14 +40,14 @@ def main() -> None:
         f'data.test="{nips / "test.lower"}"',
         f'study.storage="sqlite:///{folder / "study.db"}"', f'trainer.output_dir="{folder}"', "study.n_trials=100",
     ]
-    run = load_run(str(ROOT / "studies" / "nips.toml"), overrides)
+    run = load_study_file(str(ROOT / "studies" / "nips.toml"), overrides)
     started = time.perf_counter()
     run_study(run, timeout=args.budget, progress=False)
     wall = time.perf_counter() - started
-    rows = [trial_row(t, run) for t in open_study(run).trials]
+    rows = [trial_row(t, run).to_json() for t in open_study(run).trials]
     checkpoint = best_checkpoint(run)
     best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["value"])
-    test = evaluate(checkpoint, split="test")["test"]
+    test = evaluate_checkpoint(checkpoint, split="test")["test"]
     print(f"{len(rows)} trials in {wall:.0f} s; best validation tau {best['value']:.4f} (trial {best['number']}, "
           f"{best['params']}); its test tau {test['kendall_tau']:.4f}, PMR {test['pmr']:.4f}")
     write_results("study_nips.json", {

@@ -211,7 +211,7 @@ def _worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _study(max_documents: int | None) -> Any:
-    from tuner.config.loader import load_study
+    from tuner.config.loader import read_study_file
 
     nips = require_shared("nips_abstracts")
     overrides = [
@@ -226,7 +226,7 @@ def _study(max_documents: int | None) -> Any:
     ]
     if max_documents is not None:
         overrides.append(f"data.max_documents={max_documents}")
-    return load_study(ROOT / "studies" / "nips.toml", overrides)
+    return read_study_file(ROOT / "studies" / "nips.toml", overrides)
 
 
 # ---------------------------------------------------------------------------------------------------

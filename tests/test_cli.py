@@ -103,7 +103,7 @@ def test_evaluate_runs_in_the_precision_best_here_not_the_checkpoints(
         return trainer
 
     monkeypatch.setattr(inference, "build_trainer", spy)
-    metrics = inference.evaluate(checkpoint)["test"]
+    metrics = inference.evaluate_checkpoint(checkpoint)["test"]
     assert used == ["32-true"] and hardware.best_precision("cpu") == "32-true"
     assert metrics["kendall_tau"] == pytest.approx(trained["result"]["test"]["kendall_tau"], abs=1e-4)
 
@@ -118,6 +118,34 @@ def test_evaluate_on_other_files_with_reader_options(trained: dict, tmp_path: Pa
     assert metrics[str(tsv)]["documents"] == metrics[str(bar)]["documents"] == 20
     assert metrics[str(tsv)]["kendall_tau"] == pytest.approx(metrics[str(bar)]["kendall_tau"])
     assert metrics[str(tsv)]["kendall_tau"] > 0.5
+
+
+def test_evaluate_from_python_records_a_studys_test_metrics_as_the_cli_does(trained: dict, tmp_path: Path) -> None:
+    """``evaluate(study=...)`` is ``tuner evaluate --study``: on the test split, the best trial's metrics go into
+    the study (``test:NUMBER``) whichever of the two evaluates it; on another split, nothing is recorded."""
+    import optuna
+
+    from tuner import evaluate, load_study_file
+    from tuner.config.schema import TrainerConfig
+    from tuner.study.open import open_study
+
+    run = load_study_file(str(trained["study"]))
+    urls = {how: f"sqlite:///{tmp_path / how}.db" for how in ("python", "cli")}
+    for url in urls.values():  # the same study in each: one complete trial, its checkpoint the one trained
+        open_study(run, url).add_trial(optuna.trial.create_trial(
+            value=0.5, user_attrs={"checkpoint": trained["result"]["best_checkpoint"]}))
+    exact = TrainerConfig(precision="32-true")
+    evaluate(study=run, storage=urls["python"], split="validation", trainer=exact)
+    assert not open_study(run, urls["python"], create=False).user_attrs.get("test:0")
+    from_python = evaluate(study=run, storage=urls["python"], trainer=exact)
+    out = run_tuner("evaluate", "--study", str(trained["study"]), "--storage", urls["cli"], "--precision", "32-true",
+                    "--json")
+    assert out.returncode == 0, out.stderr
+    from_cli = json.loads(out.stdout)
+    recorded = {how: open_study(run, url, create=False).user_attrs.get("test:0") for how, url in urls.items()}
+    assert recorded["python"] == from_python["test"] and recorded["cli"] == from_cli["test"]
+    assert recorded["python"] == pytest.approx(recorded["cli"], abs=1e-4)
+    assert recorded["python"]["kendall_tau"] == pytest.approx(trained["result"]["test"]["kendall_tau"], abs=1e-4)
 
 
 def test_order_puts_a_shuffled_document_in_order(trained: dict, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tuner.config.loader import load_study
+from tuner.config.loader import read_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -272,7 +272,7 @@ def test_annotated_study_files_load(page: Path, tmp_path: Path) -> None:
         if language == "toml" and "[data]" in text:
             study = tmp_path / f"study-{number}.toml"
             study.write_text(text, encoding="utf-8")
-            load_study(study)  # unknown keys, wrong types and bad values raise ConfigError
+            read_study_file(study)  # unknown keys, wrong types and bad values raise ConfigError
 
 
 def test_the_readme_reads_in_five_minutes() -> None:

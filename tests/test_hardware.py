@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tuner import hardware
-from tuner.config.loader import parse_study
+from tuner.config.loader import parse_study_file
 from tuner.config.schema import TrainerConfig
 from tuner.errors import ConfigError
 
@@ -31,10 +31,10 @@ def test_auto_is_the_default_and_the_shipped_studies_use_it() -> None:
     assert TrainerConfig().precision == "auto"
     from pathlib import Path
 
-    from tuner.config.loader import load_study
+    from tuner.config.loader import read_study_file
 
     for path in sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml")):
-        assert load_study(path).trainer.precision == "auto", path
+        assert read_study_file(path).trainer.precision == "auto", path
 
 
 @pytest.mark.parametrize(("amx", "avx512_bf16", "expected"), [
@@ -79,7 +79,7 @@ def test_explicit_bf16_does_not_warn_where_it_is_native(cpu, caplog: pytest.LogC
 
 def test_unknown_precision_is_refused_with_the_choices() -> None:
     with pytest.raises(ConfigError, match=r"trainer.precision.*'auto'"):
-        parse_study({"data": {"builtin": "python-docs"}, "trainer": {"precision": "fp8"}}, name="x")
+        parse_study_file({"data": {"builtin": "python-docs"}, "trainer": {"precision": "fp8"}}, name="x")
 
 
 def test_describe_names_the_machine_and_the_resolved_precision(cpu) -> None:

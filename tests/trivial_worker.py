@@ -15,7 +15,7 @@ import optuna
 
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import open_storage
-from tuner.study.worker import work
+from tuner.study.loop import work
 from tuner.training.stopping import StopSignals
 
 HEARTBEAT_S, GRACE_S = 1, 10

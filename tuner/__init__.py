@@ -3,7 +3,7 @@
 The library API, importable from here (each loads its module on first use, so ``import tuner`` stays
 cheap and ``tuner.write_report`` never imports torch)::
 
-    from tuner import load_run, run_study, trials, load_study, train, evaluate, order_sentences
+    from tuner import load_study_file, run_study, trials, train, evaluate, order_sentences
     from tuner import write_report, serve
 """
 
@@ -15,14 +15,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_study": "tuner.config.loader",
-    "load_run": "tuner.study.runner",
-    "run_study": "tuner.study.runner",
-    "run_workers": "tuner.study.workers",
+    "load_study_file": "tuner.study.open",
+    "run_study": "tuner.study.run",
+    "run_workers": "tuner.study.pool",
     "trials": "tuner.study.queries",
     "best": "tuner.study.queries",
     "train": "tuner.training.trainer",
-    "evaluate": "tuner.training.inference",
+    "evaluate": "tuner.study.queries",
     "order_sentences": "tuner.training.inference",
     "write_report": "tuner.report.page",
     "serve": "tuner.dashboard",

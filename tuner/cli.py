@@ -8,11 +8,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuner.config.schema import PRECISIONS
 from tuner.errors import Interrupted, TunerError
 from tuner.keys import FAIL_REASON_ATTR, WORKER_ATTR
+
+if TYPE_CHECKING:  # the commands import the library when they run, so that `tuner --help` starts at once
+    from tuner.storage.records import TrialRow
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -23,10 +26,10 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from tuner.config.loader import find_study, load_study
+    from tuner.config.loader import find_study_file, read_study_file
     from tuner.training.trainer import train
 
-    run = load_study(find_study(args.study), args.set)
+    run = read_study_file(find_study_file(args.study), args.set)
     result = train(run, output_dir=args.output)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
@@ -44,23 +47,24 @@ def _checkpoint(args: argparse.Namespace) -> str:
         return str(args.checkpoint)
     if not args.study:
         raise TunerError("give --checkpoint PATH or --study NAME")
+    from tuner.study.open import load_study_file
     from tuner.study.queries import best_checkpoint
-    from tuner.study.runner import load_run
 
-    return best_checkpoint(load_run(args.study), args.storage)
+    return best_checkpoint(load_study_file(args.study), args.storage)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
-    from tuner.config.loader import find_study
+    from tuner.config.loader import find_study_file
+    from tuner.study.open import load_study_file
+    from tuner.study.pool import run_workers
     from tuner.study.queries import trials
-    from tuner.study.runner import load_run, run_study
-    from tuner.study.workers import run_workers
+    from tuner.study.run import run_study
 
-    run = load_run(args.study, args.set)
+    run = load_study_file(args.study, args.set)
     if args.workers > 1:
-        summary = run_workers(run, find_study(args.study), args.workers, args.set, storage=args.storage,
+        summary = run_workers(run, find_study_file(args.study), args.workers, args.set, storage=args.storage,
                               n_trials=args.n_trials, timeout=args.timeout)
     else:
         summary = run_study(run, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
@@ -70,8 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"study {summary.study} in {summary.storage}: {summary.finished}/{summary.n_trials} trials finished, "
           f"{summary.trials_run} run now")
     if summary.best and not args.worker_id:
-        print(f"best: trial {summary.best['number']} value={summary.best['value']:.4f} "
-              f"params={json.dumps(summary.best['params'])}")
+        print(f"best: trial {summary.best.number} value={summary.best.value:.4f} "
+              f"params={json.dumps(summary.best.params)}")
     if summary.failed_workers:
         print(f"tuner: error: workers exited abnormally: {', '.join(summary.failed_workers)}", file=sys.stderr)
         return 1
@@ -90,33 +94,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from tuner.study.runner import load_run, reap_study
+    from tuner.study.open import load_study_file
+    from tuner.study.recovery import reap_study
 
-    reaped = reap_study(load_run(args.study), args.storage, args.older_than)
+    reaped = reap_study(load_study_file(args.study), args.storage, args.older_than)
     if args.json:
-        print(json.dumps(reaped, indent=2))
+        print(json.dumps([item.to_json() for item in reaped], indent=2))
         return 0
     for item in reaped:
-        print(f"trial {item['number']}: {item['reason']}")
+        print(f"trial {item.number}: {item.reason}")
     print(f"{len(reaped)} stale trial{'s' if len(reaped) != 1 else ''} failed")
     return 0
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[TrialRow]) -> str:
     header = f"{'#':>4} {'state':<9} {'value':>7} {'pmr':>6} {'epochs':>6} {'lr used':>9} {'finder':>9} " \
              f"{'secs':>6} {'worker':>10}  params"
     lines = [header]
     for row in rows:
-        attrs = row["attrs"]
+        attrs = row.attrs
         finder = (attrs.get("lr_finder") or {}).get("suggestion")
-        value = "" if row["value"] is None else f"{row['value']:.4f}"
+        value = "" if row.value is None else f"{row.value:.4f}"
         pmr = attrs.get("val_pmr")
-        params = {k: v for k, v in row["params"].items() if k != "learning_rate"}
+        params = {k: v for k, v in row.params.items() if k != "learning_rate"}
         lines.append(
-            f"{row['number']:>4} {row['state']:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
+            f"{row.number:>4} {row.state:<9} {value:>7} {'' if pmr is None else f'{pmr:.3f}':>6} "
             f"{attrs.get('epochs', ''):>6} {_num(attrs.get('lr_used')):>9} {_num(finder):>9} "
-            f"{_num(row['duration_s'], '.0f'):>6} {attrs.get(WORKER_ATTR, ''):>10}  {json.dumps(params)}"
-            + (f"  [{attrs[FAIL_REASON_ATTR]}]" if row["state"] == "FAIL" and attrs.get(FAIL_REASON_ATTR) else "")
+            f"{_num(row.duration_s, '.0f'):>6} {attrs.get(WORKER_ATTR, ''):>10}  {json.dumps(params)}"
+            + (f"  [{attrs[FAIL_REASON_ATTR]}]" if row.state == "FAIL" and attrs.get(FAIL_REASON_ATTR) else "")
         )
     return "\n".join(lines)
 
@@ -126,25 +131,25 @@ def _num(value: Any, spec: str = ".2e") -> str:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
+    from tuner.study.open import load_study_file
     from tuner.study.queries import trials
-    from tuner.study.runner import load_run
 
-    rows = trials(load_run(args.study), args.storage)
-    print(json.dumps(rows, indent=2, default=str) if args.json else _table(rows))
+    rows = trials(load_study_file(args.study), args.storage)
+    print(json.dumps([row.to_json() for row in rows], indent=2, default=str) if args.json else _table(rows))
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
+    from tuner.study.open import load_study_file
     from tuner.study.queries import best
-    from tuner.study.runner import load_run
 
-    row = best(load_run(args.study), args.storage)
+    row = best(load_study_file(args.study), args.storage)
     if args.json:
-        print(json.dumps(row, indent=2, default=str))
+        print(json.dumps(row.to_json(), indent=2, default=str))
     else:
-        print(f"trial {row['number']}: value={row['value']:.4f}")
-        print(f"params: {json.dumps(row['params'])}")
-        print(f"checkpoint: {row['attrs'].get('checkpoint')}")
+        print(f"trial {row.number}: value={row.value:.4f}")
+        print(f"params: {json.dumps(row.params)}")
+        print(f"checkpoint: {row.attrs.get('checkpoint')}")
     return 0
 
 
@@ -153,31 +158,28 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
     found = list_studies(args.storage)
     if args.json:
-        print(json.dumps(found, indent=2))
+        print(json.dumps(found.to_json(), indent=2))
         return 0
     print("study files:")
-    for path in found["files"]:
+    for path in found.files:
         print(f"  {path}")
-    print(f"studies in {found['storage']}:")
-    for study in found["studies"]:
-        best = "" if study["best_value"] is None else f" best={study['best_value']:.4f}"
-        print(f"  {study['name']}: {study['trials']} trials{best}")
+    print(f"studies in {found.storage}:")
+    for study in found.studies:
+        best = "" if study.best_value is None else f" best={study.best_value:.4f}"
+        print(f"  {study.name}: {study.trials} trials{best}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tuner.config.loader import section_overrides
     from tuner.config.schema import TrainerConfig
-    from tuner.training.inference import evaluate
+    from tuner.study.open import load_study_file
+    from tuner.study.queries import evaluate
 
     data_overrides = section_overrides(args.set, "data", "tuner evaluate")
-    results = evaluate(_checkpoint(args), split=args.split, files=args.data or (), data_overrides=data_overrides,
+    results = evaluate(args.checkpoint, study=load_study_file(args.study) if args.study else None,
+                       storage=args.storage, split=args.split, files=args.data or (), data_overrides=data_overrides,
                        trainer=TrainerConfig(precision=args.precision))
-    if args.study and not args.data and args.split == "test":
-        from tuner.study.queries import record_test
-        from tuner.study.runner import load_run
-
-        record_test(load_run(args.study), results["test"], args.storage)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

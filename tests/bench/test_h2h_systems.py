@@ -9,9 +9,9 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import synthetic_documents, write_lines
 
 from bench.h2h_systems import EventLog, read_events, run_hf, run_optuna, tuner_study
-from conftest import synthetic_documents, write_lines
 
 
 @pytest.fixture()

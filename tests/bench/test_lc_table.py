@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_documents, write_lines
 
 from bench.lc_table import grid, log_grid, main
-from tuner.study.runner import load_run
+from tuner.study.open import load_study_file
 
 
 def test_the_learning_rates_are_log_spaced_with_both_ends() -> None:
@@ -21,8 +21,8 @@ def test_the_learning_rates_are_log_spaced_with_both_ends() -> None:
 
 
 def test_the_grid_covers_every_choice_seed_by_seed(study_dir: Path, tiny_bert: str) -> None:
-    run = load_run(str(study_dir / "studies" / "tiny.toml"),
-                   ["search.batch_size=[4, 8]", "search.learning_rate=[1e-5, 1e-3]"])
+    run = load_study_file(str(study_dir / "studies" / "tiny.toml"),
+                          ["search.batch_size=[4, 8]", "search.learning_rate=[1e-5, 1e-3]"])
     configs = grid(run, lr_values=3, seeds=2)
     assert len(configs) == 2 * 3 * 2 and len({c["key"] for c in configs}) == 12
     assert [c["seed"] for c in configs] == [0] * 6 + [1] * 6  # a partial table holds whole seeds first

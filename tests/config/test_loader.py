@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config.loader import find_study, load_study, parse_study, section_overrides
-from tuner.config.schema import BackboneSpec, RunConfig
+from tuner.config.loader import find_study_file, parse_study_file, read_study_file, section_overrides
+from tuner.config.schema import BackboneSpec, StudyFile
 from tuner.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,18 +16,18 @@ DEMO_DATA = "[data]\nbuiltin = 'python-docs'\n"
 
 @pytest.mark.parametrize("name", ["demo", "nips", "rocstories"])
 def test_shipped_studies_load(name: str) -> None:
-    run = load_study(find_study(name, root=ROOT))
+    run = read_study_file(find_study_file(name, root=ROOT))
     assert run.name == name
     assert run.model.loss in ("pairwise", "listmle", "mse")
 
 
 def test_relative_data_paths_resolve_against_the_study_file() -> None:
-    run = load_study(ROOT / "studies" / "nips.toml")
+    run = read_study_file(ROOT / "studies" / "nips.toml")
     assert run.data.train == str((ROOT.parent / "shared/data/nips_abstracts/train.lower").resolve())
 
 
 def test_demo_trims_minilm() -> None:
-    run = load_study(ROOT / "studies" / "demo.toml")
+    run = read_study_file(ROOT / "studies" / "demo.toml")
     assert run.model.backbone == BackboneSpec("sentence-transformers/all-MiniLM-L6-v2", {"num_hidden_layers": 2})
     assert run.model.backbone.label == "sentence-transformers/all-MiniLM-L6-v2[num_hidden_layers=2]"
 
@@ -61,42 +61,42 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_bad_study_files_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path, text if "[data]" in text else DEMO_DATA + text)
     with pytest.raises(ConfigError) as err:
-        load_study(path)
+        read_study_file(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
 
 
 def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     path = _write(tmp_path, DEMO_DATA)
-    run = load_study(path, ["model.learning_rate=5e-5", "trainer.max_epochs=7", "data.separator= <eos> "])
+    run = read_study_file(path, ["model.learning_rate=5e-5", "trainer.max_epochs=7", "data.separator= <eos> "])
     assert run.model.learning_rate == 5e-5
     assert run.trainer.max_epochs == 7
     assert run.data.separator == " <eos> "
     with pytest.raises(ConfigError, match="model.learning_rate"):
-        load_study(path, ["model.learning_rate=-1"])
+        read_study_file(path, ["model.learning_rate=-1"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
-        load_study(path, ["learning_rate=1"])
+        read_study_file(path, ["learning_rate=1"])
 
 
 def test_missing_study_lists_known_ones(tmp_path: Path) -> None:
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "alpha.toml").write_text("")
     with pytest.raises(ConfigError, match="known studies: alpha"):
-        find_study("beta", root=tmp_path)
+        find_study_file("beta", root=tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
-        find_study(str(tmp_path / "nothing.toml"))
+        find_study_file(str(tmp_path / "nothing.toml"))
 
 
 @pytest.mark.parametrize("text", ["", "# nothing yet\n", "[model]\nloss = 'listmle'\n"])
 def test_a_study_without_data_is_refused(tmp_path: Path, text: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
-        load_study(path)
+        read_study_file(path)
     assert str(err.value) == (f"study file {path} has no [data] section: give data.path, data.train (with "
                               "data.validation), data.hub, or data.builtin = \"python-docs\" (the offline demo corpus)")
     with pytest.raises(ConfigError, match="give exactly one source"):
-        parse_study({"data": {}}, name="x")
-    assert load_study(path, ["data.builtin=python-docs"]).data.builtin == "python-docs"
+        parse_study_file({"data": {}}, name="x")
+    assert read_study_file(path, ["data.builtin=python-docs"]).data.builtin == "python-docs"
 
 
 def test_a_directory_is_not_a_study_file(tmp_path: Path) -> None:
@@ -105,10 +105,10 @@ def test_a_directory_is_not_a_study_file(tmp_path: Path) -> None:
     for given, folder in ((str(tmp_path / "dir.toml"), tmp_path / "dir.toml"),
                           (str(tmp_path / "dir"), tmp_path / "dir"), ("named", tmp_path / "studies" / "named.toml")):
         with pytest.raises(ConfigError) as err:
-            find_study(given, root=tmp_path)
+            find_study_file(given, root=tmp_path)
         assert str(err.value) == f"study file {folder} is a directory, not a file"
     with pytest.raises(ConfigError, match="is a directory, not a file"):
-        load_study(tmp_path / "dir.toml")
+        read_study_file(tmp_path / "dir.toml")
 
 
 @pytest.mark.parametrize(
@@ -125,10 +125,10 @@ def test_a_directory_is_not_a_study_file(tmp_path: Path) -> None:
 def test_set_errors_name_the_set_item(tmp_path: Path, items: list[str], message: str | None) -> None:
     path = _write(tmp_path, "[data]\ntrain = 'a'\nvalidation = 'b'\n")
     if message is None:
-        assert load_study(path, items).trainer.max_epochs == 2
+        assert read_study_file(path, items).trainer.max_epochs == 2
         return
     with pytest.raises(ConfigError) as err:
-        load_study(path, items)
+        read_study_file(path, items)
     assert str(err.value).startswith(message), err.value
     assert str(path) not in str(err.value)
 
@@ -136,21 +136,21 @@ def test_set_errors_name_the_set_item(tmp_path: Path, items: list[str], message:
 def test_the_file_is_blamed_for_its_own_errors_and_set_can_fix_them(tmp_path: Path) -> None:
     path = _write(tmp_path, DEMO_DATA + "[trainer]\nmax_epochs = 0\n")
     with pytest.raises(ConfigError, match=f"^{path}: trainer.max_epochs: must be positive"):
-        load_study(path, ["model.learning_rate=1e-4"])
-    assert load_study(path, ["trainer.max_epochs=1"]).trainer.max_epochs == 1
+        read_study_file(path, ["model.learning_rate=1e-4"])
+    assert read_study_file(path, ["trainer.max_epochs=1"]).trainer.max_epochs == 1
 
 
 def test_check_errors_are_blamed_like_the_files(tmp_path: Path) -> None:
     path = _write(tmp_path, DEMO_DATA)
 
-    def check(run: RunConfig) -> None:
+    def check(run: StudyFile) -> None:
         if run.model.loss == "mse":
             raise ConfigError("model.loss: not with this search")
 
     with pytest.raises(ConfigError, match="^--set model.loss=mse: model.loss: not with this search$"):
-        load_study(path, ["model.loss=mse"], check=check)
+        read_study_file(path, ["model.loss=mse"], check=check)
     with pytest.raises(ConfigError, match=f"^{path}: model.loss: not with this search$"):
-        load_study(_write(tmp_path, DEMO_DATA + "[model]\nloss = 'mse'\n"), check=check)
+        read_study_file(_write(tmp_path, DEMO_DATA + "[model]\nloss = 'mse'\n"), check=check)
 
 
 @pytest.mark.parametrize(
@@ -179,11 +179,11 @@ def test_the_grace_period_leaves_room_to_wait_out_an_outage(tmp_path: Path, inte
     """A worker waits out a database outage for grace_period - 2 x heartbeat_interval: it must be positive."""
     path = _write(tmp_path, DEMO_DATA + f"[study]\nheartbeat_interval = {interval}\ngrace_period = {grace}\n")
     if ok:
-        load_study(path)
+        read_study_file(path)
         return
     with pytest.raises(ConfigError, match=rf"study.grace_period: must be more than twice study.heartbeat_interval"
                                           rf" \(2 x {interval} s\)"):
-        load_study(path)
+        read_study_file(path)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -193,5 +193,5 @@ def test_the_grace_period_leaves_room_to_wait_out_an_outage(tmp_path: Path, inte
 def test_a_stall_timeout_is_positive_and_needs_heartbeats(tmp_path: Path, settings: str, message: str) -> None:
     path = _write(tmp_path, DEMO_DATA + f"[study]\n{settings}\n")
     with pytest.raises(ConfigError, match=message):
-        load_study(path)
-    assert load_study(_write(tmp_path, DEMO_DATA + "[study]\nstall_timeout = 600\n")).study.stall_timeout == 600
+        read_study_file(path)
+    assert read_study_file(_write(tmp_path, DEMO_DATA + "[study]\nstall_timeout = 600\n")).study.stall_timeout == 600

@@ -17,8 +17,9 @@ from tuner.hpo import search
 from tuner.hpo.objective import training_steps
 from tuner.model import losses
 from tuner.storage.records import retry_history
+from tuner.study.open import load_study_file, open_study
 from tuner.study.recovery import requeue
-from tuner.study.runner import load_run, open_study, run_study
+from tuner.study.run import run_study
 
 
 def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,9 +32,9 @@ def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatc
     monkeypatch.setitem(losses.LOSSES, "mse", nan_loss)
     monkeypatch.setitem(losses.LOSSES, "listmle", broken)
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ['study.sampler={type="grid", learning_rate=[2e-3]}', "study.baseline=false",
-                            'search.loss=["pairwise", "mse", "listmle"]', "search.batch_size=[8]",
-                            "study.n_trials=3"])
+    run = load_study_file("tiny", ['study.sampler={type="grid", learning_rate=[2e-3]}', "study.baseline=false",
+                                   'search.loss=["pairwise", "mse", "listmle"]', "search.batch_size=[8]",
+                                   "study.n_trials=3"])
     run_study(run, progress=False)
     by_loss = {t.params["loss"]: t for t in open_study(run).trials}
     assert by_loss["pairwise"].state == optuna.trial.TrialState.COMPLETE
@@ -46,8 +47,8 @@ def test_failures_are_recorded_and_the_study_goes_on(study_dir: Path, monkeypatc
 @pytest.mark.parametrize("mode", ["suggest", "scale"])
 def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", [f'study.lr_finder={{mode="{mode}", num_training=20, max_cost=1}}', "study.n_trials=3",
-                            "search.batch_size=[8]", 'study.pruner="none"'])
+    run = load_study_file("tiny", [f'study.lr_finder={{mode="{mode}", num_training=20, max_cost=1}}',
+                                   "study.n_trials=3", "search.batch_size=[8]", 'study.pruner="none"'])
     run_study(run, progress=False)
     study = open_study(run)
     finders = [t.user_attrs["lr_finder"] for t in study.trials]
@@ -68,7 +69,7 @@ def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.Mon
 
 def test_a_missing_metric_fails_the_trial(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ['study.metric="val_tau"', "study.n_trials=1"])
+    run = load_study_file("tiny", ['study.metric="val_tau"', "study.n_trials=1"])
     with pytest.raises(ConfigError, match="study.metric: the model never logs 'val_tau'"):
         run_study(run, progress=False)  # the pre-flight check finds it before any trial
     run_study(run, progress=False, check=False)  # a worker of `--workers` does not check again
@@ -89,8 +90,9 @@ def test_a_signal_after_training_lets_the_trial_complete_then_stops(study_dir: P
 
     monkeypatch.setattr(optuna.Trial, "set_user_attr", recording)
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ["study.n_trials=2", "study.baseline=false", 'study.pruner="none"', "trainer.max_epochs=1",
-                            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    run = load_study_file("tiny", ["study.n_trials=2", "study.baseline=false", 'study.pruner="none"',
+                                   "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                                   "trainer.limit_val_batches=1"])
     summary = run_study(run, progress=False, check=False)
     assert summary.interrupted == "SIGTERM" and summary.trials_run == 1
     [trial] = open_study(run).trials
@@ -101,7 +103,7 @@ def test_a_retry_trains_with_the_seed_of_the_first_attempt(study_dir: Path, monk
     """A retry replays the trial it replaces: the same settings and the same seed, not one of its own number."""
     monkeypatch.chdir(study_dir)
     (study_dir / "train.lower").rename(study_dir / "train.away")  # an error of the study: each attempt is retried
-    run = load_run("tiny", ["study.n_trials=1", "trainer.seed=7"])
+    run = load_study_file("tiny", ["study.n_trials=1", "trainer.seed=7"])
     for _ in range(3):
         with pytest.raises(DataError):
             run_study(run, progress=False, check=False)
@@ -115,9 +117,9 @@ def test_a_retry_that_starts_over_reports_its_own_validations(study_dir: Path,
     """A retry without a checkpoint to resume trains from scratch: its reports are its own, not its
     predecessor's (Optuna ignores a report at a step already present)."""
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ["study.n_trials=1", 'study.pruner="none"', "trainer.max_epochs=2",
-                            "trainer.val_check_interval=1.0", "trainer.limit_train_batches=2",
-                            "trainer.limit_val_batches=1"])
+    run = load_study_file("tiny", ["study.n_trials=1", 'study.pruner="none"', "trainer.max_epochs=2",
+                                   "trainer.val_check_interval=1.0", "trainer.limit_train_batches=2",
+                                   "trainer.limit_val_batches=1"])
     study = open_study(run)
     study.enqueue_trial(search.baseline_params(run))
     crashed = study.ask()
@@ -159,8 +161,8 @@ def test_a_retry_that_resumes_takes_over_the_reports_of_the_checkpoints_trial(tm
 def test_a_finder_costing_more_than_a_trial_is_not_run(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
     # 12 batches of 8 over 2 epochs: 24 training steps, so a 20-step finder costs 0.83 of a trial
-    run = load_run("tiny", ['study.lr_finder={mode="scale", num_training=20, max_cost=0.5}', "study.n_trials=2",
-                            "search.batch_size=[8]", 'study.pruner="none"', "study.baseline=false"])
+    run = load_study_file("tiny", ['study.lr_finder={mode="scale", num_training=20, max_cost=0.5}', "study.n_trials=2",
+                                   "search.batch_size=[8]", 'study.pruner="none"', "study.baseline=false"])
     data = SentenceOrderingData(run.data, run.model.backbone.name)
     data.setup("fit")
     assert training_steps(run, data) == 24

@@ -8,10 +8,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.config.loader import load_study
-from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
+from tuner.config.loader import read_study_file
+from tuner.config.schema import PrunerConfig, SamplerConfig, StudyFile
 from tuner.hpo.search import MEDIAN_STARTUP_TRIALS, TPE_STARTUP_TRIALS, build_pruner, build_sampler
-from tuner.study.runner import load_run
+from tuner.study.open import load_study_file
 
 
 def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:
@@ -24,7 +24,7 @@ def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:
 
     def distinct_per_batch(seed: int, **options: object) -> float:
         sampler = build_sampler(SamplerConfig(type="tpe", seed=seed, options={"n_startup_trials": 4, **options}),
-                                RunConfig(name="tpe"))
+                                StudyFile(name="tpe"))
         study = optuna.create_study(direction="maximize", sampler=sampler)
 
         def ask() -> tuple[optuna.Trial, tuple[str, int]]:
@@ -53,7 +53,7 @@ def test_tuners_tpe_spreads_trials_that_run_at_once() -> None:
 
 def test_shipped_studies_have_valid_search_sections() -> None:
     for path in (Path(__file__).resolve().parents[2] / "studies").glob("*.toml"):
-        assert load_study(path).study.n_trials > 0
+        assert read_study_file(path).study.n_trials > 0
 
 
 @pytest.mark.parametrize("sampler", ['"tpe"', '"random"', '"gp"', '{type="grid", learning_rate=[1e-4, 1e-3]}'])
@@ -63,7 +63,7 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
     from tuner.hpo import search
 
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", [f"study.sampler={sampler}", f'study.pruner="{pruner}"'])
+    run = load_study_file("tiny", [f"study.sampler={sampler}", f'study.pruner="{pruner}"'])
     study = optuna.create_study(sampler=search.build_sampler(run.study.sampler, run),
                                 pruner=search.build_pruner(run.study.pruner), direction="maximize")
     trial = study.ask()
@@ -76,7 +76,7 @@ def test_every_sampler_and_pruner_builds_and_samples(study_dir: Path, monkeypatc
 def test_tpe_takes_the_joint_model_when_the_study_file_asks(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """tuner's TPE is independent (checked with every sampler above); ``multivariate = true`` overrides it."""
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ['study.sampler={type="tpe", multivariate=true}'])
+    run = load_study_file("tiny", ['study.sampler={type="tpe", multivariate=true}'])
     sampler = build_sampler(run.study.sampler, run)
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate is True
 
@@ -86,7 +86,7 @@ def test_tpe_models_the_results_from_its_sixth_trial_unless_told() -> None:
     (Optuna's default is 10), then it samples near the best result so far."""
 
     def draws(config: SamplerConfig, n: int = 10) -> list[float]:
-        study = optuna.create_study(direction="maximize", sampler=build_sampler(config, RunConfig(name="tpe")))
+        study = optuna.create_study(direction="maximize", sampler=build_sampler(config, StudyFile(name="tpe")))
         found = []
         for _ in range(n):
             trial = study.ask()

@@ -25,8 +25,8 @@ from processes import assert_exact_budget, finish, start_trivial_workers, wait_f
 from trivial_worker import open_trivial_study
 
 from tuner.storage.records import is_not_admitted
+from tuner.study.loop import _ask
 from tuner.study.recovery import requeue
-from tuner.study.worker import _ask
 
 
 def test_four_tuner_workers_on_each_backend(study_dir: Path, storage_url: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import require_shared
 
-from tuner.config.loader import parse_study
+from tuner.config.loader import parse_study_file
 from tuner.training.trainer import train
 
 
@@ -21,7 +21,7 @@ def test_brief_training_on_nips_beats_random_order(tmp_path: Path) -> None:
                   "learning_rate": 1e-4, "warmup": 0.1},
         "trainer": {"max_epochs": 1, "precision": "auto", "accelerator": "cpu", "limit_val_batches": 7},
     }
-    result = train(parse_study(raw, name="nips-smoke"), output_dir=tmp_path, progress=False)
+    result = train(parse_study_file(raw, name="nips-smoke"), output_dir=tmp_path, progress=False)
     # a random order averages tau 0 (standard error about 0.03 over these 112 documents)
     assert result.validation["kendall_tau"] > 0.15
     assert result.test["kendall_tau"] > 0.15

@@ -19,9 +19,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from report_study import EVIL_BACKBONE, EVIL_REASON, EVIL_WORKER, NAME, T0, add_study, history, trial
 
+from tuner.report.data import importance_data
 from tuner.report.page import build_report, script_json, write_report
 from tuner.report.snapshot import StudySnapshot, load_snapshot
-from tuner.report.tables import importance_data
 
 
 def test_no_finished_trials_says_so(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_thousands_of_trials_stay_fast() -> None:
     seconds = time.perf_counter() - started
     assert seconds < 20, f"{seconds:.1f} s for 3000 trials"
     assert page.count("<tr>") == 3000 + 1
-    assert importance_data(trials)["reason"] is None
+    assert importance_data(trials).reason is None
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

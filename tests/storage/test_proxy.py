@@ -28,9 +28,10 @@ from tuner.storage.lock import SlotLock
 from tuner.storage.proxy import make_server, open_backend, open_proxy
 from tuner.storage.rdb import database_time, heartbeat_settings, open_storage
 from tuner.storage.urls import StorageError, proxy_address
+from tuner.study.loop import work
+from tuner.study.open import load_study_file, open_study
 from tuner.study.recovery import fail_stale, reap
-from tuner.study.runner import BASELINE_TOKEN, _enqueue_baseline, load_run, open_study
-from tuner.study.worker import work
+from tuner.study.run import BASELINE_TOKEN, _enqueue_baseline
 from tuner.training.stopping import StopSignals
 
 HEARTBEAT_S, GRACE_S = 1, 10
@@ -163,7 +164,7 @@ def test_heartbeats_and_stale_trials_work_through_the_proxy(proxy: Proxy, databa
     assert study._storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
     assert fail_stale(study, max_retries=2) == [dead.number]
     age_heartbeats(database, [reaped._trial_id], 3600)
-    assert [r["number"] for r in reap(study, 2)] == [reaped.number]  # `tuner reap`
+    assert [r.number for r in reap(study, 2)] == [reaped.number]  # `tuner reap`
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL,
                                          TrialState.WAITING, TrialState.WAITING]
@@ -186,8 +187,8 @@ def test_stale_trials_through_the_proxy_follow_the_grace_period_stored_with_the_
 def test_a_trial_gets_a_first_heartbeat_through_the_proxy_only_if_its_study_has_heartbeats(
         proxy: Proxy, database: str, study_dir: Path, interval: int) -> None:
     """The proxy serves studies with different settings: its own do not decide."""
-    run = load_run(str(study_dir / "studies" / "tiny.toml"),
-                   [f'study.name="{_unique("first-beat")}"', f"study.heartbeat_interval={interval}"])
+    run = load_study_file(str(study_dir / "studies" / "tiny.toml"),
+                          [f'study.name="{_unique("first-beat")}"', f"study.heartbeat_interval={interval}"])
     study = open_study(run, proxy.address)
     storage = study._storage
     created = storage.create_new_trial(study._study_id)  # RUNNING as it is made
@@ -200,9 +201,9 @@ def test_a_trial_gets_a_first_heartbeat_through_the_proxy_only_if_its_study_has_
 def test_a_worker_with_other_heartbeat_settings_is_refused_through_the_proxy(proxy: Proxy, study_dir: Path) -> None:
     name = _unique("refused")
     tiny = str(study_dir / "studies" / "tiny.toml")
-    open_study(load_run(tiny, [f'study.name="{name}"']), proxy.address)
+    open_study(load_study_file(tiny, [f'study.name="{name}"']), proxy.address)
     with pytest.raises(TunerError) as err:
-        open_study(load_run(tiny, [f'study.name="{name}"', "study.grace_period=70"]), proxy.address)
+        open_study(load_study_file(tiny, [f'study.name="{name}"', "study.grace_period=70"]), proxy.address)
     assert str(err.value) == (f"study {name!r} in {proxy.address} has grace_period 120, not 70 (heartbeat settings are "
                               "fixed when a study is created: every worker judges stale trials by them); use "
                               "--set study.grace_period=120")
@@ -216,7 +217,7 @@ def test_reap_through_the_proxy_judges_age_by_the_database_clock(proxy: Proxy) -
     assert now is not None and abs(now - proxy.backend.database_time()) < 60
     assert 0 <= now - west.system_attrs[STARTED_ATTR] < 60  # recorded by the proxy's database
     storage.set_trial_system_attr(east._trial_id, STARTED_ATTR, east.system_attrs[STARTED_ATTR] - 7200)
-    assert [r["number"] for r in reap(study, 0, older_than=3600)] == [east.number]
+    assert [r.number for r in reap(study, 0, older_than=3600)] == [east.number]
 
 
 @pytest.mark.parametrize("write", ["create", "claim", "finish"])

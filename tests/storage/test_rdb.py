@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from tuner.keys import TOKEN_ATTR
 from tuner.storage.rdb import open_storage
-from tuner.study.worker import _ask
+from tuner.study.loop import _ask
 
 
 def _create(how: str, study: optuna.Study) -> int:

@@ -11,8 +11,8 @@ import huggingface_hub.constants
 import pytest
 
 from tuner.cli import main
+from tuner.study.open import load_study_file
 from tuner.study.preflight import check
-from tuner.study.runner import load_run
 
 
 def write_bad_files(folder: Path) -> None:
@@ -85,8 +85,8 @@ def test_a_signal_during_the_check_stops_the_command_and_creates_nothing(
 def test_the_check_reads_every_split_and_the_logged_metrics(study_dir: Path, tiny_bert: str,
                                                             tiny_roberta: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", [f'search.backbone=["{tiny_roberta}", "{tiny_bert}"]', 'study.metric="val_pmr"',
-                            "trainer.limit_val_batches=0.01"])  # less than one batch: the check runs one anyway
+    run = load_study_file("tiny", [f'search.backbone=["{tiny_roberta}", "{tiny_bert}"]', 'study.metric="val_pmr"',
+                                   "trainer.limit_val_batches=0.01"])  # less than one batch: the check runs one anyway
     result = check(run)
     assert result.documents == {"train": 96, "validation": 32}
     assert result.backbones == (tiny_roberta, tiny_bert)

@@ -10,8 +10,8 @@ import optuna
 import pytest
 from processes import run_tuner
 
+from tuner.study.open import load_study_file, open_study
 from tuner.study.queries import record_test
-from tuner.study.runner import load_run, open_study
 
 
 def test_trials_and_best_json_match_the_storage(study_dir: Path) -> None:
@@ -43,7 +43,7 @@ def test_trials_and_best_json_match_the_storage(study_dir: Path) -> None:
 
 def test_record_test_keeps_the_best_trials_test_metrics(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny")
+    run = load_study_file("tiny")
     study = open_study(run)
     for value in (0.2, 0.6, 0.4):
         study.add_trial(optuna.trial.create_trial(value=value))

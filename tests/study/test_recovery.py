@@ -105,13 +105,13 @@ def test_reap_fails_trials_of_dead_workers_and_old_ones(tmp_path: Path) -> None:
         trial.set_user_attr("host", os.uname().nodename)
         trial.set_user_attr("pid", pid)
     reaped = reap(study, max_retries=2)
-    assert [r["number"] for r in reaped] == [dead.number] and reaped[0]["retried"]
-    assert "is no longer running" in reaped[0]["reason"]
+    assert [r.number for r in reaped] == [dead.number] and reaped[0].retried
+    assert "is no longer running" in reaped[0].reason
     for trial in (old, alive):  # started two hours ago
         study._storage.set_trial_system_attr(trial._trial_id, STARTED_ATTR, _started(study, trial) - 7200)
     reaped = reap(study, max_retries=0, older_than=3600)
-    assert sorted(r["number"] for r in reaped) == [old.number, alive.number]
-    assert not any(r["retried"] for r in reaped)
+    assert sorted(r.number for r in reaped) == [old.number, alive.number]
+    assert not any(r.retried for r in reaped)
     by_number = {t.number: t for t in study.trials}
     assert by_number[old.number].user_attrs["fail_reason"].endswith("retry limit of 0 reached")
 
@@ -137,8 +137,8 @@ def test_reap_older_than_judges_age_by_the_database_clock_not_the_workers(storag
     study._storage.set_trial_system_attr(east._trial_id, STARTED_ATTR, _started(study, east) - 7200)
     reaped = reap(study, max_retries=0, older_than=3600)
     # west's trial started just now, though its start reads five hours ago; east's two hours ago
-    assert [r["number"] for r in reaped] == [east.number]
-    assert "running for more than 3600 s" in reaped[0]["reason"]
+    assert [r.number for r in reaped] == [east.number]
+    assert "running for more than 3600 s" in reaped[0].reason
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL]
 
 
@@ -147,7 +147,7 @@ def test_reap_older_than_falls_back_to_the_workers_start_without_the_database_cl
     for hours in (-2, 0):
         started_by_a_worker(study._storage, study._study_id, hours)
     reaped = reap(study, max_retries=0, older_than=3600)
-    assert [r["number"] for r in reaped] == [0]
+    assert [r.number for r in reaped] == [0]
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
 
 

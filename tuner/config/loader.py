@@ -24,10 +24,10 @@ from tuner.config.schema import (
     LRFinderConfig,
     ModelConfig,
     PrunerConfig,
-    RunConfig,
     SamplerConfig,
     SearchSpace,
     StudyConfig,
+    StudyFile,
     TrainerConfig,
 )
 from tuner.errors import ConfigError, require_file
@@ -47,7 +47,7 @@ _CHOICE_KEYS = ("backbone", "batch_size", "loss", "max_epochs")
 _PATH_KEYS = ("train", "validation", "test", "path", "cache_dir")
 
 
-def find_study(name_or_path: str, root: Path | None = None) -> Path:
+def find_study_file(name_or_path: str, root: Path | None = None) -> Path:
     """Resolve ``--study``: a path to a ``.toml`` file, or a name looked up as ``studies/NAME.toml``."""
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix == ".toml" or candidate.parent != Path("."):
@@ -63,12 +63,15 @@ def find_study(name_or_path: str, root: Path | None = None) -> Path:
     return path
 
 
-def load_study(
+def read_study_file(
     path: str | Path,
     overrides: Sequence[str] = (),
-    check: Callable[[RunConfig], None] | None = None,
-) -> RunConfig:
-    """Read, override and validate a study file.
+    check: Callable[[StudyFile], None] | None = None,
+) -> StudyFile:
+    """Read, override and validate the study file at ``path``.
+
+    What the sections say is checked here; :func:`tuner.study.open.load_study_file`, which the commands
+    use, also finds the file by name and checks its sampler and pruner by building them.
 
     An error is blamed on the file, or on the first ``--set`` item without which it would not happen.
 
@@ -110,8 +113,8 @@ def _overridden(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, A
     return changed
 
 
-def _validated(raw: Mapping[str, Any], path: Path, check: Callable[[RunConfig], None] | None) -> RunConfig:
-    run = parse_study(raw, name=path.stem, source=path)
+def _validated(raw: Mapping[str, Any], path: Path, check: Callable[[StudyFile], None] | None) -> StudyFile:
+    run = parse_study_file(raw, name=path.stem, source=path)
     if check is not None:
         try:
             check(run)
@@ -120,8 +123,8 @@ def _validated(raw: Mapping[str, Any], path: Path, check: Callable[[RunConfig], 
     return run
 
 
-def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -> RunConfig:
-    """Validate a study already read as a dict (see :func:`load_study`)."""
+def parse_study_file(raw: Mapping[str, Any], name: str, source: Path | None = None) -> StudyFile:
+    """Validate a study already read as a dict (see :func:`read_study_file`)."""
     where = str(source) if source else "study"
     unknown = sorted(set(raw) - set(_SECTIONS) - {"name"})
     if unknown:
@@ -164,7 +167,7 @@ def parse_study(raw: Mapping[str, Any], name: str, source: Path | None = None) -
     study_name = raw.get("name", built["study"].name or name)
     if not isinstance(study_name, str) or not study_name:
         raise ConfigError(f"{where}: name must be a non-empty string")
-    return RunConfig(name=study_name, source=str(source) if source else None, **built)
+    return StudyFile(name=study_name, source=str(source) if source else None, **built)
 
 
 def _study_table(table: dict[str, Any]) -> dict[str, Any]:

@@ -341,7 +341,7 @@ class SearchSpace:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class StudyFile:
     """One study file: a name plus data, model and trainer settings, and the study and its search space."""
 
     name: str

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.config.schema import LRFinderConfig, RunConfig
+from tuner.config.schema import LRFinderConfig, StudyFile
 from tuner.data.module import SentenceOrderingData
 from tuner.model.orderer import SentenceOrderer
 from tuner.training import distributed
@@ -48,7 +48,7 @@ def judge_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: floa
     return True, f"loss dropped {drop:.1%}"
 
 
-def run_finder(run: RunConfig, model: SentenceOrderer, data: SentenceOrderingData, root: Path,
+def run_finder(run: StudyFile, model: SentenceOrderer, data: SentenceOrderingData, root: Path,
                signals: StopSignals | None = None) -> dict[str, Any]:
     """Lightning's LR finder on a throwaway copy of the trial's model, in the trial's own folder.
 

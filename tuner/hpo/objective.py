@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from tuner import hardware
 from tuner._compat.optuna import as_asked, storage_of, study_id
-from tuner.config.schema import RunConfig
+from tuner.config.schema import StudyFile
 from tuner.data.module import SentenceOrderingData
 from tuner.errors import Interrupted, TrialFailed, first_line
 from tuner.hpo import search
@@ -58,7 +58,7 @@ class Objective:
         signals: the worker's signal handling; training stops cleanly at the next batch on a signal.
     """
 
-    def __init__(self, run: RunConfig, output_dir: Path, progress: bool = False,
+    def __init__(self, run: StudyFile, output_dir: Path, progress: bool = False,
                  signals: StopSignals | None = None) -> None:
         self.run = run
         self.output_dir = output_dir
@@ -159,7 +159,7 @@ class Objective:
                 raise TrialFailed(f"{run.study.metric} is NaN")
             return value
 
-    def _learning_rate(self, trial: optuna.Trial, run: RunConfig, data: SentenceOrderingData,
+    def _learning_rate(self, trial: optuna.Trial, run: StudyFile, data: SentenceOrderingData,
                        root: Path) -> tuple[float, dict[str, Any]]:
         """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
         sampled = run.model.learning_rate
@@ -198,7 +198,7 @@ class Objective:
                                                             "multiplier": multiplier}
 
 
-def training_steps(run: RunConfig, data: SentenceOrderingData) -> int:
+def training_steps(run: StudyFile, data: SentenceOrderingData) -> int:
     """The optimiser steps a trial of ``run`` trains for at most: its batches per epoch (after
     ``limit_train_batches``) over ``max_epochs``, fewer with gradient accumulation."""
     batches = len(data.train_dataloader())

@@ -7,12 +7,11 @@ from typing import Any
 
 import optuna
 
-from tuner.config.schema import PrunerConfig, RunConfig, SamplerConfig
+from tuner.config.schema import PrunerConfig, SamplerConfig, StudyFile
 from tuner.errors import ConfigError
 
 # The baseline trial's learning rate, enqueued as trial 0: the recipe's rate for the whole job, not one tuned to
-# short trials
-# (BENCHMARKS.md#head-to-head-on-d-320-training-documents-learning-rate-1e-6-to-1e-2-tpe-from-the-6th-trial).
+# short trials (bench/results/head_to_head_320_docs.json).
 BASELINE_LEARNING_RATE = 5e-5
 # Optuna's median pruner waits for 5 finished trials before it prunes: in a study of 5 to 20 trials that is
 # most of the budget unpruned. tuner's median (and patient) pruner waits for 3 unless the study file says.
@@ -27,7 +26,7 @@ TPE_STARTUP_TRIALS = 5
 TPE_MULTIVARIATE = False
 
 
-def build_sampler(config: SamplerConfig, run: RunConfig) -> optuna.samplers.BaseSampler:
+def build_sampler(config: SamplerConfig, run: StudyFile) -> optuna.samplers.BaseSampler:
     """The configured sampler. TPE is independent (:data:`TPE_MULTIVARIATE`) with a constant liar (parallel
     workers spread out) and samples at random for its first :data:`TPE_STARTUP_TRIALS` trials unless
     ``n_startup_trials`` is given; ``multivariate = true`` among its options brings Optuna's joint model back."""
@@ -47,7 +46,7 @@ def build_sampler(config: SamplerConfig, run: RunConfig) -> optuna.samplers.Base
         raise ConfigError(f"study.sampler: {config.type} does not take these options: {err}") from None
 
 
-def _grid(run: RunConfig, learning_rates: Any) -> dict[str, list[Any]]:
+def _grid(run: StudyFile, learning_rates: Any) -> dict[str, list[Any]]:
     if not isinstance(learning_rates, list) or not learning_rates:
         raise ConfigError("study.sampler: the grid sampler needs learning_rate = [values, ...] among its options")
     grid: dict[str, list[Any]] = {"learning_rate": [float(v) for v in learning_rates]}
@@ -79,7 +78,7 @@ def build_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
         raise ConfigError(f"study.pruner: {config.type} does not take these options: {err}") from None
 
 
-def choices(run: RunConfig) -> dict[str, tuple[Any, ...]]:
+def choices(run: StudyFile) -> dict[str, tuple[Any, ...]]:
     """The categorical parameters searched, with backbones as their labels."""
     space = run.search
     found: dict[str, tuple[Any, ...]] = {}
@@ -91,14 +90,14 @@ def choices(run: RunConfig) -> dict[str, tuple[Any, ...]]:
     return found
 
 
-def baseline_params(run: RunConfig) -> dict[str, Any]:
+def baseline_params(run: StudyFile) -> dict[str, Any]:
     """The baseline: :data:`BASELINE_LEARNING_RATE` with the first of every choice."""
     params: dict[str, Any] = {"learning_rate": BASELINE_LEARNING_RATE}
     params.update({key: values[0] for key, values in choices(run).items()})
     return params
 
 
-def sample(trial: optuna.Trial, run: RunConfig) -> RunConfig:
+def sample(trial: optuna.Trial, run: StudyFile) -> StudyFile:
     """The trial's settings: ``run`` with every searched key replaced by a sampled value.
 
     The learning rate is sampled here too; :mod:`tuner.hpo.lr_finder` may replace it with the LR

@@ -1,4 +1,4 @@
-"""The report's figures: plain values from :mod:`tuner.report.data` and :mod:`.tables` to plotly specifications.
+"""The report's figures: plain values from :mod:`tuner.report.data` to plotly specifications.
 
 Every string that comes from a study (its name, parameters, attributes, error messages) goes through
 :func:`escape` before it reaches a figure.
@@ -12,7 +12,20 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from tuner.report.data import Figure, finite, loss_at
+from tuner.report.data import (
+    Bar,
+    CostPoint,
+    Figure,
+    FinderCurve,
+    History,
+    LearningCurves,
+    Parallel,
+    PruningSavings,
+    StudyComparison,
+    Timeline,
+    finite,
+    loss_at,
+)
 
 STATE_COLOURS = {
     "COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e63946", "FAIL (stale)": "#7b2cbf",
@@ -46,31 +59,31 @@ def _colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def draw_history(points: Mapping[str, list[Any]], metric: str) -> Figure:
+def draw_history(points: History, metric: str) -> Figure:
     def trace(name: str, pairs: list[Any], **style: Any) -> dict[str, Any]:
         return {"type": "scatter", "name": name, "x": [p[0] for p in pairs], "y": [p[1] for p in pairs], **style}
 
     return {"data": [
-        trace("complete", points["complete"], mode="markers", marker={"color": STATE_COLOURS["COMPLETE"]}),
-        trace("pruned (last value)", points["pruned"], mode="markers",
+        trace("complete", points.complete, mode="markers", marker={"color": STATE_COLOURS["COMPLETE"]}),
+        trace("pruned (last value)", points.pruned, mode="markers",
               marker={"color": STATE_COLOURS["PRUNED"], "symbol": "x"}),
-        trace("best so far", points["best"], mode="lines", line={"shape": "hv", "color": "#264653"}),
+        trace("best so far", points.best, mode="lines", line={"shape": "hv", "color": "#264653"}),
     ], "layout": _layout("Optimisation history", "trial", escape(metric))}
 
 
-def draw_learning_curves(curves: Mapping[str, Any], metric: str) -> Figure:
-    drawn = sum(len(trials) for trials in curves["backbones"].values())
+def draw_learning_curves(curves: LearningCurves, metric: str) -> Figure:
+    drawn = sum(len(trials) for trials in curves.backbones.values())
     opacity = 1.0 if drawn <= 50 else 0.4  # thousands of curves: let the bands show through
     data = []
-    for i, (backbone, trials) in enumerate(curves["backbones"].items()):
+    for i, (backbone, trials) in enumerate(curves.backbones.items()):
         xs: list[Any] = []
         ys: list[Any] = []
         text: list[Any] = []
         for trial in trials:
-            for x, y in trial["points"]:
+            for x, y in trial.points:
                 xs.append(x)
                 ys.append(y)
-                text.append(f"trial {trial['number']} ({trial['state'].lower()})")
+                text.append(f"trial {trial.number} ({trial.state.lower()})")
             xs.append(None)
             ys.append(None)
             text.append(None)
@@ -78,16 +91,16 @@ def draw_learning_curves(curves: Mapping[str, Any], metric: str) -> Figure:
                      "text": text, "connectgaps": False, "line": {"color": _colour(i), "width": 1}, "opacity": opacity,
                      "marker": {"size": 4, "color": _colour(i)},
                      "hovertemplate": "%{text}<br>epoch %{x:.2f}: %{y:.4f}<extra>%{fullData.name}</extra>"})
-    stops = curves["pruned"]
-    data.append({"type": "scatter", "mode": "markers", "name": "pruned here", "x": [s["x"] for s in stops],
-                 "y": [s["y"] for s in stops], "text": [f"trial {s['number']} pruned" for s in stops],
+    stops = curves.pruned
+    data.append({"type": "scatter", "mode": "markers", "name": "pruned here", "x": [s.x for s in stops],
+                 "y": [s.y for s in stops], "text": [f"trial {s.number} pruned" for s in stops],
                  "marker": {"symbol": "x", "size": 10, "color": "#e63946"},
                  "hovertemplate": "%{text}<br>epoch %{x:.2f}: %{y:.4f}<extra></extra>"})
     return {"data": data, "layout": _layout("Learning curves", "epochs trained", escape(metric))}
 
 
-def draw_pruning_savings(savings: Mapping[str, Any]) -> Figure:
-    numbers, cumulative = savings["numbers"], savings["cumulative"]
+def draw_pruning_savings(savings: PruningSavings) -> Figure:
+    numbers, cumulative = savings.numbers, savings.cumulative
     hours = {k: [v / 3600 for v in cumulative[k]] for k in ("seconds", "seconds_planned")}
     data = [
         {"type": "scatter", "mode": "lines", "name": "epochs run", "x": numbers, "y": cumulative["epochs"],
@@ -106,25 +119,25 @@ def draw_pruning_savings(savings: Mapping[str, Any]) -> Figure:
     return {"data": data, "layout": layout}
 
 
-def draw_lr_finder(curves: Sequence[Mapping[str, Any]]) -> Figure:
+def draw_lr_finder(curves: Sequence[FinderCurve]) -> Figure:
     data = []
     for i, curve in enumerate(curves):
-        label = f"{curve['backbone']} | batch {curve['batch_size']}"
+        label = f"{curve.backbone} | batch {curve.batch_size}"
         colour = _colour(i)
-        data.append({"type": "scatter", "mode": "lines", "name": escape(label), "x": curve["lr"], "y": curve["loss"],
+        data.append({"type": "scatter", "mode": "lines", "name": escape(label), "x": curve.lr, "y": curve.loss,
                      "line": {"color": colour}, "legendgroup": str(i)})
-        suggestion = curve["suggestion"]
+        suggestion = curve.suggestion
         sx = [suggestion] if suggestion is not None else []
-        sy = [loss_at(curve["lr"], curve["loss"], suggestion)] if suggestion is not None else []
-        verdict = "reliable" if curve["reliable"] else "unreliable"
+        sy = [loss_at(curve.lr, curve.loss, suggestion)] if suggestion is not None else []
+        verdict = "reliable" if curve.reliable else "unreliable"
         data.append({"type": "scatter", "mode": "markers", "name": f"suggestion ({verdict})", "x": sx, "y": sy,
-                     "legendgroup": str(i), "text": [escape(f"{verdict}: {curve['reason']}")] * len(sx),
-                     "marker": {"symbol": "star" if curve["reliable"] else "star-open", "size": 14, "color": colour},
+                     "legendgroup": str(i), "text": [escape(f"{verdict}: {curve.reason}")] * len(sx),
+                     "marker": {"symbol": "star" if curve.reliable else "star-open", "size": 14, "color": colour},
                      "hovertemplate": "suggestion %{x:.3g}<br>%{text}<extra></extra>"})
-        used = curve["used"]
+        used = curve.used
         data.append({"type": "scatter", "mode": "markers", "name": "learning rates used", "legendgroup": str(i),
-                     "x": [u["lr"] for u in used], "y": [loss_at(curve["lr"], curve["loss"], u["lr"]) for u in used],
-                     "text": [escape(f"trial {u['number']} ({u['state'].lower()}, {u['how']})") for u in used],
+                     "x": [u.lr for u in used], "y": [loss_at(curve.lr, curve.loss, u.lr) for u in used],
+                     "text": [escape(f"trial {u.number} ({u.state.lower()}, {u.how})") for u in used],
                      "marker": {"symbol": "circle-open", "size": 9, "color": colour},
                      "hovertemplate": "%{text}<br>lr %{x:.3g}<extra></extra>"})
     return {"data": data, "layout": _layout("Learning-rate finder", "learning rate", "smoothed loss",
@@ -137,28 +150,28 @@ def draw_choice_box(groups: Mapping[str, list[float]], title: str, axis: str, me
     return {"data": data, "layout": _layout(title, axis, escape(metric), showlegend=False)}
 
 
-def draw_cost(cost: Mapping[str, list[dict[str, Any]]], metric: str) -> Figure:
-    data = [{"type": "scatter", "mode": "markers", "name": escape(backbone), "x": [p["seconds"] / 60 for p in points],
-             "y": [p["value"] for p in points], "text": [f"trial {p['number']}, batch {escape(p['batch_size'])}"
-                                                         for p in points],
+def draw_cost(cost: Mapping[str, list[CostPoint]], metric: str) -> Figure:
+    data = [{"type": "scatter", "mode": "markers", "name": escape(backbone), "x": [p.seconds / 60 for p in points],
+             "y": [p.value for p in points], "text": [f"trial {p.number}, batch {escape(p.batch_size)}"
+                                                      for p in points],
              "marker": {"color": _colour(i), "size": 8},
              "hovertemplate": "%{text}<br>%{x:.1f} min: %{y:.4f}<extra>%{fullData.name}</extra>"}
             for i, (backbone, points) in enumerate(cost.items())]
     return {"data": data, "layout": _layout("Quality against cost", "wall time per trial (minutes)", escape(metric))}
 
 
-def draw_parallel(parallel: Mapping[str, Any], metric: str) -> Figure:
+def draw_parallel(parallel: Parallel, metric: str) -> Figure:
     dimensions = []
-    for dim in parallel["dimensions"]:
-        label = escape(dim["name"] + (" (log10)" if dim["log"] else ""))
-        spec: dict[str, Any] = {"label": label, "values": dim["values"]}
-        if dim["labels"] is not None:
-            spec["tickvals"] = list(range(len(dim["labels"])))
-            spec["ticktext"] = [escape(label) for label in dim["labels"]]
+    for dim in parallel.dimensions:
+        label = escape(dim.name + (" (log10)" if dim.log else ""))
+        spec: dict[str, Any] = {"label": label, "values": dim.values}
+        if dim.labels is not None:
+            spec["tickvals"] = list(range(len(dim.labels)))
+            spec["ticktext"] = [escape(label) for label in dim.labels]
         dimensions.append(spec)
-    dimensions.append({"label": escape(metric), "values": parallel["values"]})
+    dimensions.append({"label": escape(metric), "values": parallel.values})
     trace = {"type": "parcoords", "dimensions": dimensions,
-             "line": {"color": parallel["values"], "colorscale": "Viridis", "showscale": True}}
+             "line": {"color": parallel.values, "colorscale": "Viridis", "showscale": True}}
     return {"data": [trace], "layout": {"title": {"text": "Parallel coordinates (complete trials)"}, "height": 440,
                                         "margin": {"t": 90, "r": 60, "l": 80, "b": 40}}}
 
@@ -171,10 +184,10 @@ def draw_importances(importances: Mapping[str, float]) -> Figure:
                               height=max(260, 60 + 40 * len(ranked)))}
 
 
-def draw_timeline(timeline: Mapping[str, Any]) -> Figure:
-    by_state: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for bar in timeline["bars"]:
-        by_state[bar["state"]].append(bar)
+def draw_timeline(timeline: Timeline) -> Figure:
+    by_state: dict[str, list[Bar]] = defaultdict(list)
+    for bar in timeline.bars:
+        by_state[bar.state].append(bar)
     data = []
     for state in sorted(by_state, key=lambda s: list(STATE_COLOURS).index(s) if s in STATE_COLOURS else 99):
         bars = by_state[state]
@@ -183,32 +196,32 @@ def draw_timeline(timeline: Mapping[str, Any]) -> Figure:
             marker["pattern"] = {"shape": "/", "fillmode": "overlay", "fgcolor": "#ffffff", "fgopacity": 0.8}
         text = []
         for bar in bars:
-            words = f"trial {bar['number']}: {state.lower()}"
-            if bar["value"] is not None and finite(bar["value"]):
-                words += f", {bar['value']:.4f}"
-            if bar["retry_of"] is not None:
-                words += f", retry of {bar['retry_of']}"
-            if bar["resumed_step"]:
-                words += f", resumed at step {bar['resumed_step']}"
-            if bar["fail_reason"]:
-                words += f"<br>{escape(str(bar['fail_reason'])[:200])}"
+            words = f"trial {bar.number}: {state.lower()}"
+            if bar.value is not None and finite(bar.value):
+                words += f", {bar.value:.4f}"
+            if bar.retry_of is not None:
+                words += f", retry of {bar.retry_of}"
+            if bar.resumed_step:
+                words += f", resumed at step {bar.resumed_step}"
+            if bar.fail_reason:
+                words += f"<br>{escape(str(bar.fail_reason)[:200])}"
             text.append(words)
-        data.append({"type": "bar", "orientation": "h", "name": escape(state), "y": [escape(b["lane"]) for b in bars],
-                     "base": [_iso(b["start"]) for b in bars],
-                     "x": [max(1.0, (b["end"] - b["start"]).total_seconds() * 1000) for b in bars],
+        data.append({"type": "bar", "orientation": "h", "name": escape(state), "y": [escape(b.lane) for b in bars],
+                     "base": [_iso(b.start) for b in bars],
+                     "x": [max(1.0, (b.end - b.start).total_seconds() * 1000) for b in bars],
                      "text": text, "hovertemplate": "%{text}<extra></extra>", "textposition": "none",
                      "marker": marker})
-    links = timeline["links"]
+    links = timeline.links
     if links:
         xs: list[Any] = []
         ys: list[Any] = []
         for link in links:
-            xs += [_iso(link["from_time"]), _iso(link["to_time"]), None]
-            ys += [escape(link["from_lane"]), escape(link["to_lane"]), None]
+            xs += [_iso(link.from_time), _iso(link.to_time), None]
+            ys += [escape(link.from_lane), escape(link.to_lane), None]
         data.append({"type": "scatter", "mode": "lines+markers", "name": "retry of", "x": xs, "y": ys,
                      "line": {"dash": "dot", "color": "#000000"}, "marker": {"symbol": "arrow", "angleref": "previous",
                                                                             "size": 10}, "hoverinfo": "skip"})
-    lanes = [escape(lane) for lane in timeline["lanes"]]
+    lanes = [escape(lane) for lane in timeline.lanes]
     return {"data": data, "layout": _layout(
         "Worker timeline", "time", "worker", barmode="overlay", xaxis={"type": "date"},
         yaxis={"type": "category", "categoryorder": "array", "categoryarray": lanes, "automargin": True},
@@ -219,16 +232,16 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(sep=" ", timespec="milliseconds")
 
 
-def draw_compare(studies: Sequence[Mapping[str, Any]]) -> list[Figure]:
-    by_trial = [{"type": "scatter", "mode": "lines", "name": escape(s["study"]), "line": {"shape": "hv"},
-                 "x": [p[0] for p in s["best_by_trial"]], "y": [p[1] for p in s["best_by_trial"]]} for s in studies]
-    by_compute = [{"type": "scatter", "mode": "lines", "name": escape(s["study"]), "line": {"shape": "hv"},
-                   "x": [p[0] for p in s["best_by_compute_h"]], "y": [p[1] for p in s["best_by_compute_h"]]}
+def draw_compare(studies: Sequence[StudyComparison]) -> list[Figure]:
+    by_trial = [{"type": "scatter", "mode": "lines", "name": escape(s.study), "line": {"shape": "hv"},
+                 "x": [p[0] for p in s.best_by_trial], "y": [p[1] for p in s.best_by_trial]} for s in studies]
+    by_compute = [{"type": "scatter", "mode": "lines", "name": escape(s.study), "line": {"shape": "hv"},
+                   "x": [p[0] for p in s.best_by_compute_h], "y": [p[1] for p in s.best_by_compute_h]}
                   for s in studies]
-    states = sorted({state for s in studies for state in s["states"]},
+    states = sorted({state for s in studies for state in s.states},
                     key=lambda s: list(STATE_COLOURS).index(s) if s in STATE_COLOURS else 99)
-    bars = [{"type": "bar", "name": state, "x": [escape(s["study"]) for s in studies],
-             "y": [s["states"].get(state, 0) for s in studies], "marker": {"color": STATE_COLOURS.get(state)}}
+    bars = [{"type": "bar", "name": state, "x": [escape(s.study) for s in studies],
+             "y": [s.states.get(state, 0) for s in studies], "marker": {"color": STATE_COLOURS.get(state)}}
             for state in states]
     return [
         {"data": by_trial, "layout": _layout("Best so far, by trial", "trial", "best value")},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -21,12 +21,21 @@ from typing import Any
 from tuner.errors import TunerError
 from tuner.report.data import (
     Figure,
+    Summary,
+    Table,
+    choices_data,
+    compare_data,
+    compare_table,
     finite,
     history_data,
+    importance_data,
     learning_curves_data,
     lr_finder_data,
+    parallel_data,
     pruning_savings_data,
     summary_data,
+    table_data,
+    timeline_data,
 )
 from tuner.report.figures import (
     _iso,
@@ -43,15 +52,6 @@ from tuner.report.figures import (
     escape,
 )
 from tuner.report.snapshot import StudySnapshot, load_snapshot
-from tuner.report.tables import (
-    _cell,
-    choices_data,
-    compare_data,
-    importance_data,
-    parallel_data,
-    table_data,
-    timeline_data,
-)
 
 
 @dataclass
@@ -84,23 +84,23 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def header_html(summary: Mapping[str, Any]) -> str:
-    states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items()) or "none"
-    lines = [f"<h1>Study {escape(summary['study'])}</h1>",
-             f"<p class='meta'>storage <code>{escape(summary['storage'])}</code> · {summary['trials']} trials "
-             f"({escape(states)}) · total compute {_hours(summary['compute_s'])} · {escape(summary['direction'])} "
-             f"{escape(summary['metric'])}</p>"]
-    best = summary["best"]
+def header_html(summary: Summary) -> str:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in summary.states.items()) or "none"
+    lines = [f"<h1>Study {escape(summary.study)}</h1>",
+             f"<p class='meta'>storage <code>{escape(summary.storage)}</code> · {summary.trials} trials "
+             f"({escape(states)}) · total compute {_hours(summary.compute_s)} · {escape(summary.direction)} "
+             f"{escape(summary.metric)}</p>"]
+    best = summary.best
     if best is None:
-        reason = "no trial has finished yet" if not summary["finished"] else "no trial has completed yet"
+        reason = "no trial has finished yet" if not summary.finished else "no trial has completed yet"
         lines.append(f"<p class='empty'>This study has no finished trials to compare: {reason}.</p>"
-                     if not summary["finished"] else f"<p class='empty'>No best trial: {reason}.</p>")
+                     if not summary.finished else f"<p class='empty'>No best trial: {reason}.</p>")
         return "\n".join(lines)
-    params = ", ".join(f"{escape(k)}={escape(_format(v))}" for k, v in best["params"].items())
-    pmr = f", PMR {best['val_pmr']:.3f}" if finite(best.get("val_pmr")) else ""
-    lines.append(f"<p class='best'>Best validation {escape(summary['metric'])}: <b>{best['value']:.4f}</b>{pmr} "
-                 f"(trial {best['number']}: {params})</p>")
-    test = summary["test"]
+    params = ", ".join(f"{escape(k)}={escape(_format(v))}" for k, v in best.params.items())
+    pmr = f", PMR {best.val_pmr:.3f}" if finite(best.val_pmr) else ""
+    lines.append(f"<p class='best'>Best validation {escape(summary.metric)}: <b>{best.value:.4f}</b>{pmr} "
+                 f"(trial {best.number}: {params})</p>")
+    test = summary.test
     if test:
         extra = f", PMR {test['pmr']:.3f}" if "pmr" in test else ""
         lines.append(f"<p class='best'>Its test tau: <b>{test['kendall_tau']:.4f}</b>{extra}</p>")
@@ -110,10 +110,10 @@ def header_html(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def table_html(table: Mapping[str, Any], table_id: str = "trials") -> str:
-    head = "".join(f"<th data-col='{i}' title='sort'>{escape(c)}</th>" for i, c in enumerate(table["columns"]))
+def table_html(table: Table, table_id: str = "trials") -> str:
+    head = "".join(f"<th data-col='{i}' title='sort'>{escape(c)}</th>" for i, c in enumerate(table.columns))
     body = []
-    for row in table["rows"]:
+    for row in table.rows:
         cells = []
         for text, key in row:
             sort = "" if key is None else (repr(key) if isinstance(key, (int, float)) else escape(key))
@@ -130,30 +130,30 @@ def study_sections(snapshot: StudySnapshot) -> list[Section]:
     trials, metric = snapshot.trials, snapshot.metric
     sections: list[Section] = []
     history = history_data(trials, snapshot.direction)
-    if history["complete"] or history["pruned"]:
+    if history.complete or history.pruned:
         sections.append(Section("history", "Optimisation history",
                                 f"Each trial's {escape(metric)}, with the best complete value so far.",
                                 [("plot-history", draw_history(history, metric))]))
     curves = learning_curves_data(trials, metric, snapshot.defaults)
-    if curves["backbones"]:
+    if curves.backbones:
         sections.append(Section("curves", "Learning curves",
                                 f"Validation {escape(metric)} at every validation of every trial, coloured by "
                                 "backbone; a cross marks where a pruned trial stopped.",
                                 [("plot-curves", draw_learning_curves(curves, metric))]))
     savings = pruning_savings_data(trials, snapshot.defaults.get("max_epochs"))
-    if savings["rows"]:
-        totals = savings["totals"]
+    if savings.rows:
+        totals = savings.totals
         sections.append(Section(
             "savings", "Pruning savings",
-            f"{savings['pruned']} pruned trials. The study trained {totals['epochs']:.1f} epochs where a study "
-            f"without pruning would have trained {totals['epochs_planned']:.1f} "
-            f"({totals['epochs_saved_fraction']:.0%} saved), and spent {_hours(totals['seconds'])} of compute "
-            f"against an estimated {_hours(totals['seconds_planned'])}.",
+            f"{savings.pruned} pruned trials. The study trained {totals.epochs:.1f} epochs where a study "
+            f"without pruning would have trained {totals.epochs_planned:.1f} "
+            f"({totals.epochs_saved_fraction:.0%} saved), and spent {_hours(totals.seconds)} of compute "
+            f"against an estimated {_hours(totals.seconds_planned)}.",
             [("plot-savings", draw_pruning_savings(savings))]))
     finder = lr_finder_data(trials, snapshot.user_attrs)
     if finder:
-        reasons = "; ".join(f"{escape(c['backbone'])} batch {escape(c['batch_size'])}: "
-                            f"{'reliable' if c['reliable'] else 'unreliable'} ({escape(c['reason'])})" for c in finder)
+        reasons = "; ".join(f"{escape(c.backbone)} batch {escape(c.batch_size)}: "
+                            f"{'reliable' if c.reliable else 'unreliable'} ({escape(c.reason)})" for c in finder)
         sections.append(Section("finder", "Learning-rate finder",
                                 f"Each (backbone, batch size) curve, its suggestion (a star; hollow when judged "
                                 f"unreliable) and the learning rates trials used (circles). {reasons}.",
@@ -162,33 +162,33 @@ def study_sections(snapshot: StudySnapshot) -> list[Section]:
         sections.append(Section("finder", "Learning-rate finder",
                                 "No finder curve is stored in this study (the finder was off, or no trial ran it)."))
     choices = choices_data(trials, snapshot.defaults)
-    if choices["backbone"]:
+    if choices.backbone:
         sections.append(Section("choices", "Backbones and batch sizes",
                                 f"{escape(metric)} of complete trials per choice, and against each trial's wall time.",
-                                [("plot-backbone", draw_choice_box(choices["backbone"], "By backbone", "backbone",
+                                [("plot-backbone", draw_choice_box(choices.backbone, "By backbone", "backbone",
                                                                    metric)),
-                                 ("plot-batch", draw_choice_box(choices["batch_size"], "By batch size", "batch size",
+                                 ("plot-batch", draw_choice_box(choices.batch_size, "By batch size", "batch size",
                                                                 metric)),
-                                 ("plot-cost", draw_cost(choices["cost"], metric))]))
+                                 ("plot-cost", draw_cost(choices.cost, metric))]))
     parallel = parallel_data(trials)
     importance = importance_data(trials, snapshot.direction)
     figures: list[tuple[str, Figure]] = []
-    if parallel["dimensions"]:
+    if parallel.dimensions:
         figures.append(("plot-parallel", draw_parallel(parallel, metric)))
-    if importance["importances"]:
-        figures.append(("plot-importance", draw_importances(importance["importances"])))
-    if figures or importance["reason"]:
+    if importance.by_parameter:
+        figures.append(("plot-importance", draw_importances(importance.by_parameter)))
+    if figures or importance.reason:
         text = "Every parameter the complete trials share, and the learning rate used."
-        if parallel["left_out"]:
-            text += f" Not in every trial, so left out: {escape(', '.join(parallel['left_out']))}."
-        if importance["reason"]:
-            text += f" No importances: {escape(importance['reason'])}."
+        if parallel.left_out:
+            text += f" Not in every trial, so left out: {escape(', '.join(parallel.left_out))}."
+        if importance.reason:
+            text += f" No importances: {escape(importance.reason)}."
         sections.append(Section("parameters", "Parameters", text, figures))
     timeline = timeline_data(trials, snapshot.taken_at)
-    if timeline["bars"]:
-        stale = sum(1 for b in timeline["bars"] if b["state"] == "FAIL (stale)")
+    if timeline.bars:
+        stale = sum(1 for b in timeline.bars if b.state == "FAIL (stale)")
         sections.append(Section("timeline", "Worker timeline",
-                                f"One lane per worker; {len(timeline['links'])} retries (dotted lines from the trial "
+                                f"One lane per worker; {len(timeline.links)} retries (dotted lines from the trial "
                                 f"they replace), {stale} trials lost with their worker (hatched).",
                                 [("plot-timeline", draw_timeline(timeline))]))
     sections.append(Section("table", "All trials", "Click a column's header to sort.",
@@ -198,12 +198,10 @@ def study_sections(snapshot: StudySnapshot) -> list[Section]:
 
 def compare_sections(snapshots: Sequence[StudySnapshot]) -> list[Section]:
     studies = compare_data(snapshots)
-    rows = {"columns": ["study", "trials", "best", "compute hours"],
-            "rows": [[_cell(s["study"]), _cell(s["trials"]), _cell(s["best"]), _cell(s["compute_s"] / 3600)]
-                     for s in studies]}
     names = ["plot-compare-trial", "plot-compare-compute", "plot-compare-states"]
     return [Section("compare", "Studies compared", "The best value so far by trial and by compute, and trial states.",
-                    list(zip(names, draw_compare(studies), strict=True)), table_html(rows, "compare-table"))]
+                    list(zip(names, draw_compare(studies), strict=True)),
+                    table_html(compare_table(studies), "compare-table"))]
 
 
 def _clean(value: Any) -> Any:

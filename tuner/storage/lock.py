@@ -45,7 +45,7 @@ class SlotLock:
     keepalive), and taking it fails after ``wait_s`` while another worker holds it; SQLite, which only
     local workers share, uses ``flock`` on a file next to the database. Through the storage proxy
     (``grpc://``) there is none: a worker there holds no database session, and admission by trial number
-    keeps the budget exact without the lock (:func:`tuner.study.worker._admitted`). Hold it only for a
+    keeps the budget exact without the lock (:func:`tuner.study.loop._admitted`). Hold it only for a
     few queries. A server lock taken again within ``LOCK_KEEP_S`` of its last use keeps its connection
     open for the next; one used less often (a worker on long trials, a one-off lock) closes it, so it
     holds no idle connection on the server.

@@ -20,7 +20,7 @@ a worker needs beyond it travels in a second service on the same server, ``tuner
   restarted proxy then finds its own earlier commit instead of making a second.
 
 What does not cross: the study lock (:class:`tuner.storage.lock.SlotLock`) is a database session's,
-and a worker of the proxy has none. Admission by trial number (:func:`tuner.study.worker._admitted`)
+and a worker of the proxy has none. Admission by trial number (:func:`tuner.study.loop._admitted`)
 keeps the budget exact without it; trials asked for at the same moment past the budget are failed
 before they run (``not_admitted``).
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -15,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner._compat.optuna import retried_trial_number
 from tuner._compat.optuna import retry_history as _retry_history
-from tuner.config.schema import RunConfig
+from tuner.config.schema import StudyFile
 from tuner.keys import NOT_ADMITTED_ATTR, RETRY_OF_ATTR, STUDY_ERROR_ATTR
 
 
@@ -37,7 +38,7 @@ def lineage(trial: FrozenTrial) -> int:
 
 
 def is_not_admitted(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` was created past the budget and failed before it ran (see tuner.study.worker)."""
+    """Whether ``trial`` was created past the budget and failed before it ran (see tuner.study.loop)."""
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(NOT_ADMITTED_ATTR))
 
 
@@ -47,8 +48,29 @@ def is_study_error(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(STUDY_ERROR_ATTR))
 
 
-def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any]:
-    """One trial as a stable JSON object (see docs/commands.md, "JSON output")."""
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as ``tuner trials`` and ``tuner best`` show it.
+
+    ``params`` holds the learning rate used (the finder's, where it chose one) and the study file's fixed
+    backbone and batch size where they were not sampled; ``attrs`` are the trial's user attributes.
+    """
+
+    number: int
+    state: str  # the TrialState's name
+    value: float | None
+    params: dict[str, Any]
+    duration_s: float | None  # start to end; None while it runs
+    attrs: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as a stable JSON object (see docs/commands.md, "JSON output")."""
+        return {"number": self.number, "state": self.state, "value": self.value, "params": self.params,
+                "duration_s": self.duration_s, "attrs": self.attrs}
+
+
+def trial_row(trial: FrozenTrial, run: StudyFile | None = None) -> TrialRow:
+    """One trial as a :class:`TrialRow`; with ``run``, the study file's fixed choices fill its params."""
     params = dict(trial.params)
     if "lr_used" in trial.user_attrs:
         params["learning_rate"] = trial.user_attrs["lr_used"]
@@ -57,14 +79,8 @@ def trial_row(trial: FrozenTrial, run: RunConfig | None = None) -> dict[str, Any
         params.setdefault("batch_size", run.data.batch_size)
     duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if (
         trial.datetime_complete and trial.datetime_start) else None
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "params": params,
-        "duration_s": duration,
-        "attrs": dict(trial.user_attrs),
-    }
+    return TrialRow(number=trial.number, state=trial.state.name, value=trial.value, params=params,
+                    duration_s=duration, attrs=dict(trial.user_attrs))
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
@@ -89,8 +105,8 @@ def best_trial(trials: Iterable[FrozenTrial], direction: str = "maximize") -> Fr
     return max(complete, key=lambda t: (sign * float(t.value or 0.0), -t.number))
 
 
-def best_row(study: optuna.Study, run: RunConfig | None = None) -> dict[str, Any] | None:
-    """The study's best complete trial as a JSON row (see :func:`trial_row`), or ``None`` before any completed."""
+def best_row(study: optuna.Study, run: StudyFile | None = None) -> TrialRow | None:
+    """The study's best complete trial as a row (see :func:`trial_row`), or ``None`` before any completed."""
     direction = "maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize"
     best = best_trial(study.get_trials(deepcopy=False), direction)
     return None if best is None else trial_row(best, run)

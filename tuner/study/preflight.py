@@ -11,7 +11,7 @@ every failure would spend the budget. The check costs seconds and creates nothin
 3. It runs one validation step of the first backbone, built from its config (random weights: nothing
    is downloaded), on two validation documents, and reads which metrics the model logs.
 
-:func:`tuner.study.runner.run_study` and :func:`tuner.study.workers.run_workers` run it before they open the study.
+:func:`tuner.study.run.run_study` and :func:`tuner.study.pool.run_workers` run it before they open the study.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuner import backbone
-from tuner.config.schema import BackboneSpec, RunConfig
+from tuner.config.schema import BackboneSpec, StudyFile
 from tuner.data.encoding import encode_documents
 from tuner.data.module import SentenceOrderingData
 from tuner.data.readers import load_documents
@@ -49,14 +49,14 @@ class Preflight:
     seconds: float
 
 
-def backbones(run: RunConfig) -> list[tuple[str, BackboneSpec]]:
+def backbones(run: StudyFile) -> list[tuple[str, BackboneSpec]]:
     """Every backbone a trial may use, with the study key that names it."""
     if run.search.backbone:
         return [(f"search.backbone[{i}]", spec) for i, spec in enumerate(run.search.backbone)]
     return [("model.backbone", run.model.backbone)]
 
 
-def check(run: RunConfig) -> Preflight:
+def check(run: StudyFile) -> Preflight:
     """Check that ``run``'s study can work; raise a :class:`tuner.errors.TunerError` naming what to fix.
 
     Raises:
@@ -87,7 +87,7 @@ def check(run: RunConfig) -> Preflight:
     return result
 
 
-def _validation_metrics(run: RunConfig, spec: BackboneSpec, documents: list[Document]) -> tuple[str, ...]:
+def _validation_metrics(run: StudyFile, spec: BackboneSpec, documents: list[Document]) -> tuple[str, ...]:
     """The metrics one validation step of ``spec`` logs on ``documents``, in one batch."""
     data = SentenceOrderingData(replace(run.data, batch_size=len(documents)), spec.name)
     batches = data.loader(data.make_dataset(encode_documents(documents, data.tokenizer, data.max_length),

@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -22,9 +23,14 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner._compat.optuna import retry_system_attrs, stale_trial_ids, storage_of, study_id, trial_id
+from tuner.config.schema import StudyFile
 from tuner.keys import FAIL_REASON_ATTR, HOST_ATTR, PID_ATTR, STARTED_ATTR, STUDY_ERROR_ATTR, WORKER_ATTR
+from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import database_time, request_template
 from tuner.storage.records import is_not_admitted, is_study_error, lineage, retry_history
+from tuner.storage.retry import retry_deadline
+from tuner.storage.urls import resolve_url
+from tuner.study.open import open_study
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +190,20 @@ def fail_stale(study: optuna.Study, max_retries: int) -> list[int]:
     return failed
 
 
-def reap(study: optuna.Study, max_retries: int, older_than: float | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ReapedTrial:
+    """A trial :func:`reap` failed: its number, the reason recorded on it, and whether its retry was queued."""
+
+    number: int
+    reason: str
+    retried: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``tuner reap --json`` prints it."""
+        return {"number": self.number, "reason": self.reason, "retried": self.retried}
+
+
+def reap(study: optuna.Study, max_retries: int, older_than: float | None = None) -> list[ReapedTrial]:
     """Fail stale RUNNING trials by hand, for storages without heartbeats or with no worker left.
 
     A RUNNING trial is stale when its heartbeat stopped, when its worker's process is gone from this
@@ -210,7 +229,7 @@ def reap(study: optuna.Study, max_retries: int, older_than: float | None = None)
         reason = f"stale: {why}; {retry_note(trial, max_retries)}"
         if fail_and_retry(study, trial_id(trial), reason, max_retries) is None:
             continue
-        reaped.append({"number": trial.number, "reason": reason, "retried": _retries_left(trial, max_retries)})
+        reaped.append(ReapedTrial(trial.number, reason, _retries_left(trial, max_retries)))
     return reaped
 
 
@@ -244,3 +263,12 @@ def _alive(pid: Any) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def reap_study(run: StudyFile, storage: str | None = None, older_than: float | None = None) -> list[ReapedTrial]:
+    """``tuner reap``: fail the study's stale RUNNING trials and queue their retries (see :func:`reap`)."""
+    study = open_study(run, storage, create=False)
+    lock = SlotLock(resolve_url(storage, run.study.storage), run.name,
+                    retry_deadline(run.study.heartbeat_interval, run.study.grace_period))
+    with lock():
+        return reap(study, run.study.max_retries, older_than)

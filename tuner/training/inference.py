@@ -51,14 +51,15 @@ def load_checkpoint(path: str | Path, data_overrides: Mapping[str, Any] | None =
     return model, data
 
 
-def evaluate(
+def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
     files: Sequence[str | Path] = (),
     data_overrides: Mapping[str, Any] | None = None,
     trainer: TrainerConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of a checkpoint on a split of its study's data, or on each of ``files``.
+    """Metrics of a checkpoint on a split of its study's data, or on each of ``files``. Nothing is recorded
+    anywhere: :func:`tuner.study.queries.evaluate` (``tuner evaluate``) records a study's test metrics.
 
     Returns ``{name: {"kendall_tau": ..., "pmr": ..., "acc": ..., "loss": ..., "documents": n}}``.
     """

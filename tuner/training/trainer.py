@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from tuner import hardware
-from tuner.config.schema import RunConfig, TrainerConfig
+from tuner.config.schema import StudyFile, TrainerConfig
 from tuner.data.module import SentenceOrderingData
 from tuner.errors import TunerError
 from tuner.keys import METRICS, OBJECTIVE
@@ -121,7 +121,7 @@ def split_metrics(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return {name: float(values[f"{prefix}_{name}"]) for name in METRICS if f"{prefix}_{name}" in values}
 
 
-def train(run: RunConfig, output_dir: str | Path | None = None, progress: bool | None = None) -> TrainResult:
+def train(run: StudyFile, output_dir: str | Path | None = None, progress: bool | None = None) -> TrainResult:
     """Train once with the study's settings, keep the best checkpoint by validation tau, test it."""
     pl.seed_everything(run.trainer.seed, workers=True, verbose=False)
     root = Path(output_dir or Path(run.trainer.output_dir) / run.name / time.strftime("%Y%m%d-%H%M%S"))

@@ -31,9 +31,9 @@ from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import beats_when_started
 from tuner.study import recovery
 from tuner.study.heartbeat import Heartbeat
+from tuner.study.loop import _ask, _label, work
+from tuner.study.pool import _progress_line
 from tuner.study.recovery import fail_stale, used_slots
-from tuner.study.worker import _ask, _label, work
-from tuner.study.workers import _progress_line
 from tuner.training.stopping import StopSignals
 
 

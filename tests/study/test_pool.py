@@ -22,7 +22,7 @@ from processes import (
 )
 
 from tuner.storage.records import retry_of
-from tuner.study.runner import load_run, open_study
+from tuner.study.open import load_study_file, open_study
 
 
 def start_pool(study_dir: Path, n_trials: int, *args: str) -> subprocess.Popen[str]:
@@ -39,10 +39,11 @@ def running_pids(study_dir: Path) -> list[int]:
 
 
 def test_workers_sample_with_their_own_seeds(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.study.runner import load_run, worker_index
+    from tuner.study.env import worker_index
+    from tuner.study.open import load_study_file
 
     monkeypatch.chdir(study_dir)
-    run = load_run("tiny", ['study.storage="sqlite:///:memory:"'])
+    run = load_study_file("tiny", ['study.storage="sqlite:///:memory:"'])
 
     def first_learning_rates(index: int) -> list[float]:
         study = open_study(run, worker_index=index)
@@ -124,11 +125,11 @@ DEAF_CHILD = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SI
 
 
 def test_workers_started_before_a_failed_start_are_stopped(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.study import workers
+    from tuner.study import pool
 
     monkeypatch.chdir(study_dir)
-    monkeypatch.setattr(workers, "check_study", lambda run: None)  # not what this test is about
-    monkeypatch.setattr(workers, "KILL_AFTER_S", 0.5)
+    monkeypatch.setattr(pool, "check_study", lambda run: None)  # not what this test is about
+    monkeypatch.setattr(pool, "KILL_AFTER_S", 0.5)
     popen = subprocess.Popen
     started: list[subprocess.Popen[bytes]] = []
 
@@ -140,10 +141,10 @@ def test_workers_started_before_a_failed_start_are_stopped(study_dir: Path, monk
         started.append(child)
         return child
 
-    monkeypatch.setattr(workers.subprocess, "Popen", start)
+    monkeypatch.setattr(pool.subprocess, "Popen", start)
     try:
         with pytest.raises(OSError, match="fork failed on purpose"):
-            workers.run_workers(load_run("tiny"), study_dir / "studies" / "tiny.toml", 3)
+            pool.run_workers(load_study_file("tiny"), study_dir / "studies" / "tiny.toml", 3)
         assert [child.returncode for child in started] == [-signal.SIGKILL, -signal.SIGKILL]  # SIGTERM ignored
         for child in started:
             with pytest.raises(ProcessLookupError):
@@ -168,7 +169,7 @@ out.write(b"done\\n")
 
 def test_the_relay_drains_a_workers_output_whatever_one_line_does(capsys: pytest.CaptureFixture[str],
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    from tuner.study.workers import _relay
+    from tuner.study.pool import _relay
 
     class LostStudy:
         def get_trials(self, deepcopy: bool) -> list[object]:
@@ -188,5 +189,5 @@ def test_the_relay_drains_a_workers_output_whatever_one_line_does(capsys: pytest
     out = capsys.readouterr().out
     assert out.startswith("[w0] trial 0: COMPLETE\n[w0] not utf-8: \ufffd\n") and out.endswith("[w0] done\n")
     assert out.count(f"[w0] {'x' * 127}\n") == 8192
-    [warning] = [r for r in caplog.records if r.name == "tuner.study.workers"]  # once, not once a line
+    [warning] = [r for r in caplog.records if r.name == "tuner.study.pool"]  # once, not once a line
     assert "w0" in warning.getMessage() and "the database is gone on purpose" in warning.getMessage()

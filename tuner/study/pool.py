@@ -2,7 +2,7 @@
 
 The pre-flight check runs here once; each worker is a ``tuner run`` process with an even share of the
 CPU threads and, where GPUs are visible, one of them. Signals are forwarded, so the workers end their
-trials cleanly; a worker whose parent is gone stops as on SIGTERM (:class:`tuner.study.runner.ParentWatch`).
+trials cleanly; a worker whose parent is gone stops as on SIGTERM (:class:`tuner.study.env.ParentWatch`).
 """
 
 from __future__ import annotations
@@ -22,19 +22,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.schema import RunConfig
+from tuner.config.schema import StudyFile
 from tuner.storage.records import best_row
 from tuner.storage.sqlite import check_sqlite_for_workers
 from tuner.storage.urls import mask, resolve_url
-from tuner.study.runner import (
-    PARENT_PID_VARIABLE,
-    RunSummary,
-    check_study,
-    finished,
-    open_study,
-    requested_threads,
-    worker_index,
-)
+from tuner.study.env import PARENT_PID_VARIABLE, requested_threads, worker_index
+from tuner.study.open import check_study, open_study
+from tuner.study.run import RunSummary, finished
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +40,7 @@ KILL_AFTER_S = 10.0  # how long a worker has to end after SIGTERM when starting 
 
 
 def run_workers(
-    run: RunConfig,
+    run: StudyFile,
     study_file: str | Path,
     workers: int,
     overrides: list[str] | tuple[str, ...] = (),

@@ -19,8 +19,8 @@ from tuner.keys import TOKEN_ATTR
 from tuner.storage.lock import SlotLock
 from tuner.storage.rdb import open_storage
 from tuner.storage.records import is_not_admitted, retry_history
+from tuner.study.loop import work
 from tuner.study.recovery import fail_stale, used_slots
-from tuner.study.worker import work
 from tuner.training.stopping import StopSignals
 
 BUDGET = 3
