@@ -12,8 +12,9 @@ of training seeds (its k-th trial gets the k-th draw), so policies are compared 
 
 Compute is charged from the table, never from a clock: the training tokens up to where the trial stopped
 and its own validations (a policy that validates once an epoch pays for those only), each at the median
-CPU seconds per token and per validation of its (backbone, batch size) over the whole table, so that one
-configuration measured while the machine was busy does not skew the rest; the fixed costs each trial pays
+CPU seconds per token and per validation of its (backbone, batch size) over the configurations trained on
+the table's first machine, so that one configuration measured while the machine was busy does not skew the
+rest, and a table resumed on another machine gains curves but keeps one price list; the fixed costs each trial pays
 (loading the backbone; tokenising, unless the policy caches it); and the LR finder's measured cost the first
 time a policy runs it for a (backbone, batch size). The budget is ``--budget-trials`` times the mean cost of
 one whole configuration.
@@ -198,11 +199,20 @@ class Table:
 
     def __post_init__(self) -> None:
         # The cost model: a (backbone, batch size)'s median CPU s per training token and per validation over
-        # the whole table, so that a configuration trained while the machine was busy is not charged more.
+        # the configurations trained on the table's first machine, so that a configuration trained while the
+        # machine was busy is not charged more, and sittings on other machines add curves, not prices.
+        sittings = self.raw.get("sittings", [])
+        reference = _machine_key(sittings[0]["machine"]) if sittings else None
         groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for config in self.raw["configs"].values():
-            if config["curve"]:
+            sitting = config.get("sitting", 0)
+            machine = _machine_key(sittings[sitting]["machine"]) if sitting < len(sittings) else None
+            if config["curve"] and machine == reference:
                 groups.setdefault((config["backbone"], config["batch_size"]), []).append(config)
+        unpriced = {(c["backbone"], c["batch_size"]) for c in self.raw["configs"].values()} - set(groups)
+        if unpriced:
+            raise SystemExit(f"{self.path}: no configuration of {sorted(unpriced)[0]} was trained on the table's "
+                             "first machine, so its cost cannot be priced")
         self.prices = {
             key: (statistics.median(c["curve"][-1]["train_cpu_s"] / max(1, c["curve"][-1]["tokens"]) for c in found),
                   statistics.median(c["curve"][-1]["val_cpu_s"] / len(c["curve"]) for c in found))
@@ -220,6 +230,11 @@ class Table:
             records = _evaluated(config["curve"], policy.evals, self.evals_per_epoch)
             costs.append(self.cost(config, records, len(records) - 1) if records else 0.0)
         return statistics.fmean(costs)
+
+
+def _machine_key(machine: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two sittings' CPU seconds comparable: the processor, its threads and the precision."""
+    return tuple(machine.get(k) for k in ("cpu_model", "cpu_capability", "amx", "torch_threads", "precision"))
 
 
 def _backbone_order(raw: dict[str, Any]) -> Callable[[str], int]:
@@ -597,7 +612,8 @@ def render_markdown(results: Sequence[dict[str, Any]]) -> str:
              "seeds with a bootstrap 95% band; the target is `tau* - 0.01`; a seed that never reaches it is "
              "charged the whole budget.", "", "![median regret against compute](bench/results/replay.png)", ""]
     for result in results:
-        machines = sorted({m.get("cpu", "?") for m in result["table_machines"]})
+        machines = sorted({f"{m.get('cpu_model', '?')} ({m.get('cpu_capability', '?')}, {m.get('precision', '?')})"
+                           for m in result["table_machines"]})
         lines += [f"#### {_task(result)}", "",
                   f"`{result['table']}`, built on {', '.join(machines)}. tau* = {result['tau_star']:.3f} "
                   f"({', '.join(map(str, result['best_config']))}); target {result['target']:.3f}; budget "

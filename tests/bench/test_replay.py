@@ -109,6 +109,25 @@ def test_a_configuration_measured_on_a_busy_machine_is_charged_at_the_table_medi
     assert table.cost(table.curve("large", 8, RATES[0], 0), [3, 7], 0) == pytest.approx(40.0 + 0.5)
 
 
+def test_a_table_resumed_on_another_machine_keeps_the_first_machine_s_prices(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    raw = json.loads(path.read_text())
+    raw["sittings"].append({"machine": {"cpu_model": "faster", "precision": "bf16-mixed"}})
+    for key, config in raw["configs"].items():
+        config["sitting"] = 1 if config["seed"] == 1 else 0
+        for record in config["curve"]:
+            record["train_cpu_s"] /= 1 if config["seed"] == 0 else 4  # the second machine is 4x faster
+    path.write_text(json.dumps(raw))
+    table = Table.load(path)
+    assert table.cost(table.curve("large", 8, RATES[0], 1), [3, 7], 0) == pytest.approx(40.0 + 0.5)
+
+    for config in raw["configs"].values():
+        config["sitting"] = 1 if config["batch_size"] == 16 else 0
+    path.write_text(json.dumps(raw))
+    with pytest.raises(SystemExit, match="was trained on the table's first machine"):
+        Table.load(path)
+
+
 def test_random_search_without_pruning_is_charged_whole_trials(table: Table) -> None:
     result = replay(table, default_policies()["random"], seed=3, budget=1000.0)
     assert all(t["state"] == "COMPLETE" for t in result["trials"][:-1]) and result["trials"][-1]["state"] == "BUDGET"
