@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -58,8 +59,9 @@ class Policy:
     """A search policy as the replay runs it.
 
     Args:
-        sampler: ``random``, ``tpe`` (Optuna's ``TPESampler`` with ``sampler_options``) or ``tuner`` (the
-            sampler ``tuner.hpo.search.build_sampler`` makes from ``study.sampler``'s defaults).
+        sampler: ``random``, ``tpe`` (Optuna's ``TPESampler`` with ``sampler_options``), ``tuner`` (the
+            sampler ``tuner.hpo.search.build_sampler`` makes from ``study.sampler``'s defaults), or ``oracle``
+            (every trial is the table's best configuration: no search can need less compute on average).
         pruner: ``none``, ``median`` (Optuna's ``MedianPruner`` with ``pruner_options``), ``hyperband``,
             ``successive_halving``, or ``tuner`` (``build_pruner`` from ``study.pruner``'s defaults).
         evals: ``epoch`` (a validation at each epoch's end, Lightning's default) or ``all`` (every validation
@@ -67,6 +69,8 @@ class Policy:
         objective: ``last`` (the last validation, as optuna-examples and HF return) or ``best``.
         baseline: the first trial is tuner's baseline (``BASELINE_LEARNING_RATE``, the first of each choice).
         baseline_per_backbone: with ``baseline``, one baseline trial per backbone, in the study file's order.
+        baseline_finder: with ``baseline`` and a finder, the baseline runs the finder and trains at its
+            suggestion (a multiplier of 1) where it is reliable, instead of ``BASELINE_LEARNING_RATE``.
         finder: ``off``, or ``tuner`` (tuner's LR-finder rule: scale mode, run where it costs at most
             ``max_cost`` of the trial's steps, its suggestion times a sampled multiplier when reliable).
         finder_max_cost, finder_multiplier: override ``LRFinderConfig.max_cost`` and ``.multiplier``.
@@ -91,6 +95,7 @@ class Policy:
     baseline: bool = False
     finder: str = "off"
     baseline_per_backbone: bool = False
+    baseline_finder: bool = False
     finder_max_cost: float | None = None
     finder_multiplier: tuple[float, float] | None = None
     finder_scope: str = "config"
@@ -107,6 +112,8 @@ def default_policies() -> dict[str, Policy]:
 
     study = StudyConfig()
     return {
+        # the floor: every trial is the table's best configuration, so only the training seed's luck is left
+        "oracle": Policy("oracle", sampler="oracle", pruner="none", objective="best", cache=True),
         "random": Policy("random", sampler="random", pruner="none"),
         # optuna-examples pytorch_lightning_simple.py: TPESampler(), MedianPruner(), report at each epoch's end
         "optuna_example": Policy("optuna_example", sampler="tpe", pruner="median"),
@@ -124,7 +131,7 @@ def parse_variant(text: str, base: dict[str, Policy]) -> Policy:
     plain strings; ``sampler.X`` and ``pruner.X`` set an option)."""
     name, _, assignments = text.partition(":")
     policy = replace(base["tuner"], name=name)
-    for item in filter(None, assignments.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", assignments)):  # a list value keeps its commas
         key, sep, raw = item.partition("=")
         if not sep:
             raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=VALUE")
@@ -193,9 +200,10 @@ class Table:
         return statistics.fmean(_best_val(self.curve(backbone, batch_size, rate, s)) for s in self.seeds)
 
     def best_config(self) -> tuple[float, tuple[str, int, float]]:
-        scored = [(self.config_mean(b, s, r), (b, s, r)) for b in self.backbones for s in self.batch_sizes
-                  for r in self.rates]
-        return max(scored)
+        if not hasattr(self, "_best"):
+            self._best = max((self.config_mean(b, s, r), (b, s, r)) for b in self.backbones
+                             for s in self.batch_sizes for r in self.rates)
+        return self._best
 
     def __post_init__(self) -> None:
         # The cost model: a (backbone, batch size)'s median CPU s per training token and per validation over
@@ -258,7 +266,7 @@ def _evaluated(curve: Sequence[dict[str, Any]], evals: str, per_epoch: int) -> l
 # --- one replay -----------------------------------------------------------------------------------------------
 
 def _sampler(policy: Policy, seed: int) -> optuna.samplers.BaseSampler:
-    if policy.sampler == "random":
+    if policy.sampler in ("random", "oracle"):
         return optuna.samplers.RandomSampler(seed=seed)
     if policy.sampler == "tuner":
         from tuner.config.schema import SamplerConfig
@@ -326,11 +334,17 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
 
             for backbone in backbones if policy.baseline_per_backbone else backbones[:1]:
                 study.enqueue_trial({"backbone": backbone, "batch_size": table.batch_sizes[0],
-                                     "learning_rate": BASELINE_LEARNING_RATE}, user_attrs={"baseline": True})
+                                     "learning_rate": BASELINE_LEARNING_RATE,
+                                     **({"lr_multiplier": 1.0} if policy.baseline_finder else {})},
+                                    user_attrs={"baseline": True})
         finders: set[str] = set()
         tokenized: set[str] = set()
         low, high = policy.lr_range or (table.low, table.high)
         while spent < part_budget:
+            if policy.sampler == "oracle":
+                best_backbone, best_batch, best_rate = table.best_config()[1]
+                study.enqueue_trial({"backbone": best_backbone, "batch_size": best_batch,
+                                     "learning_rate": best_rate})
             trial = study.ask()
             backbone = trial.suggest_categorical("backbone", backbones)
             batch_size = trial.suggest_categorical("batch_size", table.batch_sizes)
@@ -344,7 +358,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             elif not (policy.per_backbone and backbone in tokenized):  # HF tokenises once per search
                 spent += costs["tokenize_cpu_s"]
             tokenized.add(backbone)
-            if policy.finder == "tuner" and not trial.user_attrs.get("baseline"):
+            if policy.finder == "tuner" and (policy.baseline_finder or not trial.user_attrs.get("baseline")):
                 learning_rate, finder_cost = _finder_rate(table, policy, trial, backbone, batch_size, learning_rate,
                                                           finders)
                 spent += finder_cost
@@ -502,7 +516,7 @@ def summarize(table: Table, runs: dict[str, list[dict[str, Any]]], budget: float
                           for v in (best_at(r["events"], f * budget) for r in results)] for f in BUDGET_POINTS}
                for name, results in runs.items()}
     versus = {a: {b: regret_versus(regrets[a], regrets[b], policies[b]["regret"]) for b in runs if b in PEERS}
-              for a in runs if a not in PEERS}
+              for a in runs if a not in PEERS and a != "oracle"}
     return {"tau_star": tau_star, "best_config": list(best), "target": target, "budget_cpu_s": budget,
             "policies": policies, "speedup": speedups, "regret_versus": versus}
 

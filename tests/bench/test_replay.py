@@ -262,3 +262,10 @@ def test_a_warm_start_seeds_the_sampler_with_the_other_table_s_trials(tmp_path: 
     assert len(warm["study_trials"]) == len(seeded) + len(warm["trials"])
     assert [t["backbone"] for t in warm["trials"]] != [t["backbone"] for t in cold["trials"]] or \
         [t["sampled_rate"] for t in warm["trials"]] != [t["sampled_rate"] for t in cold["trials"]]
+
+
+def test_the_oracle_trains_the_best_configuration_every_time(table: Table) -> None:
+    result = replay(table, default_policies()["oracle"], seed=5, budget=800.0)
+    _, (backbone, batch_size, rate) = table.best_config()
+    assert len(result["trials"]) > 2
+    assert {(t["backbone"], t["batch_size"], t["rate"]) for t in result["trials"]} == {(backbone, batch_size, rate)}
