@@ -113,7 +113,7 @@ def test_a_table_resumed_on_another_machine_keeps_the_first_machine_s_prices(tmp
     path = synthetic_table(tmp_path)
     raw = json.loads(path.read_text())
     raw["sittings"].append({"machine": {"cpu_model": "faster", "precision": "bf16-mixed"}})
-    for key, config in raw["configs"].items():
+    for config in raw["configs"].values():
         config["sitting"] = 1 if config["seed"] == 1 else 0
         for record in config["curve"]:
             record["train_cpu_s"] /= 1 if config["seed"] == 0 else 4  # the second machine is 4x faster
