@@ -74,8 +74,9 @@ class Policy:
         finder: ``off``, or ``tuner`` (tuner's LR-finder rule: scale mode, run where it costs at most
             ``max_cost`` of the trial's steps, its suggestion times a sampled multiplier when reliable).
         finder_max_cost, finder_multiplier: override ``LRFinderConfig.max_cost`` and ``.multiplier``.
-        finder_scope: ``config`` runs the finder once per (backbone, batch size), as tuner does; ``study``
-            runs it once, for the first trial's, and scales every trial's rate from that suggestion.
+        finder_scope: ``config`` runs the finder once per (backbone, batch size); ``study`` scales every
+            trial's rate from the first reliable suggestion, running the finder for each new (backbone, batch
+            size) only until one is reliable.
         lr_range: the sampler's learning-rate range, where it is narrower than the table's (a prior).
         cache: tokenisation is cached across trials (tuner), else paid by every trial.
         per_backbone: one search per backbone with an equal share of the budget (HF's hyperparameter_search).
@@ -337,7 +338,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
                                      "learning_rate": BASELINE_LEARNING_RATE,
                                      **({"lr_multiplier": 1.0} if policy.baseline_finder else {})},
                                     user_attrs={"baseline": True})
-        finders: set[str] = set()
+        finders: dict[str, None] = {}  # the finder curves run so far, in order
         tokenized: set[str] = set()
         low, high = policy.lr_range or (table.low, table.high)
         while spent < part_budget:
@@ -413,16 +414,16 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
 
 
 def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: str, batch_size: int,
-                 sampled: float, finders: set[str]) -> tuple[float, float]:
+                 sampled: float, finders: dict[str, None]) -> tuple[float, float]:
     """tuner's LR-finder rule (``tuner.hpo.objective.Objective._learning_rate``) on the table's finder curve."""
     from tuner.config.schema import LRFinderConfig
 
     config = LRFinderConfig()
     max_cost = policy.finder_max_cost if policy.finder_max_cost is not None else config.max_cost
     key = f"{backbone}|{batch_size}"
-    if policy.finder_scope == "study":
-        key = next(iter(finders), key)  # the first trial's finder serves every later one
-        backbone, batch_size = key.rsplit("|", 1)[0], int(key.rsplit("|", 1)[1])
+    if policy.finder_scope == "study":  # the first reliable curve serves every trial; until then, each its own
+        key = next((k for k in finders if (_finder(table, *_split(k)) or {}).get("reliable")), key)
+        backbone, batch_size = _split(key)
     found = _finder(table, backbone, batch_size)
     if found is None:
         return sampled, 0.0
@@ -430,11 +431,16 @@ def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: st
     if key not in finders and found["num_training"] > max_cost * steps * table.epochs:
         return sampled, 0.0
     cost = 0.0 if key in finders else float(found["cpu_s"])
-    finders.add(key)
+    finders[key] = None
     if not found["reliable"]:
         return sampled, cost
     multiplier = trial.suggest_float("lr_multiplier", *(policy.finder_multiplier or config.multiplier), log=True)
     return float(found["suggestion"]) * multiplier, cost
+
+
+def _split(key: str) -> tuple[str, int]:
+    backbone, batch_size = key.rsplit("|", 1)
+    return backbone, int(batch_size)
 
 
 def _remaining_cost(config: dict[str, Any], table: Table) -> float:
