@@ -109,9 +109,9 @@ class Policy:
 
 def default_policies() -> dict[str, Policy]:
     """The peers as their users run them, and tuner with its defaults (read from tuner's own code)."""
-    from tuner.config.schema import StudyConfig
+    from tuner.config.schema import StudyConfig, TrainerConfig
 
-    study = StudyConfig()
+    study, trainer = StudyConfig(), TrainerConfig()
     return {
         # the floor: every trial is the table's best configuration, so only the training seed's luck is left
         "oracle": Policy("oracle", sampler="oracle", pruner="none", objective="best", cache=True),
@@ -122,8 +122,11 @@ def default_policies() -> dict[str, Policy]:
         "tpe_hyperband": Policy("tpe_hyperband", sampler="tpe", pruner="hyperband"),
         # Trainer.hyperparameter_search(backend="optuna"): TPE, create_study's MedianPruner, one search per backbone
         "hf": Policy("hf", sampler="tpe", pruner="median", per_backbone=True),
+        # trainer.val_check_interval="auto" validates 4 times an epoch where an epoch has 40 batches, as the tables do
         "tuner": Policy("tuner", sampler="tuner", pruner="tuner", objective=study.objective, baseline=study.baseline,
-                        finder="tuner" if study.lr_finder.mode != "off" else "off", cache=True, stop_diverged=True),
+                        baseline_finder=True, finder="tuner" if study.lr_finder.mode != "off" else "off",
+                        finder_scope=study.lr_finder.scope, evals="all" if trainer.val_check_interval == "auto" else
+                        "epoch", cache=True, stop_diverged=True),
     }
 
 

@@ -52,8 +52,10 @@ def test_lr_finder_results_are_recorded(study_dir: Path, monkeypatch: pytest.Mon
     run_study(run, progress=False)
     study = open_study(run)
     finders = [t.user_attrs["lr_finder"] for t in study.trials]
-    assert finders[0]["used"] == "baseline"
-    for info, trial in zip(finders[1:], study.trials[1:], strict=True):
+    # the baseline runs the finder too, and trains at its suggestion where it is reliable
+    assert finders[0]["used"] == ("suggestion" if finders[0]["reliable"] else "baseline (finder unreliable)")
+    assert "lr_multiplier" not in study.trials[0].params
+    for info, trial in zip(finders, study.trials, strict=True):
         assert info["mode"] == mode and "reliable" in info and "suggestion" in info
         # in suggest mode no study attribute holds the curve: the trial keeps it, for reports
         assert ("lr" in info and len(info["lr"]) == len(info["loss"]) > 0) == (mode == "suggest")
@@ -174,3 +176,94 @@ def test_a_finder_costing_more_than_a_trial_is_not_run(study_dir: Path, monkeypa
         assert info["reason"] == "its 20 steps would cost more than 0.5 x this trial's 24 training steps"
         assert trial.user_attrs["lr_used"] == trial.params["learning_rate"] and "lr_multiplier" not in trial.params
     assert not [k for k in study.user_attrs if k.startswith("lr_finder:")]
+
+
+def _fake_finder(monkeypatch: pytest.MonkeyPatch, reliable_for: set[int]) -> list[int]:
+    """Replace the LR finder with one that records the batch size it ran for, suggests 1e-3 x that batch
+    size, and is reliable for the batch sizes in ``reliable_for``."""
+    from tuner.hpo import objective
+
+    calls: list[int] = []
+
+    def finder(run: Any, model: Any, data: Any, root: Path, signals: Any = None) -> dict[str, Any]:
+        calls.append(run.data.batch_size)
+        reliable = run.data.batch_size in reliable_for
+        return {"suggestion": 1e-3 * run.data.batch_size, "reliable": reliable, "reason": "fake",
+                "lr": [1e-5, 1e-4], "loss": [0.7, 0.6], "seconds": 0.5}
+
+    monkeypatch.setattr(objective, "run_finder", finder)
+    return calls
+
+
+@pytest.mark.parametrize("scope", ["study", "config"])
+def test_the_finder_runs_once_per_study_or_once_per_batch_size(study_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               scope: str) -> None:
+    monkeypatch.chdir(study_dir)
+    calls = _fake_finder(monkeypatch, reliable_for={8, 16})
+    run = load_study_file("tiny", [f'study.lr_finder={{mode="scale", scope="{scope}", num_training=20, max_cost=10}}',
+                                   "study.n_trials=6", 'study.pruner="none"', "trainer.max_epochs=1",
+                                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    run_study(run, progress=False)
+    trials = open_study(run).trials
+    sizes = [t.params["batch_size"] for t in trials]
+    assert set(sizes) == {8, 16}  # the random draws reach both batch sizes
+    # the baseline (batch size 8, the first) runs the finder and trains at its suggestion
+    assert trials[0].user_attrs["lr_finder"]["used"] == "suggestion" and "lr_multiplier" not in trials[0].params
+    assert trials[0].user_attrs["lr_used"] == pytest.approx(8e-3)
+    assert calls == ([8] if scope == "study" else [8, 16])
+    for trial in trials[1:]:
+        served = 8 if scope == "study" else trial.params["batch_size"]
+        info = trial.user_attrs["lr_finder"]
+        assert info["key"].endswith(f"|{served}") and info["cached"] == (trial.number > sizes.index(served))
+        assert 0.5 <= trial.params["lr_multiplier"] <= 2.0
+        assert trial.user_attrs["lr_used"] == pytest.approx(1e-3 * served * trial.params["lr_multiplier"])
+
+
+def test_a_study_wide_finder_runs_again_until_one_is_reliable(study_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    calls = _fake_finder(monkeypatch, reliable_for={16})
+    run = load_study_file("tiny", ['study.lr_finder={mode="scale", num_training=20, max_cost=10}', "study.n_trials=6",
+                                   'study.pruner="none"', "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                                   "trainer.limit_val_batches=1"])
+    run_study(run, progress=False)
+    trials = open_study(run).trials
+    first_16 = [t.params["batch_size"] for t in trials].index(16)
+    assert calls == [8, 16]  # batch size 8's curve is unreliable, so the first trial of 16 runs its own
+    baseline = trials[0]
+    assert baseline.user_attrs["lr_finder"]["used"] == "baseline (finder unreliable)"
+    assert baseline.user_attrs["lr_used"] == search.BASELINE_LEARNING_RATE
+    for trial in trials[1:first_16]:  # batch size 8, before any curve was reliable: the sampled rate
+        assert trial.user_attrs["lr_finder"]["used"] == "sampled (finder unreliable)"
+        assert trial.user_attrs["lr_used"] == trial.params["learning_rate"]
+    for trial in trials[first_16:]:  # from then on, 16's suggestion serves every batch size
+        assert trial.user_attrs["lr_finder"]["key"].endswith("|16")
+        assert trial.user_attrs["lr_used"] == pytest.approx(16e-3 * trial.params["lr_multiplier"])
+
+
+def test_a_baseline_whose_finder_costs_too_much_trains_at_its_own_rate(study_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    calls = _fake_finder(monkeypatch, reliable_for={8, 16})
+    run = load_study_file("tiny", ['study.lr_finder={mode="scale", num_training=20, max_cost=0.5}', "study.n_trials=1",
+                                   'study.pruner="none"', "search.batch_size=[8]"])
+    run_study(run, progress=False)
+    [baseline] = open_study(run).trials
+    assert not calls
+    assert baseline.user_attrs["lr_finder"]["used"] == "baseline (finder too costly)"
+    assert baseline.user_attrs["lr_used"] == search.BASELINE_LEARNING_RATE
+
+
+def test_auto_validates_a_long_epoch_four_times_and_reports_each(study_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(study_dir)
+    run = load_study_file("tiny", ['trainer.val_check_interval="auto"', "trainer.max_epochs=1", "study.n_trials=1",
+                                   "search.batch_size=[2]", "data.batch_size=2", 'study.pruner="none"',
+                                   "trainer.limit_val_batches=1"])
+    data = SentenceOrderingData(run.data, run.model.backbone.name)
+    data.setup("fit")
+    assert training_steps(run, data) == 48
+    run_study(run, progress=False)
+    [trial] = open_study(run).trials
+    assert [record["step"] for record in trial.user_attrs["history"]] == [12, 24, 36, 48]
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]

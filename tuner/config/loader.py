@@ -274,6 +274,14 @@ def _coerced(cls: type, table: Mapping[str, Any], section: str) -> dict[str, Any
     return {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in table.items()}
 
 
+def _describe(hint: Any) -> str:
+    """A field type in the words of an error message."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
+    words = {float: "a number", int: "a whole number", str: "a string", bool: "true or false"}
+    return words.get(hint, "a list" if typing.get_origin(hint) is tuple else getattr(hint, "__name__", str(hint)))
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a field's type; TOML arrays become tuples."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -288,7 +296,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} has the wrong type")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        expected = " or ".join(_describe(option) for option in args if option is not type(None))
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")

@@ -165,7 +165,8 @@ class TrainerConfig:
     devices: int = 1
     strategy: str = "auto"
     seed: int = 0
-    val_check_interval: float = 1.0
+    # "auto": several validations an epoch where it is long enough (tuner.training.trainer.validation_interval)
+    val_check_interval: float | Literal["auto"] = "auto"
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
     gradient_clip_val: float = 1.0
@@ -184,7 +185,8 @@ class TrainerConfig:
         _check(self.precision in PRECISIONS, "trainer.precision",
                f"unknown precision {self.precision!r}; use 'auto' (the best for the hardware), 'bf16-mixed', "
                "'16-mixed' or '32-true'")
-        _check(0 < self.val_check_interval, "trainer.val_check_interval", "must be positive")
+        _check(self.val_check_interval == "auto" or 0 < self.val_check_interval, "trainer.val_check_interval",
+               "must be positive, or 'auto'")
         _check(0 < self.limit_train_batches, "trainer.limit_train_batches", "must be positive")
         _check(0 < self.limit_val_batches, "trainer.limit_val_batches", "must be positive")
         _check(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be 0 or more")
@@ -198,6 +200,7 @@ PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient",
 
 
 LR_FINDER_MODES = ("off", "suggest", "scale")
+LR_FINDER_SCOPES = ("study", "config")
 
 
 @dataclass(frozen=True)
@@ -228,25 +231,30 @@ class LRFinderConfig:
     """Lightning's learning-rate finder, and how far its suggestion is trusted.
 
     ``mode``: ``off`` uses the sampled learning rate; ``suggest`` uses the finder's suggestion;
-    ``scale`` runs the finder once per (backbone, batch size), caches it in the study, and samples a
-    log-uniform ``multiplier`` of the suggestion. A finder whose smoothed loss did not drop by at least
-    ``min_drop`` (a fraction of its starting loss) is unreliable: the sampled learning rate is used.
-    The finder runs only where its ``num_training`` steps are at most ``max_cost`` times the training
-    steps of the trial that would run it: on a small data set, or with few epochs, a finder costing more
-    than that share of a trial is not paid back, and the trial keeps its sampled learning rate.
+    ``scale`` caches the finder's curve in the study and samples a log-uniform ``multiplier`` of the
+    suggestion. ``scope``: ``study`` scales every trial's rate from the first reliable suggestion, so the
+    finder runs once, or again for a new (backbone, batch size) while none is reliable; ``config`` runs it
+    once per (backbone, batch size). A finder whose smoothed loss did not drop by at least ``min_drop`` (a
+    fraction of its starting loss) is unreliable: the sampled learning rate is used. The finder runs only
+    where its ``num_training`` steps are at most ``max_cost`` times the training steps of the trial that
+    would run it; otherwise that trial keeps its sampled learning rate. The baseline trial runs the finder
+    and trains at its suggestion. Why these defaults: docs/studies.md#learning-rate-finder.
     """
 
     mode: str = "scale"
+    scope: str = "study"
     num_training: int = 100
     min_lr: float = 1e-6
     max_lr: float = 1e-2
-    multiplier: tuple[float, float] = (0.03, 1.0)
+    multiplier: tuple[float, float] = (0.5, 2.0)
     min_drop: float = 0.1
-    max_cost: float = 0.25
+    max_cost: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.mode in LR_FINDER_MODES, "study.lr_finder.mode",
                f"unknown mode {self.mode!r}; use one of {LR_FINDER_MODES}")
+        _check(self.scope in LR_FINDER_SCOPES, "study.lr_finder.scope",
+               f"unknown scope {self.scope!r}; use one of {LR_FINDER_SCOPES}")
         _check(self.num_training >= 20, "study.lr_finder.num_training", "must be at least 20 steps")
         _check(0 < self.min_lr < self.max_lr, "study.lr_finder.min_lr", "must be positive and below max_lr")
         low, high = self.multiplier

@@ -33,7 +33,7 @@ from tuner.model.orderer import SentenceOrderer
 from tuner.storage.records import retry_history
 from tuner.training import distributed
 from tuner.training.stopping import StopOnSignal, StopSignals
-from tuner.training.trainer import ValidationHistory, build_trainer
+from tuner.training.trainer import ValidationHistory, build_trainer, train_batches
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ class Objective:
         pruning = ReportingPruningCallback(trial, run.study.metric)
         stop = StopOnSignal(self.signals, root / "checkpoints" / "last.ckpt", trial)
         trainer = build_trainer(run.trainer, root, [checkpoint, history, pruning, NaNGuard(), stop],
-                                logger=_loggers(root), progress=self.progress)
+                                logger=_loggers(root), progress=self.progress,
+                                batches_per_epoch=train_batches(run, data))
         if resume is not None:
             trial.set_user_attr("resumed_from", str(resume))
         fit_started = time.perf_counter()
@@ -161,23 +162,30 @@ class Objective:
 
     def _learning_rate(self, trial: optuna.Trial, run: StudyFile, data: SentenceOrderingData,
                        root: Path) -> tuple[float, dict[str, Any]]:
-        """The learning rate to train with, by ``study.lr_finder.mode``, and what the finder said."""
+        """The learning rate to train with, by ``study.lr_finder`` (its rules: :class:`LRFinderConfig`), and
+        what the finder said. The baseline trial trains at the suggestion itself, else at its own rate."""
         sampled = run.model.learning_rate
-        mode = run.study.lr_finder.mode
-        if mode == "off" or trial.user_attrs.get(BASELINE_ATTR):
-            # the baseline trial keeps its own learning rate (BASELINE_LEARNING_RATE), whatever the mode
-            return sampled, {"mode": mode, "used": "sampled" if mode == "off" else "baseline"}
+        config = run.study.lr_finder
+        mode = config.mode
+        if mode == "off":
+            return sampled, {"mode": mode, "used": "sampled"}
+        fallback = "baseline" if trial.user_attrs.get(BASELINE_ATTR) else "sampled"
         key = f"{FINDER_ATTR}{run.model.backbone.label}|{run.data.batch_size}"
-        cached = trial.study.user_attrs.get(key) if mode == "scale" else None
+        cached = None
+        if mode == "scale":
+            found = trial.study.user_attrs
+            if config.scope == "study":  # the first reliable curve, by key, serves every trial
+                key = next((k for k in sorted(found) if k.startswith(FINDER_ATTR) and found[k]["reliable"]), key)
+            cached = found.get(key)
         ran_here = cached is None
         if cached is None:
-            config = run.study.lr_finder
             steps = training_steps(run, data)  # only a finder about to run is weighed: a cached one is paid for
             if config.num_training > config.max_cost * steps:
                 reason = (f"its {config.num_training} steps would cost more than {config.max_cost:g} x this "
                           f"trial's {steps} training steps")
-                log.info("LR finder not run for %s: %s; using the sampled learning rate %.3g", key, reason, sampled)
-                return sampled, {"mode": mode, "key": key, "reason": reason, "used": "sampled (finder too costly)"}
+                log.info("LR finder not run for %s: %s; using the %s learning rate %.3g", key, reason, fallback,
+                         sampled)
+                return sampled, {"mode": mode, "key": key, "reason": reason, "used": f"{fallback} (finder too costly)"}
             cached = run_finder(run, SentenceOrderer.from_config(run.model), data, root, self.signals)
             if mode == "scale":
                 trial.study.set_user_attr(key, cached)
@@ -188,12 +196,12 @@ class Objective:
             # no study attribute holds this trial's curve: keep it here for `tuner report`
             info.update(lr=cached["lr"], loss=cached["loss"])
         if not cached["reliable"]:
-            log.warning("LR finder unreliable for %s (%s); using the sampled learning rate %.3g",
-                        key, cached["reason"], sampled)
-            return sampled, {**info, "used": "sampled (finder unreliable)"}
-        if mode == "suggest":
+            log.warning("LR finder unreliable for %s (%s); using the %s learning rate %.3g",
+                        key, cached["reason"], fallback, sampled)
+            return sampled, {**info, "used": f"{fallback} (finder unreliable)"}
+        if mode == "suggest" or fallback == "baseline":
             return float(cached["suggestion"]), {**info, "used": "suggestion"}
-        multiplier = trial.suggest_float("lr_multiplier", *run.study.lr_finder.multiplier, log=True)
+        multiplier = trial.suggest_float("lr_multiplier", *config.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
                                                             "multiplier": multiplier}
 
@@ -201,10 +209,7 @@ class Objective:
 def training_steps(run: StudyFile, data: SentenceOrderingData) -> int:
     """The optimiser steps a trial of ``run`` trains for at most: its batches per epoch (after
     ``limit_train_batches``) over ``max_epochs``, fewer with gradient accumulation."""
-    batches = len(data.train_dataloader())
-    limit = run.trainer.limit_train_batches
-    batches = min(batches, int(limit)) if limit > 1 else max(1, int(batches * limit))
-    return max(1, batches // max(1, run.trainer.accumulate_grad_batches)) * run.trainer.max_epochs
+    return max(1, train_batches(run, data) // max(1, run.trainer.accumulate_grad_batches)) * run.trainer.max_epochs
 
 
 def _resume_point(trial: optuna.Trial) -> Path | None:

@@ -38,6 +38,21 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# trainer.val_check_interval = "auto": up to this many validations an epoch, at least this many batches apart
+AUTO_VALIDATIONS_PER_EPOCH = 4
+AUTO_BATCHES_BETWEEN_VALIDATIONS = 10
+
+
+def validation_interval(setting: float | str, batches_per_epoch: int | None) -> float:
+    """Lightning's ``val_check_interval`` for ``trainer.val_check_interval``: a number as it is; ``auto``
+    validates :data:`AUTO_VALIDATIONS_PER_EPOCH` times an epoch where the epoch is long enough, so that a
+    pruner judges a trial early and often (docs/studies.md#pruning), and once an epoch otherwise."""
+    if setting != "auto":
+        return float(setting)
+    count = min(AUTO_VALIDATIONS_PER_EPOCH, (batches_per_epoch or 0) // AUTO_BATCHES_BETWEEN_VALIDATIONS)
+    return 1.0 / count if count > 1 else 1.0
+
+
 def build_trainer(
     config: TrainerConfig,
     root: Path,
@@ -45,8 +60,10 @@ def build_trainer(
     logger: Logger | Sequence[Logger] | bool | None = None,
     progress: bool | None = None,
     max_epochs: int | None = None,
+    batches_per_epoch: int | None = None,
 ) -> pl.Trainer:
-    """A Lightning trainer writing under ``root``; ``progress=None`` shows a bar only on a terminal."""
+    """A Lightning trainer writing under ``root``; ``progress=None`` shows a bar only on a terminal;
+    ``batches_per_epoch`` (after ``limit_train_batches``) sizes ``val_check_interval = "auto"``."""
     quiet_lightning()
     if logger is None:
         logger = CSVLogger(str(root), name="logs", version="")
@@ -57,7 +74,7 @@ def build_trainer(
         use_distributed_sampler=False,  # the data module shards its own batches (DocumentBatchSampler)
         precision=hardware.resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
         max_epochs=max_epochs or config.max_epochs,
-        val_check_interval=config.val_check_interval,
+        val_check_interval=validation_interval(config.val_check_interval, batches_per_epoch),
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
         gradient_clip_val=config.gradient_clip_val or None,
@@ -121,12 +138,20 @@ def split_metrics(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return {name: float(values[f"{prefix}_{name}"]) for name in METRICS if f"{prefix}_{name}" in values}
 
 
+def train_batches(run: StudyFile, data: SentenceOrderingData) -> int:
+    """The training batches of one epoch of ``run`` on its set-up ``data``, after ``limit_train_batches``."""
+    batches = len(data.train_dataloader())
+    limit = run.trainer.limit_train_batches
+    return min(batches, int(limit)) if limit > 1 else max(1, int(batches * limit))
+
+
 def train(run: StudyFile, output_dir: str | Path | None = None, progress: bool | None = None) -> TrainResult:
     """Train once with the study's settings, keep the best checkpoint by validation tau, test it."""
     pl.seed_everything(run.trainer.seed, workers=True, verbose=False)
     root = Path(output_dir or Path(run.trainer.output_dir) / run.name / time.strftime("%Y%m%d-%H%M%S"))
     root.mkdir(parents=True, exist_ok=True)
     data = SentenceOrderingData(run.data, run.model.backbone.name)
+    data.setup("fit")
     model = SentenceOrderer.from_config(run.model)
     model.run_settings = {"study": run.name, "trainer": asdict(run.trainer)}
     checkpoint = ModelCheckpoint(
@@ -136,7 +161,7 @@ def train(run: StudyFile, output_dir: str | Path | None = None, progress: bool |
     callbacks: list[Callback] = [checkpoint, history]
     if run.trainer.early_stopping_patience:
         callbacks.append(EarlyStopping(OBJECTIVE, mode="max", patience=run.trainer.early_stopping_patience))
-    trainer = build_trainer(run.trainer, root, callbacks, progress=progress)
+    trainer = build_trainer(run.trainer, root, callbacks, progress=progress, batches_per_epoch=train_batches(run, data))
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)
     wall = time.perf_counter() - started
