@@ -70,7 +70,8 @@ class Policy:
         baseline: the first trial is tuner's baseline (``BASELINE_LEARNING_RATE``, the first of each choice).
         baseline_per_backbone: with ``baseline``, one baseline trial per backbone, in the study file's order.
         baseline_finder: with ``baseline`` and a finder, the baseline runs the finder and trains at its
-            suggestion (a multiplier of 1) where it is reliable, instead of ``BASELINE_LEARNING_RATE``.
+            suggestion times the middle of the multiplier range where it is reliable, instead of
+            ``BASELINE_LEARNING_RATE``.
         finder: ``off``, or ``tuner`` (tuner's LR-finder rule: scale mode, run where it costs at most
             ``max_cost`` of the trial's steps, its suggestion times a sampled multiplier when reliable).
         finder_max_cost, finder_multiplier: override ``LRFinderConfig.max_cost`` and ``.multiplier``.
@@ -83,7 +84,9 @@ class Policy:
         stop_diverged: a trial whose training loss is not finite ends at that step (tuner's NaN guard).
         warm_start: another table (a path, or a file name in ``bench/results``): the same policy searches it
             first with the same replay seed, and its finished trials seed this search's sampler, as
-            ``tuner run --warm-start`` would; their compute is not charged.
+            a study seeded with another study's trials would; their compute is not charged.
+        backbones_reversed: the study file lists the backbones the other way round (the baseline takes the
+            first).
     """
 
     name: str
@@ -105,6 +108,7 @@ class Policy:
     per_backbone: bool = False
     stop_diverged: bool = False
     warm_start: str | None = None
+    backbones_reversed: bool = False
 
 
 def default_policies() -> dict[str, Policy]:
@@ -122,7 +126,7 @@ def default_policies() -> dict[str, Policy]:
         "tpe_hyperband": Policy("tpe_hyperband", sampler="tpe", pruner="hyperband"),
         # Trainer.hyperparameter_search(backend="optuna"): TPE, create_study's MedianPruner, one search per backbone
         "hf": Policy("hf", sampler="tpe", pruner="median", per_backbone=True),
-        # trainer.val_check_interval="auto" validates 4 times an epoch where an epoch has 40 batches, as the tables do
+        # trainer.val_check_interval="auto" validates 4 times an epoch where it has 40 batches, as the tables do
         "tuner": Policy("tuner", sampler="tuner", pruner="tuner", objective=study.objective, baseline=study.baseline,
                         baseline_finder=True, finder="tuner" if study.lr_finder.mode != "off" else "off",
                         finder_scope=study.lr_finder.scope, evals="all" if trainer.val_check_interval == "auto" else
@@ -180,8 +184,9 @@ class Table:
         if not configs:
             raise SystemExit(f"{path}: no configuration trained yet")
         settings = raw["settings"]
-        table = cls(path, raw, sorted({c["backbone"] for c in configs}, key=_backbone_order(raw)),
-                    sorted({c["batch_size"] for c in configs}), sorted({c["learning_rate"] for c in configs}),
+        table = cls(path, raw, sorted({c["backbone"] for c in configs}, key=_study_order(raw, "backbone")),
+                    sorted({c["batch_size"] for c in configs}, key=_study_order(raw, "batch_size")),
+                    sorted({c["learning_rate"] for c in configs}),
                     sorted({c["seed"] for c in configs}), *settings["learning_rate_range"], settings["epochs"],
                     settings["evals_per_epoch"])
         missing = [f"{b}|{s}|{lr:.4g}|{seed}" for b in table.backbones for s in table.batch_sizes
@@ -249,11 +254,20 @@ def _machine_key(machine: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(machine.get(k) for k in ("cpu_model", "cpu_capability", "amx", "torch_threads", "precision"))
 
 
-def _backbone_order(raw: dict[str, Any]) -> Callable[[str], int]:
-    """Backbones in the study file's order (the baseline's backbone is the first)."""
-    order = [k.rsplit("|", 1)[0] for k in raw.get("finder", {})]
-    seen = list(dict.fromkeys(order))
-    return lambda label: seen.index(label) if label in seen else len(seen)
+def _study_order(raw: dict[str, Any], key: str) -> Callable[[Any], tuple[int, Any]]:
+    """A choice (``backbone`` or ``batch_size``) in the order of the study file and overrides the table was built
+    from, as tuner's baseline takes the first of each; a table without one (a test's) in sorted order."""
+    settings = raw["settings"]
+    order: tuple[Any, ...] = ()
+    if "study" in settings:
+        from tuner.config.loader import read_study_file
+        from tuner.hpo.search import choices
+
+        path = ROOT / "studies" / f"{settings['study']}.toml"
+        if not path.is_file():
+            raise SystemExit(f"{path}: the study file this table was built from is missing")
+        order = choices(read_study_file(path, settings.get("overrides", []))).get(key, ())
+    return lambda value: (order.index(value) if value in order else len(order), value)
 
 
 def _best_val(config: dict[str, Any]) -> float:
@@ -276,7 +290,7 @@ def _sampler(policy: Policy, seed: int) -> optuna.samplers.BaseSampler:
         from tuner.config.schema import SamplerConfig
         from tuner.hpo.search import build_sampler
 
-        return build_sampler(SamplerConfig(type="tpe", seed=seed, options=dict(policy.sampler_options)), None)  # type: ignore[arg-type]
+        return build_sampler(SamplerConfig(seed=seed, options=dict(policy.sampler_options)), None)  # type: ignore[arg-type]
     return optuna.samplers.TPESampler(seed=seed, **policy.sampler_options)
 
 
@@ -286,7 +300,7 @@ def _pruner(policy: Policy) -> optuna.pruners.BasePruner:
         from tuner.config.schema import PrunerConfig
         from tuner.hpo.search import build_pruner
 
-        return build_pruner(PrunerConfig(type=options.pop("type", "median"), options=options))
+        return build_pruner(PrunerConfig(type=options.pop("type", PrunerConfig().type), options=options))
     if policy.pruner == "median":
         return optuna.pruners.MedianPruner(**options)
     if policy.pruner == "hyperband":
@@ -324,7 +338,8 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
     events: list[tuple[float, float, float]] = []  # (cpu_s, best value so far, its test tau)
     best = (-math.inf, math.nan)
     trials: list[dict[str, Any]] = []
-    parts = [[b] for b in table.backbones] if policy.per_backbone else [table.backbones]
+    listed = table.backbones[::-1] if policy.backbones_reversed else table.backbones
+    parts = [[b] for b in listed] if policy.per_backbone else [listed]
     studies: list[optuna.Study] = []
     for part_index, backbones in enumerate(parts):
         part_budget = spent + (budget - spent) / (len(parts) - part_index)
@@ -339,7 +354,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             for backbone in backbones if policy.baseline_per_backbone else backbones[:1]:
                 study.enqueue_trial({"backbone": backbone, "batch_size": table.batch_sizes[0],
                                      "learning_rate": BASELINE_LEARNING_RATE,
-                                     **({"lr_multiplier": 1.0} if policy.baseline_finder else {})},
+                                     **({"lr_multiplier": _middle(policy)} if policy.baseline_finder else {})},
                                     user_attrs={"baseline": True})
         finders: dict[str, None] = {}  # the finder curves run so far, in order
         tokenized: set[str] = set()
@@ -439,6 +454,14 @@ def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: st
         return sampled, cost
     multiplier = trial.suggest_float("lr_multiplier", *(policy.finder_multiplier or config.multiplier), log=True)
     return float(found["suggestion"]) * multiplier, cost
+
+
+def _middle(policy: Policy) -> float:
+    """The baseline's multiplier of the finder's suggestion: the middle of the range, in log-rate."""
+    from tuner.config.schema import LRFinderConfig
+
+    low, high = policy.finder_multiplier or LRFinderConfig().multiplier
+    return math.sqrt(low * high)
 
 
 def _split(key: str) -> tuple[str, int]:
@@ -656,7 +679,12 @@ def render_markdown(results: Sequence[dict[str, Any]]) -> str:
             lines += ["", "tuner's compute to the target against each peer's (median of the peer's over tuner's, "
                       "paired Wilcoxon test):", ""]
             versus = result.get("regret_versus", {}).get("tuner", {})
-            for peer, s in result["speedup"]["tuner"].items():
+            speedups = result["speedup"]["tuner"]
+            variants = [name for name in speedups if name not in default_policies()]
+            for peer, s in sorted(speedups.items(), key=lambda item: item[0] in variants):
+                if variants and peer == variants[0]:
+                    lines += ["", "tuner against itself with one default undone (a ratio above 1: the default "
+                              "saves compute):", ""]
                 behind = ""
                 if peer in versus:
                     lost = [f"{float(f):.0%}" for f, v in versus[peer]["budgets"].items() if not v["not_behind"]]
@@ -674,9 +702,10 @@ def regret_png(results: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = set(default_policies())  # the peers and tuner; the variants are in the tables
     figure, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), dpi=110, squeeze=False)
     for axis, result in zip(axes[0], results, strict=True):
-        for name, p in result["policies"].items():
+        for name, p in ((n, p) for n, p in result["policies"].items() if n in shown):
             fractions = sorted(p["regret"], key=float)
             xs = [float(f) * 100 for f in fractions]
             axis.plot(xs, [p["regret"][f][0] for f in fractions], label=name, linewidth=2 if name == "tuner" else 1)

@@ -61,7 +61,10 @@ def synthetic_table(folder: Path, drop: int = 0) -> Path:
         del configs[key]
     finder = {f"{b}|{s}": {"suggestion": 1e-3, "reliable": True, "num_training": 100, "cpu_s": 30.0}
               for b in BACKBONES for s in (8, 16)}
-    table = {"settings": {"learning_rate_range": [1e-6, 1e-2], "epochs": 2, "evals_per_epoch": 4},
+    # built from the demo study with these backbones: the replay reads their order from the study file
+    order = ", ".join(f'"{b}"' for b in BACKBONES)
+    table = {"settings": {"learning_rate_range": [1e-6, 1e-2], "epochs": 2, "evals_per_epoch": 4, "study": "demo",
+                          "overrides": [f"search.backbone=[{order}]", "search.batch_size=[8, 16]"]},
              "configs": configs, "finder": finder, "sittings": [{"machine": {"cpu": "synthetic"}}],
              "fixed_costs": {"import_cpu_s": 5.0, "backbones": {b: {"load_cpu_s": 1.0, "tokenize_cpu_s": 3.0,
                                                                      "tokenize_cached_cpu_s": 0.1}
