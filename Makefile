@@ -94,9 +94,14 @@ bench-table: setup
 	$(BIN)/python -m bench.lc_table $(TABLE_NIPS) --output bench/results/lc_table_nips.json
 	$(BIN)/python -m bench.lc_table $(TABLE_ROC) --output bench/results/lc_table_rocstories.json
 
-# Every search policy replayed against the tables, 200 paired seeds each (minutes)
+# Every search policy replayed against the tables, 200 paired seeds each (minutes). The variants: tuner with
+# one of its defaults undone; validating 4 times an epoch (trainer.val_check_interval = "auto"); Optuna's
+# median pruner (3 trials before it prunes) for Hyperband; the study file's backbones the other way round (the baseline takes the first)
+ABLATIONS := --variant 'tuner_no_finder:finder=off' --variant 'tuner_no_baseline_finder:baseline_finder=false' \
+	--variant 'tuner_finder_per_config:finder_scope=config' --variant 'tuner_validate_4_per_epoch:evals=all' \
+	--variant 'tuner_median_pruner:pruner.type=median' --variant 'tuner_backbones_reversed:backbones_reversed=true'
 bench-replay: setup
-	$(BIN)/python -m bench.replay --seeds 200
+	$(BIN)/python -m bench.replay --seeds 200 $(ABLATIONS)
 
 clean:
 	rm -rf $(VENV) runs tuner.db

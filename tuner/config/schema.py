@@ -166,7 +166,7 @@ class TrainerConfig:
     strategy: str = "auto"
     seed: int = 0
     # "auto": several validations an epoch where it is long enough (tuner.training.trainer.validation_interval)
-    val_check_interval: float | Literal["auto"] = "auto"
+    val_check_interval: float | Literal["auto"] = 1.0
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
     gradient_clip_val: float = 1.0
@@ -219,7 +219,7 @@ class SamplerConfig:
 class PrunerConfig:
     """An Optuna pruner: its ``type`` and constructor ``options``."""
 
-    type: str = "median"
+    type: str = "hyperband"
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -238,7 +238,8 @@ class LRFinderConfig:
     fraction of its starting loss) is unreliable: the sampled learning rate is used. The finder runs only
     where its ``num_training`` steps are at most ``max_cost`` times the training steps of the trial that
     would run it; otherwise that trial keeps its sampled learning rate. The baseline trial runs the finder
-    and trains at its suggestion. Why these defaults: docs/studies.md#learning-rate-finder.
+    and trains at its suggestion times the middle of ``multiplier``. Why these defaults:
+    docs/studies.md#learning-rate-finder.
     """
 
     mode: str = "scale"

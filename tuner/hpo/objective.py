@@ -163,7 +163,8 @@ class Objective:
     def _learning_rate(self, trial: optuna.Trial, run: StudyFile, data: SentenceOrderingData,
                        root: Path) -> tuple[float, dict[str, Any]]:
         """The learning rate to train with, by ``study.lr_finder`` (its rules: :class:`LRFinderConfig`), and
-        what the finder said. The baseline trial trains at the suggestion itself, else at its own rate."""
+        what the finder said. The baseline trial trains at the suggestion times the middle of the multiplier
+        range, else (no reliable suggestion) at its own rate."""
         sampled = run.model.learning_rate
         config = run.study.lr_finder
         mode = config.mode
@@ -199,8 +200,11 @@ class Objective:
             log.warning("LR finder unreliable for %s (%s); using the %s learning rate %.3g",
                         key, cached["reason"], fallback, sampled)
             return sampled, {**info, "used": f"{fallback} (finder unreliable)"}
-        if mode == "suggest" or fallback == "baseline":
+        if mode == "suggest":
             return float(cached["suggestion"]), {**info, "used": "suggestion"}
+        if fallback == "baseline":  # the middle of the multiplier range, in log-rate
+            multiplier = math.sqrt(config.multiplier[0] * config.multiplier[1])
+            return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion", "multiplier": multiplier}
         multiplier = trial.suggest_float("lr_multiplier", *config.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
                                                             "multiplier": multiplier}
