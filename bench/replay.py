@@ -39,14 +39,17 @@ import random
 import re
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from bench._common import RESULTS, ROOT, replace_section
+
+if TYPE_CHECKING:
+    from tuner.config.schema import LRFinderConfig
 
 TARGET_GAP = 0.01  # "within 0.01 tau of the table's best configuration"
 BUDGET_POINTS = [round(0.05 * i, 2) for i in range(1, 21)]  # fractions of the budget for the anytime curves
@@ -184,8 +187,9 @@ class Table:
         if not configs:
             raise SystemExit(f"{path}: no configuration trained yet")
         settings = raw["settings"]
-        table = cls(path, raw, sorted({c["backbone"] for c in configs}, key=_study_order(raw, "backbone")),
-                    sorted({c["batch_size"] for c in configs}, key=_study_order(raw, "batch_size")),
+        order = _study_order(raw)
+        table = cls(path, raw, _in_order({c["backbone"] for c in configs}, order.get("backbone", ())),
+                    _in_order({c["batch_size"] for c in configs}, order.get("batch_size", ())),
                     sorted({c["learning_rate"] for c in configs}),
                     sorted({c["seed"] for c in configs}), *settings["learning_rate_range"], settings["epochs"],
                     settings["evals_per_epoch"])
@@ -254,20 +258,24 @@ def _machine_key(machine: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(machine.get(k) for k in ("cpu_model", "cpu_capability", "amx", "torch_threads", "precision"))
 
 
-def _study_order(raw: dict[str, Any], key: str) -> Callable[[Any], tuple[int, Any]]:
-    """A choice (``backbone`` or ``batch_size``) in the order of the study file and overrides the table was built
-    from, as tuner's baseline takes the first of each; a table without one (a test's) in sorted order."""
+def _study_order(raw: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The choices (``backbone``, ``batch_size``, ...) in the order of the study file and overrides the table was
+    built from, as tuner's baseline takes the first of each; none for a table without one (a test's)."""
     settings = raw["settings"]
-    order: tuple[Any, ...] = ()
-    if "study" in settings:
-        from tuner.config.loader import read_study_file
-        from tuner.hpo.search import choices
+    if "study" not in settings:
+        return {}
+    from tuner.config.loader import read_study_file
+    from tuner.hpo.search import choices
 
-        path = ROOT / "studies" / f"{settings['study']}.toml"
-        if not path.is_file():
-            raise SystemExit(f"{path}: the study file this table was built from is missing")
-        order = choices(read_study_file(path, settings.get("overrides", []))).get(key, ())
-    return lambda value: (order.index(value) if value in order else len(order), value)
+    path = ROOT / "studies" / f"{settings['study']}.toml"
+    if not path.is_file():
+        raise SystemExit(f"{path}: the study file this table was built from is missing")
+    return choices(read_study_file(path, settings.get("overrides", [])))
+
+
+def _in_order(values: set[Any], order: Sequence[Any]) -> list[Any]:
+    """``values`` in ``order``, then any it does not list, sorted."""
+    return sorted(values, key=lambda value: (order.index(value) if value in order else len(order), value))
 
 
 def _best_val(config: dict[str, Any]) -> float:
@@ -354,7 +362,8 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             for backbone in backbones if policy.baseline_per_backbone else backbones[:1]:
                 study.enqueue_trial({"backbone": backbone, "batch_size": table.batch_sizes[0],
                                      "learning_rate": BASELINE_LEARNING_RATE,
-                                     **({"lr_multiplier": _middle(policy)} if policy.baseline_finder else {})},
+                                     **({"lr_multiplier": _finder_config(policy).baseline_multiplier}
+                                        if policy.baseline_finder else {})},
                                     user_attrs={"baseline": True})
         finders: dict[str, None] = {}  # the finder curves run so far, in order
         tokenized: set[str] = set()
@@ -434,10 +443,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
 def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: str, batch_size: int,
                  sampled: float, finders: dict[str, None]) -> tuple[float, float]:
     """tuner's LR-finder rule (``tuner.hpo.objective.Objective._learning_rate``) on the table's finder curve."""
-    from tuner.config.schema import LRFinderConfig
-
-    config = LRFinderConfig()
-    max_cost = policy.finder_max_cost if policy.finder_max_cost is not None else config.max_cost
+    config = _finder_config(policy)
     key = f"{backbone}|{batch_size}"
     if policy.finder_scope == "study":  # the first reliable curve serves every trial; until then, each its own
         key = next((k for k in finders if (_finder(table, *_split(k)) or {}).get("reliable")), key)
@@ -446,22 +452,23 @@ def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: st
     if found is None:
         return sampled, 0.0
     steps = next(c["steps_per_epoch"] for c in table.raw["configs"].values() if c["batch_size"] == batch_size)
-    if key not in finders and found["num_training"] > max_cost * steps * table.epochs:
+    if key not in finders and found["num_training"] > config.max_cost * steps * table.epochs:
         return sampled, 0.0
     cost = 0.0 if key in finders else float(found["cpu_s"])
     finders[key] = None
     if not found["reliable"]:
         return sampled, cost
-    multiplier = trial.suggest_float("lr_multiplier", *(policy.finder_multiplier or config.multiplier), log=True)
+    multiplier = trial.suggest_float("lr_multiplier", *config.multiplier, log=True)
     return float(found["suggestion"]) * multiplier, cost
 
 
-def _middle(policy: Policy) -> float:
-    """The baseline's multiplier of the finder's suggestion: the middle of the range, in log-rate."""
+def _finder_config(policy: Policy) -> LRFinderConfig:
+    """tuner's ``LRFinderConfig`` with the policy's overrides of ``max_cost`` and ``multiplier``."""
     from tuner.config.schema import LRFinderConfig
 
-    low, high = policy.finder_multiplier or LRFinderConfig().multiplier
-    return math.sqrt(low * high)
+    config = LRFinderConfig()
+    return replace(config, max_cost=config.max_cost if policy.finder_max_cost is None else policy.finder_max_cost,
+                   multiplier=policy.finder_multiplier or config.multiplier)
 
 
 def _split(key: str) -> tuple[str, int]:

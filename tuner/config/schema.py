@@ -8,6 +8,7 @@ classes is :mod:`tuner.config.loader`'s job.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -250,6 +251,11 @@ class LRFinderConfig:
     multiplier: tuple[float, float] = (0.5, 2.0)
     min_drop: float = 0.1
     max_cost: float = 1.0
+
+    @property
+    def baseline_multiplier(self) -> float:
+        """The baseline trial's multiplier of the suggestion: the middle of ``multiplier``, in log-rate."""
+        return math.sqrt(self.multiplier[0] * self.multiplier[1])
 
     def __post_init__(self) -> None:
         _check(self.mode in LR_FINDER_MODES, "study.lr_finder.mode",

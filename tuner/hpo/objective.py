@@ -202,8 +202,8 @@ class Objective:
             return sampled, {**info, "used": f"{fallback} (finder unreliable)"}
         if mode == "suggest":
             return float(cached["suggestion"]), {**info, "used": "suggestion"}
-        if fallback == "baseline":  # the middle of the multiplier range, in log-rate
-            multiplier = math.sqrt(config.multiplier[0] * config.multiplier[1])
+        if fallback == "baseline":
+            multiplier = config.baseline_multiplier
             return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion", "multiplier": multiplier}
         multiplier = trial.suggest_float("lr_multiplier", *config.multiplier, log=True)
         return float(cached["suggestion"]) * multiplier, {**info, "used": "suggestion x multiplier",
