@@ -38,8 +38,8 @@ def central(values: list[float], share: float = 0.95) -> tuple[float, float]:
 def agreement(table_path: Path, live: dict[str, Any], seeds: int, workers: int) -> dict[str, Any]:
     table = Table.load(table_path)
     budget = float(live["settings"]["sizing"]["budget_cpu_s"])
-    budget_trials = budget / table.full_cost(default_policies()["random"])
     policies = default_policies()
+    budget_trials = budget / table.full_cost(policies["random"])
     jobs = [(table_path, policies[name], seed, budget, budget_trials) for name in SYSTEMS.values()
             for seed in range(seeds)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEMS.values()}
