@@ -147,7 +147,7 @@ def _backbones(spec: dict[str, Any]) -> list[BackboneSpec]:
 
 def tuner_study(spec: dict[str, Any]) -> str:
     """The study file ``tuner`` gets: the shared task and search space; every other setting is its default
-    (TPE, the median pruner, the LR finder in ``scale`` mode, the baseline trial, cached tokenisation)."""
+    (TPE, Hyperband, the study-wide LR finder in ``scale`` mode, the baseline trial, cached tokenisation)."""
     data = _data(spec)
     backbones = ", ".join(_toml_backbone(b) for b in _backbones(spec))
     low, high = spec["learning_rate"]

@@ -83,12 +83,13 @@ SETTINGS = {
                "the module's own optimiser (AdamW, weight decay 0.01, 10% warm-up, linear decay); no LR finder; "
                "the data tokenised afresh in every trial (no cache); objective: the last validation's tau"),
     "random": "as optuna, with RandomSampler(seed) and NopPruner()",
-    "tuner": ("tuner run on a study file with only the shared task: sampler TPE (seed; tuner's independent, "
-              "constant-liar TPE, n_startup_trials=5), pruner median (n_startup_trials=3, else Optuna's defaults), "
-              "LR finder in scale mode (100 steps, multiplier [0.03, 1], run only where it costs at most 0.25 of the "
-              "trial's training steps), the baseline trial first (lr 5e-5, first backbone and batch size), "
-              "tokenisation cached (in the cell's folder, so every cell starts cold), checkpoints, gradient "
-              "clipping 1.0; objective: the best validation"),
+    "tuner": ("tuner run on a study file with only the shared task, every other setting its default: sampler TPE "
+              "(seed; tuner's independent, constant-liar TPE, n_startup_trials=5), pruner Hyperband (Optuna's "
+              "defaults), LR finder in scale mode with one study-wide curve (100 steps, multiplier [0.5, 2], run only "
+              "where it costs at most 1x the trial's training steps, so never on this task's 20 to 40 steps a "
+              "trial), the baseline trial first (first backbone and batch size, at the finder's suggestion where it "
+              "runs, else 5e-5), tokenisation cached (in the cell's folder, so every cell starts cold), checkpoints, "
+              "gradient clipping 1.0; objective: the best validation"),
 }
 
 
