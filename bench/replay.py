@@ -83,7 +83,9 @@ class Policy:
             size) only until one is reliable.
         lr_range: the sampler's learning-rate range, where it is narrower than the table's (a prior).
         cache: tokenisation is cached across trials (tuner), else paid by every trial.
-        per_backbone: one search per backbone with an equal share of the budget (HF's hyperparameter_search).
+        per_backbone: HF's ``hyperparameter_search``: its data set is tokenised once, before the search, so
+            backbones that share a tokenizer are one search (``model_init(trial)`` draws the backbone) and
+            backbones that do not are one search each, with an equal share of the budget.
         stop_diverged: a trial whose training loss is not finite ends at that step (tuner's NaN guard).
         warm_start: another table (a path, or a file name in ``bench/results``): the same policy searches it
             first with the same replay seed, and its finished trials seed this search's sampler, as
@@ -127,7 +129,7 @@ def default_policies() -> dict[str, Policy]:
         "optuna_example": Policy("optuna_example", sampler="tpe", pruner="median"),
         # Optuna's advice for TPE: Hyperband (the pruner's documentation and the benchmarks it links)
         "tpe_hyperband": Policy("tpe_hyperband", sampler="tpe", pruner="hyperband"),
-        # Trainer.hyperparameter_search(backend="optuna"): TPE, create_study's MedianPruner, one search per backbone
+        # Trainer.hyperparameter_search(backend="optuna"): TPE, create_study's MedianPruner, one search a tokenizer
         "hf": Policy("hf", sampler="tpe", pruner="median", per_backbone=True),
         # trainer.val_check_interval="auto" validates 4 times an epoch where it has 40 batches, as the tables do
         "tuner": Policy("tuner", sampler="tuner", pruner="tuner", objective=study.objective, baseline=study.baseline,
@@ -335,6 +337,13 @@ def _warm_trials(policy: Policy, seed: int, budget_trials: float) -> list[optuna
             for t in found["study_trials"] if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+def search_parts(backbones: Sequence[str]) -> list[list[str]]:
+    """HF's searches over backbone labels (``name[options]``): one over all of them where they share a
+    tokenizer, else one per backbone (``bench.head_to_head.hf_parts``)."""
+    names = {label.split("[")[0] for label in backbones}
+    return [list(backbones)] if len(names) == 1 else [[b] for b in backbones]
+
+
 def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials: float = 30.0, keep: bool = False
            ) -> dict[str, Any]:
     """One search by ``policy`` with replay seed ``seed``: the trials it ran and its anytime best.
@@ -347,7 +356,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
     best = (-math.inf, math.nan)
     trials: list[dict[str, Any]] = []
     listed = table.backbones[::-1] if policy.backbones_reversed else table.backbones
-    parts = [[b] for b in listed] if policy.per_backbone else [listed]
+    parts = search_parts(listed) if policy.per_backbone else [listed]
     studies: list[optuna.Study] = []
     for part_index, backbones in enumerate(parts):
         part_budget = spent + (budget - spent) / (len(parts) - part_index)
@@ -383,9 +392,9 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             spent += costs["load_cpu_s"]
             if policy.cache and backbone in tokenized:
                 spent += costs["tokenize_cached_cpu_s"]
-            elif not (policy.per_backbone and backbone in tokenized):  # HF tokenises once per search
+            elif not (policy.per_backbone and backbone.split("[")[0] in tokenized):  # HF: once per tokenizer
                 spent += costs["tokenize_cpu_s"]
-            tokenized.add(backbone)
+            tokenized.update((backbone, backbone.split("[")[0]))
             if policy.finder == "tuner" and (policy.baseline_finder or not trial.user_attrs.get("baseline")):
                 learning_rate, finder_cost = _finder_rate(table, policy, trial, backbone, batch_size, learning_rate,
                                                           finders)

@@ -25,6 +25,7 @@ from bench.replay import (
     render_markdown,
     replay,
     run_table,
+    search_parts,
 )
 
 BACKBONES = ["small", "large"]
@@ -190,6 +191,12 @@ def test_hf_searches_each_backbone_with_half_the_budget(table: Table) -> None:
     switch = backbones.index("large")
     assert set(backbones[:switch]) == {"small"} and set(backbones[switch:]) == {"large"}
     assert result["trials"][switch - 1]["cpu_s"] <= 5.0 + (1200.0 - 5.0) / 2 + 1e-6
+
+
+def test_hf_searches_cuts_of_one_backbone_together() -> None:
+    cuts = ["m[num_hidden_layers=2]", "m[num_hidden_layers=3]"]
+    assert search_parts(cuts) == [cuts]  # one tokenizer: one search, model_init draws the cut
+    assert search_parts(["m", "other"]) == [["m"], ["other"]]
 
 
 def test_variants_change_tuner_defaults_by_name() -> None:
