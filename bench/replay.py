@@ -92,6 +92,8 @@ class Policy:
             a study seeded with another study's trials would; their compute is not charged.
         backbones_reversed: the study file lists the backbones the other way round (the baseline takes the
             first).
+        trial_overhead_cpu_s: CPU seconds every trial pays beyond the table's prices (the system's own set-up,
+            checkpoints and bookkeeping between trials), as ``bench.agreement`` measures them on a live run.
     """
 
     name: str
@@ -114,6 +116,7 @@ class Policy:
     stop_diverged: bool = False
     warm_start: str | None = None
     backbones_reversed: bool = False
+    trial_overhead_cpu_s: float = 0.0
 
 
 def default_policies() -> dict[str, Policy]:
@@ -389,7 +392,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             sampled_rate = learning_rate
             training_seed = seeds[len(trials)]
             costs = fixed["backbones"][backbone]
-            spent += costs["load_cpu_s"]
+            spent += costs["load_cpu_s"] + policy.trial_overhead_cpu_s
             if policy.cache and backbone in tokenized:
                 spent += costs["tokenize_cached_cpu_s"]
             elif not (policy.per_backbone and backbone.split("[")[0] in tokenized):  # HF: once per tokenizer

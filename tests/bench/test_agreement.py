@@ -33,13 +33,13 @@ def test_live_cells_like_the_replays_seeds_agree_and_others_do_not(tmp_path: Pat
     medians = {system: [r["best_val_tau_median"]] * 3 for system, r in replayed.items()}
     trials = {system: [round(r["trials_median"])] * 3 for system, r in replayed.items()}
     again = agreement(path, _live(medians, trials), seeds=40, workers=1)
-    assert all(s["agrees"] for s in again["systems"].values())
+    assert all(s["replay"]["agrees"] for s in again["systems"].values())
     off = agreement(path, _live({"optuna": [0.99] * 3, "random": medians["random"]},
                                 {"optuna": trials["optuna"], "random": [0] * 3}), seeds=40, workers=1)
     optuna, random = off["systems"]["optuna"], off["systems"]["random"]
-    assert not optuna["agrees"] and optuna["replay"]["best_val_tau_outside_95"] == 3
+    assert not optuna["replay"]["agrees"] and optuna["replay"]["best_val_tau_outside_95"] == 3
     assert optuna["replay"]["best_val_tau_p_value"] < 0.01 <= optuna["replay"]["trials_p_value"]
-    assert not random["agrees"] and random["replay"]["trials_p_value"] < 0.01
+    assert not random["replay"]["agrees"] and random["replay"]["trials_p_value"] < 0.01
     assert optuna["rank"] == {"live": 1, "replay": optuna["rank"]["replay"]}
 
 
@@ -76,3 +76,17 @@ def test_the_clock_sets_live_cpu_against_the_replays_charge(tmp_path: Path) -> N
     assert found is not None and found["trials"] == 2
     assert found["live_over_replay"] == pytest.approx(1.1, abs=1e-3)
     assert clock(table, policy, [tmp_path / "missing"]) is None
+
+
+def test_the_overhead_live_trials_pay_is_charged_in_a_second_replay(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    table = Table.load(path)
+    policy = default_policies()["random"]
+    large = {"backbone": "large", "batch_size": 8, "learning_rate": RATES[6]}
+    one = charge(table, policy, {"params": large, "validations": 1}, set())
+    # every live trial, one validation each, costs 50 CPU s more than the table prices it
+    _events(tmp_path / "cells" / "random-0", [(str(n), large, [(one + 50.0) * (n + 1)]) for n in range(4)])
+    live = _live({"random": [0.5]}, {"random": [3]})
+    found = agreement(path, live, seeds=20, workers=1, cell_folders=tmp_path / "cells")["systems"]["random"]
+    assert found["clock"]["per_trial_gap_cpu_s"] == pytest.approx(50.0, abs=1e-3)
+    assert found["replay_with_overhead"]["trials_median"] < found["replay"]["trials_median"]
