@@ -245,11 +245,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The ``BENCHMARKS.md`` section of a results file: settings, a table per system, the time fractions."""
     summary, sizing, systems = results["summary"], results["settings"]["sizing"], results["settings"]["systems"]
     machine_line = results["machine"].get("summary", results["machine"].get("cpu_model", "?"))
+    done = [seed for seed in sizing["seeds"] if all(cell_key(system, seed) in results["cells"] for system in systems)]
+    seeds = (f"{len(done)} seed(s)" if len(done) == len(sizing["seeds"])
+             else f"{len(done)} of {len(sizing['seeds'])} seeds finished (a stopped run; it resumes)")
     lines = [
         f"### Head-to-head{' (quick)' if results['settings']['quick'] else ''}",
         "",
         f"`{results['command']}` on {machine_line}, precision {results['machine'].get('precision', '?')}; "
-        f"{len(sizing['seeds'])} seed(s), a budget of {sizing['budget_cpu_s']:g} CPU seconds per (system, seed). "
+        f"{seeds}, a budget of {sizing['budget_cpu_s']:g} CPU seconds per (system, seed). "
         f"NIPS subset: {sizing['train_docs']} train, {sizing['val_docs']} validation, {sizing['test_docs']} test "
         f"documents; MiniLM with {' or '.join(str(n) for n in sizing['backbone_layers'])} layers, batch size "
         f"{' or '.join(str(b) for b in sizing['batch_sizes'])}, learning rate {sizing['learning_rate'][0]:g} to "

@@ -128,6 +128,7 @@ def test_summary_targets_the_best_median_and_pairs_tuner_with_each_peer() -> Non
 
 def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
     results = {
+        "cells": _cells(),
         "summary": summarize(_cells(), SYSTEMS, [0, 1], budget_s=300.0),
         "settings": {"quick": True, "sizing": {**QUICK.__dict__, "seeds": (0, 1)}, "systems": list(SYSTEMS),
                      "peers": SETTINGS},
@@ -136,7 +137,7 @@ def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
         "output": "bench/results/head_to_head_quick.json",
     }
     text = render_markdown(results)
-    assert "### Head-to-head (quick)" in text
+    assert "### Head-to-head (quick)" in text and "; 2 seed(s), a budget" in text
     assert "| tuner (defaults) | 0.600 [0.500, 0.700] | 0.600 [0.500, 0.700] |" in text
     assert "CPU s to validation tau 0.690" in text and "| 200 (1 of 2 never) |" in text  # hf
     assert "- HF Trainer.hyperparameter_search: 1.17x; tuner faster in 1, slower in 1 of 2 seeds; p = 1" in text
@@ -148,6 +149,8 @@ def test_markdown_names_every_system_the_nulls_and_the_settings() -> None:
              "hf/1": {**_cells()["hf/1"], "reused_from": "bench/results/earlier.json"}}
     text = render_markdown({**results, "cells": cells})
     assert "Taken from `bench/results/earlier.json`" in text and "the cells hf/0, hf/1." in text
+    stopped = {key: cell for key, cell in _cells().items() if key != "tuner/1"}
+    assert "1 of 2 seeds finished (a stopped run; it resumes)" in render_markdown({**results, "cells": stopped})
 
 
 def test_the_curves_are_drawn_as_a_png(tmp_path: Path) -> None:
