@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 # the known study of the report's tests, with its `storage` and `snapshot` fixtures
 pytest_plugins = ("report_study",)
+# the shared assertions of the process tests say what differed, as a test module's do
+pytest.register_assert_rewrite("processes")
 
 SHARED_DATA = Path(os.environ.get("TUNER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
