@@ -148,10 +148,12 @@ def test_a_retry_that_resumes_takes_over_the_reports_of_the_checkpoints_trial(tm
     crashed.suggest_float("x", -10, 10)
     last = tmp_path / "trial-0000" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"")
+    # saved after two validations; the third was reported, and the worker killed before its checkpoint
+    torch.save({"callbacks": {"ReportingPruningCallback": {"reports": 2}}}, last)
     crashed.set_user_attr("trial_dir", str(tmp_path / "trial-0000"))
     crashed.report(0.1, 0)
     crashed.report(0.2, 1)
+    crashed.report(0.3, 2)
     requeue(study, study.tell(crashed, state=optuna.trial.TrialState.FAIL), max_retries=2)
     retry = study.ask()
     assert retry.number == 1 and not study.trials[1].intermediate_values  # not inherited when queued

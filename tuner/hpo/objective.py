@@ -232,26 +232,30 @@ def _resume_point(trial: optuna.Trial) -> Path | None:
     for folder in folders:
         last = Path(folder) / "checkpoints" / "last.ckpt"
         if last.is_file():
-            _take_over_reports(trial, folder)
+            _take_over_reports(trial, folder, ReportingPruningCallback.reports_in(last))
             return last
     return None
 
 
-def _take_over_reports(trial: optuna.Trial, folder: str) -> None:
-    """Report on ``trial`` what the earlier attempt that ran in ``folder`` reported.
+def _take_over_reports(trial: optuna.Trial, folder: str, covered: int) -> None:
+    """Report on ``trial`` what the earlier attempt that ran in ``folder`` reported at its first ``covered``
+    steps, those its checkpoint holds.
 
     A retry is queued without its predecessor's reports (:func:`tuner.study.recovery.requeue`): only here,
     where the retry finds the checkpoint it resumes, is it known whether those reports are its past. One
     that starts over reports afresh from its first validation; inherited reports would be kept instead,
     as Optuna ignores a report at a step already present. The pruning callback, restored from the
-    checkpoint, reports on from the step after the checkpoint's last report.
+    checkpoint, reports on from the step after the checkpoint's last report; a report the earlier attempt made
+    after its checkpoint (a worker killed between a validation's report and its checkpoint) is the retry's to
+    make again, so it is not taken over.
     """
     storage, study = storage_of(trial.study), study_id(trial.study)
     for number in retry_history(as_asked(trial)):
         earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study, number))
         if earlier.user_attrs.get("trial_dir") == folder:
             for step, value in sorted(earlier.intermediate_values.items()):
-                trial.report(value, step)
+                if step < covered:
+                    trial.report(value, step)
             return
 
 

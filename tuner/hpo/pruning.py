@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import optuna
+import torch
 from optuna_integration import PyTorchLightningPruningCallback
 
 from tuner._compat.optuna_integration import pruning_trial, state_without_trial
@@ -35,6 +37,12 @@ class ReportingPruningCallback(PyTorchLightningPruningCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reports = int(state_dict["reports"])
+
+    @classmethod
+    def reports_in(cls, checkpoint: Path) -> int:
+        """How many validations the callback had reported when ``checkpoint`` was saved (none if it was absent)."""
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        return int(stored.get("callbacks", {}).get(cls.__qualname__, {}).get("reports", 0))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
