@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import RESULTS, ROOT
-from bench.replay import Policy, Table, _evaluated, _replay_one, default_policies
+from bench.replay import Policy, Table, _evaluated, _replay_one, default_policies, trial_fixed_cost
 
 # live system (bench/head_to_head.py) -> the replay's policy of the same recipe
 SYSTEMS = {"hf": "hf", "optuna": "optuna_example", "random": "random", "tuner": "tuner"}
@@ -70,16 +70,10 @@ def live_trials(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def charge(table: Table, policy: Policy, trial: dict[str, Any], tokenized: set[str]) -> float:
     """What the replay charges a live trial: its configuration's curve (the nearest grid rate, averaged over the
-    training seeds) up to the validations it ran, plus loading the backbone and tokenising as ``policy`` does."""
+    training seeds) up to the validations it ran, plus what the replay charges a trial besides training."""
     backbone, batch_size = trial["params"]["backbone"], int(trial["params"]["batch_size"])
     rate = table.snap(float(trial["params"]["learning_rate"]))
-    costs = table.raw["fixed_costs"]["backbones"][backbone]
-    paid = costs["load_cpu_s"]
-    if policy.cache and backbone in tokenized:
-        paid += costs["tokenize_cached_cpu_s"]
-    elif not (policy.per_backbone and backbone.split("[")[0] in tokenized):
-        paid += costs["tokenize_cpu_s"]
-    tokenized.update((backbone, backbone.split("[")[0]))
+    paid = trial_fixed_cost(table, policy, backbone, tokenized)
     curves = []
     for seed in table.seeds:
         config = table.curve(backbone, batch_size, rate, seed)

@@ -340,11 +340,30 @@ def _warm_trials(policy: Policy, seed: int, budget_trials: float) -> list[optuna
             for t in found["study_trials"] if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+def tokenizer_of(label: str) -> str:
+    """The tokenizer of a backbone label (``name[options]``): its model's name; cuts of one model share it."""
+    return label.split("[")[0]
+
+
 def search_parts(backbones: Sequence[str]) -> list[list[str]]:
-    """HF's searches over backbone labels (``name[options]``): one over all of them where they share a
-    tokenizer, else one per backbone (``bench.head_to_head.hf_parts``)."""
-    names = {label.split("[")[0] for label in backbones}
+    """HF's searches over backbone labels: one over all of them where they share a tokenizer, else one per
+    backbone (``bench.head_to_head.hf_parts``)."""
+    names = {tokenizer_of(label) for label in backbones}
     return [list(backbones)] if len(names) == 1 else [[b] for b in backbones]
+
+
+def trial_fixed_cost(table: Table, policy: Policy, backbone: str, tokenized: set[str]) -> float:
+    """What a trial of ``backbone`` pays besides training: loading it, tokenising (from tuner's cache once this
+    search has tokenised it; HF once per tokenizer and search; else afresh), and the policy's per-trial
+    overhead. ``tokenized`` is what the search has tokenised so far, and gains this trial's."""
+    costs = table.raw["fixed_costs"]["backbones"][backbone]
+    paid = costs["load_cpu_s"] + policy.trial_overhead_cpu_s
+    if policy.cache and backbone in tokenized:
+        paid += costs["tokenize_cached_cpu_s"]
+    elif not (policy.per_backbone and tokenizer_of(backbone) in tokenized):
+        paid += costs["tokenize_cpu_s"]
+    tokenized.update((backbone, tokenizer_of(backbone)))
+    return paid
 
 
 def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials: float = 30.0, keep: bool = False
@@ -391,13 +410,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             learning_rate = trial.suggest_float("learning_rate", low, high, log=True)
             sampled_rate = learning_rate
             training_seed = seeds[len(trials)]
-            costs = fixed["backbones"][backbone]
-            spent += costs["load_cpu_s"] + policy.trial_overhead_cpu_s
-            if policy.cache and backbone in tokenized:
-                spent += costs["tokenize_cached_cpu_s"]
-            elif not (policy.per_backbone and backbone.split("[")[0] in tokenized):  # HF: once per tokenizer
-                spent += costs["tokenize_cpu_s"]
-            tokenized.update((backbone, backbone.split("[")[0]))
+            spent += trial_fixed_cost(table, policy, backbone, tokenized)
             if policy.finder == "tuner" and (policy.baseline_finder or not trial.user_attrs.get("baseline")):
                 learning_rate, finder_cost = _finder_rate(table, policy, trial, backbone, batch_size, learning_rate,
                                                           finders)
