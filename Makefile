@@ -101,8 +101,10 @@ ABLATIONS := --variant 'tuner_no_finder:finder=off' --variant 'tuner_no_baseline
 	--variant 'tuner_finder_per_config:finder_scope=config' --variant 'tuner_validate_4_per_epoch:evals=all' \
 	--variant 'tuner_median_pruner:pruner.type=median' --variant 'tuner_backbones_reversed:backbones_reversed=true' \
 	--variant 'tuner_hyperband_rf2:pruner.reduction_factor=2' --variant 'tuner_hyperband_rf4:pruner.reduction_factor=4' \
-	--variant 'tuner_tpe_startup3:sampler.n_startup_trials=3' --variant 'tuner_tpe_startup10:sampler.n_startup_trials=10'
+	--variant 'tuner_tpe_startup3:sampler.n_startup_trials=3' --variant 'tuner_tpe_startup10:sampler.n_startup_trials=10' \
+	--variant 'tuner_multiplier_half_to_2:finder_multiplier=[0.5,2]' --variant 'tuner_multiplier_1_to_4:finder_multiplier=[1,4]'
 bench-replay: setup
+	$(BIN)/python -m bench.replay --seeds 200 --rates interpolate $(ABLATIONS)
 	$(BIN)/python -m bench.replay --seeds 200 $(ABLATIONS)
 
 clean:

@@ -1,12 +1,14 @@
 """Search policies replayed against a learning-curve table (``bench/lc_table.py``), hundreds of seeds in minutes.
 
     python -m bench.replay [TABLE.json ...] [--seeds 200] [--budget-trials 30] [--variant NAME:KEY=VALUE,...]
-                           [--policies random optuna_example ...] [--no-markdown]
+                           [--policies random optuna_example ...] [--rates {snap,interpolate}] [--no-markdown]
     make bench-replay
 
 Each policy is run unchanged through Optuna's ask/tell: its sampler picks a backbone, a batch size and a
-learning rate; the trial's result is the table's curve of that configuration (the learning rate snapped to the
-nearest grid value in log-rate), with one of the table's training seeds drawn at random. The trial reports
+learning rate; the trial's result is the table's curve of that configuration, with one of the table's training
+seeds drawn at random. ``--rates snap`` (the default) takes the nearest grid rate in log-rate;
+``--rates interpolate`` interpolates the validation and test tau in log-rate between the two neighbouring grid
+rates, and takes steps, costs and divergence from the nearer one. The trial reports
 its validations to the policy's pruner, which may stop it there. Seed ``i`` gives every policy the same draws
 of training seeds (its k-th trial gets the k-th draw), so policies are compared pair by pair.
 
@@ -24,8 +26,9 @@ Reported per table: the anytime median normalised regret ``(tau* - best) / tau*`
 best finished trial so far, what ``study.best_value`` would say); the compute each policy needs to come within
 0.01 of ``tau*`` (censored at the budget where it never does); every policy's median speed-up over every
 other at that target, with a paired Wilcoxon test; and the test tau of the configuration each policy chooses
-at the end (its best trial's checkpoint). Results: ``bench/results/replay_<table>.json``, a PNG beside it,
-and a section of ``BENCHMARKS.md``.
+at the end (its best trial's checkpoint), and whether tuner meets its targets (``targets`` in the JSON).
+Results: ``bench/results/replay_<table>.json`` (``replay_<table>_interpolated.json`` with ``--rates
+interpolate``), a PNG beside it, and a section of ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 TARGET_GAP = 0.01  # "within 0.01 tau of the table's best configuration"
 BUDGET_POINTS = [round(0.05 * i, 2) for i in range(1, 21)]  # fractions of the budget for the anytime curves
 TABLES = ("lc_table_nips.json", "lc_table_rocstories.json")
+INTERPOLATED = "_interpolated"  # the results file's suffix where the replay interpolates the rate
 PEERS = ("random", "optuna_example", "tpe_hyperband", "hf")  # what users would run instead of tuner
 
 
@@ -184,9 +188,10 @@ class Table:
     high: float
     epochs: int
     evals_per_epoch: int
+    interpolate: bool = False
 
     @classmethod
-    def load(cls, path: Path) -> Table:
+    def load(cls, path: Path, interpolate: bool = False) -> Table:
         raw = json.loads(path.read_text())
         configs = list(raw["configs"].values())
         if not configs:
@@ -197,7 +202,7 @@ class Table:
                     _in_order({c["batch_size"] for c in configs}, order.get("batch_size", ())),
                     sorted({c["learning_rate"] for c in configs}),
                     sorted({c["seed"] for c in configs}), *settings["learning_rate_range"], settings["epochs"],
-                    settings["evals_per_epoch"])
+                    settings["evals_per_epoch"], interpolate)
         missing = [f"{b}|{s}|{lr:.4g}|{seed}" for b in table.backbones for s in table.batch_sizes
                    for lr in table.rates for seed in table.seeds
                    if f"{b}|{s}|{lr:.4g}|{seed}" not in raw["configs"]]
@@ -212,6 +217,28 @@ class Table:
     def snap(self, learning_rate: float) -> float:
         """The grid's learning rate nearest in log-rate."""
         return min(self.rates, key=lambda r: abs(math.log(r) - math.log(learning_rate)))
+
+    def at(self, backbone: str, batch_size: int, learning_rate: float, seed: int) -> dict[str, Any]:
+        """The curve a trial at ``learning_rate`` gets: with :attr:`interpolate`, each validation's taus
+        interpolated in log-rate between the two grid rates around it (the same training seed; where one curve
+        is longer, the nearer rate's), and the nearer rate's steps, costs and divergence; else the nearest
+        grid rate's curve."""
+        nearest = self.curve(backbone, batch_size, self.snap(learning_rate), seed)
+        if not self.interpolate or learning_rate in self.rates or not self.rates[0] < learning_rate < self.rates[-1]:
+            return nearest
+        high = next(r for r in self.rates if r >= learning_rate)
+        low = self.rates[self.rates.index(high) - 1]
+        weight = (math.log(learning_rate) - math.log(low)) / (math.log(high) - math.log(low))
+        below, above = self.curve(backbone, batch_size, low, seed), self.curve(backbone, batch_size, high, seed)
+        points = []
+        for index, point in enumerate(nearest["curve"]):
+            point = dict(point)
+            if index < min(len(below["curve"]), len(above["curve"])):
+                for key in ("val_kendall_tau", "test_kendall_tau"):
+                    a, b = _finite(below["curve"][index][key]), _finite(above["curve"][index][key])
+                    point[key] = (1 - weight) * a + weight * b
+            points.append(point)
+        return {**nearest, "learning_rate": learning_rate, "curve": points}
 
     def config_mean(self, backbone: str, batch_size: int, rate: float) -> float:
         """A configuration's best validation tau, averaged over its training seeds."""
@@ -283,6 +310,11 @@ def _in_order(values: set[Any], order: Sequence[Any]) -> list[Any]:
     return sorted(values, key=lambda value: (order.index(value) if value in order else len(order), value))
 
 
+def _finite(value: float | None) -> float:
+    """A stored tau as the replay scores it: a missing or non-finite one (a diverged run) is 0."""
+    return 0.0 if value is None or not math.isfinite(value) else float(value)
+
+
 def _best_val(config: dict[str, Any]) -> float:
     return max((r["val_kendall_tau"] for r in config["curve"] if r["val_kendall_tau"] is not None), default=0.0)
 
@@ -327,12 +359,14 @@ def _finder(table: Table, backbone: str, batch_size: int) -> dict[str, Any] | No
     return table.raw.get("finder", {}).get(f"{backbone}|{batch_size}")  # type: ignore[no-any-return]
 
 
-def _warm_trials(policy: Policy, seed: int, budget_trials: float) -> list[optuna.trial.FrozenTrial]:
+def _warm_trials(policy: Policy, seed: int, budget_trials: float, interpolate: bool
+                 ) -> list[optuna.trial.FrozenTrial]:
     """The finished trials of ``policy`` on its ``warm_start`` table, as trials another study can take."""
     assert policy.warm_start is not None
     path = Path(policy.warm_start)
-    other = _TABLES.get(str(path)) or Table.load(path if path.is_file() else RESULTS / path)
-    _TABLES[str(path)] = other
+    other = _TABLES.get((str(path), interpolate)) or Table.load(path if path.is_file() else RESULTS / path,
+                                                                interpolate)
+    _TABLES[(str(path), interpolate)] = other
     cold = replace(policy, warm_start=None)
     found = replay(other, cold, seed, budget_trials * other.full_cost(Policy("full", evals="epoch")), keep=True)
     return [optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value,
@@ -386,7 +420,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
                                     pruner=_pruner(policy))
         studies.append(study)
         if policy.warm_start:
-            study.add_trials(_warm_trials(policy, seed, budget_trials))
+            study.add_trials(_warm_trials(policy, seed, budget_trials, table.interpolate))
         if policy.baseline:
             from tuner.hpo.search import BASELINE_LEARNING_RATE
 
@@ -415,8 +449,8 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
                 learning_rate, finder_cost = _finder_rate(table, policy, trial, backbone, batch_size, learning_rate,
                                                           finders)
                 spent += finder_cost
-            rate = table.snap(learning_rate)
-            config = table.curve(backbone, batch_size, rate, training_seed)
+            config = table.at(backbone, batch_size, learning_rate, training_seed)
+            rate = config["learning_rate"]
             curve = config["curve"]
             evaluated = _evaluated(curve, policy.evals, table.evals_per_epoch)
             values: list[float] = []
@@ -428,8 +462,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
                     state = None  # the budget ran out inside this trial
                     spent = part_budget
                     break
-                tau = curve[index]["val_kendall_tau"]
-                tau = 0.0 if tau is None or not math.isfinite(tau) else float(tau)
+                tau = _finite(curve[index]["val_kendall_tau"])
                 values.append(tau)
                 trial.report(tau, n)
                 if trial.should_prune():
@@ -534,8 +567,9 @@ def bootstrap_median(values: Sequence[float], rounds: int = 1000, seed: int = 0)
 
 
 def paired_speedup(mine: Sequence[float | None], theirs: Sequence[float | None], budget: float) -> dict[str, Any]:
-    """Median over seeds of ``theirs / mine`` in compute to the target, a miss counted as the whole budget
-    (which flatters whoever missed), and the Wilcoxon signed-rank test on the paired log costs."""
+    """Median over seeds of ``theirs / mine`` in compute to the target, with a bootstrap 95% band, a miss counted
+    as the whole budget (which flatters whoever missed), and the Wilcoxon signed-rank test on the paired log
+    costs."""
     from scipy.stats import wilcoxon
 
     a = [budget if v is None else v for v in mine]
@@ -545,7 +579,8 @@ def paired_speedup(mine: Sequence[float | None], theirs: Sequence[float | None],
     p = 1.0
     if any(differences):
         p = float(wilcoxon(differences, zero_method="zsplit", alternative="two-sided").pvalue)
-    return {"median_ratio": statistics.median(ratios), "p_value": p,
+    return {"median_ratio": statistics.median(ratios), "median_ratio_band": list(bootstrap_median(ratios, 300)[1:]),
+            "p_value": p,
             "faster_in": sum(d > 0 for d in differences), "slower_in": sum(d < 0 for d in differences),
             "seeds": len(ratios)}
 
@@ -585,6 +620,33 @@ def summarize(table: Table, runs: dict[str, list[dict[str, Any]]], budget: float
             "policies": policies, "speedup": speedups, "regret_versus": versus}
 
 
+SPEEDUP_TARGET = 3.0  # issue: tuner needs at most a third of the optuna-examples recipe's compute to the target
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """tuner's defaults against the targets they are held to: the speed-up over the optuna-examples recipe (the
+    median of the paired ratios, its Wilcoxon p, and the ratio of the medians), the budgets at which tuner's
+    median regret is above a peer's band, and whether its final test tau is at least each peer's (its median
+    at or above the bottom of the peer's band)."""
+    policies, speedup = summary["policies"], summary["speedup"]["tuner"]
+    found: dict[str, Any] = {}
+    if "optuna_example" in speedup:
+        s = speedup["optuna_example"]
+        medians = [policies[n]["compute_to_target"]["median_cpu_s"] for n in ("optuna_example", "tuner")]
+        found["speedup_vs_optuna_example"] = {
+            "median_ratio": s["median_ratio"], "median_ratio_band": s["median_ratio_band"], "p_value": s["p_value"],
+            "ratio_of_medians": medians[0] / medians[1],
+            "met": s["median_ratio"] >= SPEEDUP_TARGET and s["p_value"] < 0.01}
+    versus = summary["regret_versus"].get("tuner", {})
+    found["behind_at"] = {peer: [f for f, v in found_peer["budgets"].items() if not v["not_behind"]]
+                          for peer, found_peer in versus.items()}
+    found["never_behind"] = not any(found["behind_at"].values())
+    tuner_test = policies["tuner"]["final_test_tau"][0]
+    found["test_tau"] = {name: policies[name]["final_test_tau"][0] for name in [*versus, "tuner"]}
+    found["test_tau_at_least_peers"] = all(tuner_test >= policies[peer]["final_test_tau"][1] for peer in versus)
+    return found
+
+
 def regret_versus(mine: dict[float, list[float]], theirs: dict[float, list[float]],
                   their_bands: dict[str, Sequence[float]], rounds: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Per budget from 10% on: the paired mean difference in regret (mine minus theirs) with a bootstrap 95%
@@ -602,31 +664,35 @@ def regret_versus(mine: dict[float, list[float]], theirs: dict[float, list[float
     return {"budgets": points, "never_behind": all(p["not_behind"] for p in points.values())}
 
 
-def _replay_one(args: tuple[Path, Policy, int, float, float]) -> tuple[str, int, dict[str, Any]]:
-    path, policy, seed, budget, budget_trials = args
+def _replay_one(args: tuple[Path, Policy, int, float, float, bool]) -> tuple[str, int, dict[str, Any]]:
+    path, policy, seed, budget, budget_trials, interpolate = args
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if str(path) not in _TABLES:
-        _TABLES[str(path)] = Table.load(path)
-    result = replay(_TABLES[str(path)], policy, seed, budget, budget_trials)
+    if (str(path), interpolate) not in _TABLES:
+        _TABLES[(str(path), interpolate)] = Table.load(path, interpolate)
+    result = replay(_TABLES[(str(path), interpolate)], policy, seed, budget, budget_trials)
     return policy.name, seed, result
 
 
-_TABLES: dict[str, Table] = {}
+_TABLES: dict[tuple[str, bool], Table] = {}
 
 
-def run_table(path: Path, policies: Sequence[Policy], seeds: int, budget_trials: float, workers: int
-              ) -> dict[str, Any]:
-    table = Table.load(path)
+def run_table(path: Path, policies: Sequence[Policy], seeds: int, budget_trials: float, workers: int,
+              interpolate: bool = False) -> dict[str, Any]:
+    table = Table.load(path, interpolate)
     budget = budget_trials * table.full_cost(Policy("full", evals="epoch"))
-    jobs = [(path, policy, seed, budget, budget_trials) for policy in policies for seed in range(seeds)]
+    jobs = [(path, policy, seed, budget, budget_trials, interpolate) for policy in policies
+            for seed in range(seeds)]
     runs: dict[str, list[dict[str, Any]]] = {p.name: [{}] * seeds for p in policies}
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for name, seed, result in pool.imap_unordered(_replay_one, jobs, chunksize=4):
             runs[name][seed] = result
     summary = summarize(table, runs, budget)
+    if "tuner" in runs:
+        summary["targets"] = targets(summary)
     machines = [s["machine"] for s in table.raw["sittings"]]
     return {"table": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
             "table_settings": table.raw["settings"], "table_machines": machines, "seeds": seeds,
+            "rates": "interpolate" if interpolate else "snap",
             "budget_trials": budget_trials, "policies": {p.name: _policy_json(p) for p in policies}, **summary,
             "trials_seed0": {name: results[0]["trials"] for name, results in runs.items()}}
 
@@ -643,6 +709,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policies", nargs="*", default=None)
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... on tuner's defaults")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rates", choices=("snap", "interpolate"), default="snap",
+                        help="a sampled learning rate takes the nearest grid rate's curve, or one interpolated in "
+                             "log-rate between the two around it")
     parser.add_argument("--output", type=Path, default=None, help="with one table: the results file")
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md and the PNG alone")
     args = parser.parse_args(argv)
@@ -653,13 +722,13 @@ def main(argv: list[str] | None = None) -> None:
         if not path.is_file():
             print(f"skipped: {path} does not exist (build it with make bench-table)", file=sys.stderr)
             continue
-        result = run_table(path, chosen, args.seeds, args.budget_trials, args.workers)
+        result = run_table(path, chosen, args.seeds, args.budget_trials, args.workers, args.rates == "interpolate")
         stem = path.stem.removeprefix("lc_table_")
-        output = args.output or RESULTS / f"replay_{stem}.json"
+        output = args.output or RESULTS / f"replay_{stem}{INTERPOLATED if args.rates == 'interpolate' else ''}.json"
         output.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
         print(render(result))
         print(f"wrote {output}")
-    if args.no_markdown or args.output:
+    if args.no_markdown or args.output or args.rates == "interpolate":
         return
     results = [json.loads(path.read_text()) for path in _result_files()]
     if not results:
@@ -723,8 +792,34 @@ def render_markdown(results: Sequence[dict[str, Any]]) -> str:
                     behind = f"; behind it at {', '.join(lost)}" if lost else "; never behind it from 10% of the budget"
                 lines.append(f"- {peer}: {s['median_ratio']:.2f}x; tuner faster in {s['faster_in']}, slower in "
                              f"{s['slower_in']} of {s['seeds']} seeds; p = {s['p_value']:.2g}{behind}")
+        if "targets" in result:
+            lines += ["", f"Targets: {_targets_line(result['targets'])}."]
+        interpolated = RESULTS / f"replay_{_task(result)}{INTERPOLATED}.json"
+        if interpolated.is_file() and "targets" in (other := json.loads(interpolated.read_text())):
+            lines += ["", f"With each sampled rate's curve interpolated in log-rate between the grid's two around "
+                      f"it (`--rates interpolate`, `{interpolated.relative_to(ROOT)}`): "
+                      f"{_targets_line(other['targets'])}."]
         lines.append("")
     return "\n".join(lines)
+
+
+def _targets_line(found: dict[str, Any]) -> str:
+    """The targets' figures in one sentence."""
+    parts = []
+    if "speedup_vs_optuna_example" in found:
+        s = found["speedup_vs_optuna_example"]
+        low, high = s["median_ratio_band"]
+        parts.append(f"{s['median_ratio']:.2f}x less compute than the optuna-examples recipe (median of the paired "
+                     f"ratios, bootstrap 95% band [{low:.2f}, {high:.2f}]; p = {s['p_value']:.2g}; ratio of the "
+                     f"medians {s['ratio_of_medians']:.2f}x): "
+                     f"{'met' if s['met'] else 'not met'} (at least {SPEEDUP_TARGET:g}x, p < 0.01)")
+    behind = {peer: at for peer, at in found["behind_at"].items() if at}
+    parts.append("never behind a peer from 10% of the budget" if not behind else "behind " + "; ".join(
+        f"{peer} at {', '.join(f'{float(f):.0%}' for f in at)}" for peer, at in behind.items()))
+    parts.append(f"test tau {found['test_tau']['tuner']:.3f}, "
+                 f"{'at least' if found['test_tau_at_least_peers'] else 'below'} the peers' "
+                 f"({', '.join(f'{v:.3f}' for n, v in found['test_tau'].items() if n != 'tuner')})")
+    return "; ".join(parts)
 
 
 def regret_png(results: Sequence[dict[str, Any]], path: Path) -> None:

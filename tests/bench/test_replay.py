@@ -93,6 +93,29 @@ def test_the_best_configuration_and_the_snapped_rate(table: Table) -> None:
     assert table.backbones == ["small", "large"]  # the study's order: the baseline's backbone first
 
 
+def test_a_rate_between_grid_rates_interpolates_in_log_rate(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    snapped, interpolated = Table.load(path), Table.load(path, interpolate=True)
+    low, high = RATES[5], RATES[6]
+    rate = low ** 0.25 * high ** 0.75  # three quarters of the way up in log-rate: nearer the higher rate
+    below, above = snapped.curve("large", 8, low, 1), snapped.curve("large", 8, high, 1)
+    assert snapped.at("large", 8, rate, 1) is above
+    config = interpolated.at("large", 8, rate, 1)
+    assert config["learning_rate"] == rate
+    for point, a, b in zip(config["curve"], below["curve"], above["curve"], strict=True):
+        for key in ("val_kendall_tau", "test_kendall_tau"):
+            assert point[key] == pytest.approx(0.25 * a[key] + 0.75 * b[key])
+        assert (point["step"], point["tokens"]) == (b["step"], b["tokens"])  # the nearer rate's steps and costs
+    # a grid rate, or one outside the grid, is that rate's curve
+    assert interpolated.at("large", 8, high, 1) is interpolated.curve("large", 8, high, 1)
+    assert interpolated.at("large", 8, 1e-7, 1) is interpolated.curve("large", 8, RATES[0], 1)
+    # the replay trains a trial at the interpolated curve and records the rate it sampled
+    policy = Policy("random", sampler="random", pruner="none")
+    trials = replay(interpolated, policy, seed=0, budget=400.0)["trials"]
+    assert any(t["rate"] not in RATES for t in trials)
+    assert all(t["rate"] in RATES for t in replay(snapped, policy, seed=0, budget=400.0)["trials"])
+
+
 def test_a_policy_pays_for_the_validations_it_runs_only(table: Table) -> None:
     config = table.curve("large", 8, RATES[0], 0)
     assert _evaluated(config["curve"], "epoch", 4) == [3, 7]
@@ -238,6 +261,25 @@ def test_the_section_and_the_figure_report_every_policy_of_every_table(tmp_path:
     assert f"- random: {result['speedup']['tuner']['random']['median_ratio']:.2f}x" in section
     regret_png([result, result], tmp_path / "replay.png")
     assert (tmp_path / "replay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_targets_are_read_from_the_speedup_the_regret_and_the_test_tau(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    policies = [default_policies()[name] for name in ("random", "optuna_example", "tuner")]
+    result = run_table(path, policies, seeds=6, budget_trials=8, workers=1)
+    found, speedup = result["targets"], result["speedup"]["tuner"]["optuna_example"]
+    assert found["speedup_vs_optuna_example"]["median_ratio"] == speedup["median_ratio"]
+    assert found["speedup_vs_optuna_example"]["p_value"] == speedup["p_value"]
+    assert found["speedup_vs_optuna_example"]["met"] == (speedup["median_ratio"] >= 3 and speedup["p_value"] < 0.01)
+    reach = {n: result["policies"][n]["compute_to_target"]["median_cpu_s"] for n in ("optuna_example", "tuner")}
+    assert found["speedup_vs_optuna_example"]["ratio_of_medians"] == pytest.approx(reach["optuna_example"] /
+                                                                                    reach["tuner"])
+    for peer in ("random", "optuna_example"):
+        budgets = result["regret_versus"]["tuner"][peer]["budgets"]
+        assert found["behind_at"][peer] == [f for f, v in budgets.items() if not v["not_behind"]]
+    assert found["never_behind"] == (not any(found["behind_at"].values()))
+    assert set(found["test_tau"]) == {"random", "optuna_example", "tuner"}
+    assert "Targets: " in render_markdown([result])
 
 
 def test_regret_against_each_peer_is_paired_per_budget(tmp_path: Path) -> None:
