@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import RESULTS, ROOT, machine, replace_section, require_shared
+from tuner.config.schema import LRFinderConfig
+from tuner.hpo.search import TPE_STARTUP_TRIALS
 
 SYSTEMS = ("hf", "optuna", "random", "tuner")
 NAMES = {"hf": "HF Trainer.hyperparameter_search", "optuna": "Optuna + Lightning example", "random": "random search",
@@ -84,11 +86,13 @@ SETTINGS = {
                "the data tokenised afresh in every trial (no cache); objective: the last validation's tau"),
     "random": "as optuna, with RandomSampler(seed) and NopPruner()",
     "tuner": ("tuner run on a study file with only the shared task, every other setting its default: sampler TPE "
-              "(seed; tuner's independent, constant-liar TPE, n_startup_trials=5), pruner Hyperband (Optuna's "
-              "defaults), LR finder in scale mode with one study-wide curve (100 steps, multiplier [0.5, 2], run only "
-              "where it costs at most 1x the trial's training steps, so never on this task's 20 to 40 steps a "
-              "trial), the baseline trial first (first backbone and batch size, at the finder's suggestion where it "
-              "runs, else 5e-5), tokenisation cached (in the cell's folder, so every cell starts cold), checkpoints, "
+              f"(seed; tuner's independent, constant-liar TPE, n_startup_trials={TPE_STARTUP_TRIALS}), pruner "
+              "Hyperband (Optuna's defaults), LR finder in scale mode with one study-wide curve "
+              f"({LRFinderConfig().num_training} steps, multiplier {list(LRFinderConfig().multiplier)}, run only "
+              f"where it costs at most {LRFinderConfig().max_cost:g}x the trial's training steps, so never on this "
+              "task's 20 to 40 steps a trial), the baseline trial first (first backbone and batch size, at the "
+              "finder's suggestion times the middle of the multiplier where it runs, else 5e-5), tokenisation cached "
+              "(in the cell's folder, so every cell starts cold), checkpoints, "
               "gradient clipping 1.0; objective: the best validation"),
 }
 
@@ -167,12 +171,29 @@ def reusable_cells(previous: dict[str, Any], settings: dict[str, Any], record: d
     stored, now = previous.get("settings") or {}, json.loads(json.dumps(settings))
     if stored.get("quick") != now["quick"] or stored.get("sizing") != now["sizing"]:
         raise ValueError("it is a run of another mode or sizing")
-    keys = ("cpu_model", "cpu_capability", "cores", "torch", "torch_threads", "precision")
-    differ = [key for key in keys if (previous.get("machine") or {}).get(key) != record.get(key)]
+    differ = machine_differs(previous.get("machine") or {}, record)
     if differ:
         raise ValueError(f"it ran on another machine ({', '.join(differ)} differ)")
     same = {system for system in now["systems"] if (stored.get("peers") or {}).get(system) == now["peers"][system]}
     return {key: cell for key, cell in (previous.get("cells") or {}).items() if key.split("/")[0] in same}
+
+
+def machine_differs(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What makes two machines' CPU seconds incomparable, among what their records say: the CPU, its capability,
+    the cores, torch and its threads, and the precision."""
+    keys = ("cpu_model", "cpu_capability", "cores", "torch", "torch_threads", "precision")
+    return [key for key in keys if before.get(key) != now.get(key)]
+
+
+def resume_refused(previous: dict[str, Any], settings: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """Why this run cannot go on from a results file's cells, if it cannot: they ran with other settings, or
+    on another machine, whose CPU-second budgets are not this one's."""
+    if not same_settings(previous.get("settings"), settings):
+        return "holds a run with other settings"
+    differ = machine_differs(previous.get("machine") or {}, record)
+    if differ and previous.get("cells"):
+        return f"holds cells measured on another machine ({', '.join(differ)} differ)"
+    return None
 
 
 def cell_key(system: str, seed: int) -> str:
@@ -477,17 +498,18 @@ def main() -> None:
     work = ROOT / "runs" / "head_to_head" / output.stem
     data = write_subset(require_shared("nips_abstracts"), work / "data", sizing)
     settings = {"quick": args.quick, "sizing": asdict(sizing), "systems": list(args.systems), "peers": SETTINGS}
-    results: dict[str, Any] = {}
-    if output.is_file() and not args.fresh:
-        results = json.loads(output.read_text())
-        if not same_settings(results.get("settings"), settings):
-            sys.exit(f"{output} holds a run with other settings; rerun with --fresh to start over, or --output NAME")
-        print(f"resuming {output}: {len(results['cells'])} cell(s) done")
     command = "python -m bench.head_to_head" + " ".join([""] + sys.argv[1:])
     record = machine()
     from tuner import hardware
 
     record["summary"] = hardware.summary(record)
+    results: dict[str, Any] = {}
+    if output.is_file() and not args.fresh:
+        results = json.loads(output.read_text())
+        refused = resume_refused(results, settings, record)
+        if refused:
+            sys.exit(f"{output} {refused}; rerun with --fresh to start over, or --output NAME")
+        print(f"resuming {output}: {len(results['cells'])} cell(s) done")
     results = {"settings": settings, "cells": results.get("cells", {}), "machine": record, "command": command,
                "output": str(output.relative_to(ROOT))}
     if args.reuse:

@@ -19,6 +19,7 @@ from bench.head_to_head import (
     pending_cells,
     render_markdown,
     replace_section,
+    resume_refused,
     reusable_cells,
     same_settings,
     summarize,
@@ -76,6 +77,23 @@ def test_settings_match_as_the_results_file_stores_them() -> None:
     assert same_settings(json.loads(json.dumps(settings)), settings)
     assert not same_settings(json.loads(json.dumps({**settings, "quick": False})), settings)
     assert not same_settings(None, settings)
+
+
+def test_a_run_resumes_only_with_its_settings_and_on_a_machine_that_reads_the_same() -> None:
+    import json
+    from dataclasses import asdict
+
+    machine = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX512", "cores": 2, "torch": "2.13.0+cpu",
+               "torch_threads": 2, "precision": "bf16-mixed"}
+    settings = {"quick": False, "sizing": asdict(QUICK), "systems": list(SYSTEMS), "peers": SETTINGS}
+    previous = {"settings": json.loads(json.dumps(settings)), "machine": machine, "cells": {"hf/0": {"curve": []}}}
+    assert resume_refused(previous, settings, dict(machine)) is None
+    assert resume_refused(previous, {**settings, "quick": True}, machine) == "holds a run with other settings"
+    # a CPU-second budget on an AMX machine is not one on the machine that ran the other cells
+    other = {**machine, "cpu_model": "Intel Xeon", "cpu_capability": "AMX"}
+    assert resume_refused(previous, settings, other) == (
+        "holds cells measured on another machine (cpu_model, cpu_capability differ)")
+    assert resume_refused({**previous, "cells": {}}, settings, other) is None  # nothing measured yet
 
 
 def test_reuse_takes_the_cells_of_systems_whose_settings_are_unchanged() -> None:
