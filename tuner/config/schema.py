@@ -248,7 +248,7 @@ class LRFinderConfig:
     num_training: int = 100
     min_lr: float = 1e-6
     max_lr: float = 1e-2
-    multiplier: tuple[float, float] = (0.5, 2.0)
+    multiplier: tuple[float, float] = (1.0, 3.0)
     min_drop: float = 0.1
     max_cost: float = 1.0
 
