@@ -111,7 +111,8 @@ def ranks(medians: dict[str, float]) -> dict[str, int]:
 def _replays(table_path: Path, policies: dict[str, Policy], seeds: int, budget: float, budget_trials: float,
              workers: int) -> dict[str, list[dict[str, Any]]]:
     """Each system's replayed searches, by system."""
-    jobs = [(table_path, policy, seed, budget, budget_trials) for policy in policies.values() for seed in range(seeds)]
+    jobs = [(table_path, policy, seed, budget, budget_trials, False) for policy in policies.values()
+            for seed in range(seeds)]
     names = {policy.name: system for system, policy in policies.items()}
     runs: dict[str, list[dict[str, Any]]] = {system: [] for system in policies}
     with multiprocessing.get_context("fork").Pool(workers) as pool:
