@@ -37,15 +37,21 @@ def judge_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: floa
     finite = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True) if math.isfinite(loss)]
     if suggestion is None or len(finite) < 10:
         return False, "no suggestion (too few finite points)"
-    skip = max(1, len(finite) // 10)
-    start = sum(loss for _, loss in finite[skip: 2 * skip]) / len(finite[skip: 2 * skip])
-    lowest = min(loss for _, loss in finite[skip:])
-    drop = (start - lowest) / abs(start) if start else 0.0
+    start, lowest, drop = loss_drop([loss for _, loss in finite])
     if drop < config.min_drop:
         return False, f"loss did not drop: {start:.4f} to at best {lowest:.4f} ({drop:.1%} < {config.min_drop:.0%})"
     if suggestion >= finite[-1][0] * 0.5:
         return False, f"suggestion {suggestion:.3g} at the top of the range"
     return True, f"loss dropped {drop:.1%}"
+
+
+def loss_drop(losses: Sequence[float]) -> tuple[float, float, float]:
+    """A finite finder curve's starting loss (read after its first tenth), its lowest loss after that, and the
+    drop between them as a fraction of the start."""
+    skip = max(1, len(losses) // 10)
+    start = sum(losses[skip: 2 * skip]) / len(losses[skip: 2 * skip])
+    lowest = min(losses[skip:])
+    return start, lowest, (start - lowest) / abs(start) if start else 0.0
 
 
 def run_finder(run: StudyFile, model: SentenceOrderer, data: SentenceOrderingData, root: Path,
