@@ -245,7 +245,7 @@ class LRFinderConfig:
 
     mode: str = "scale"
     scope: str = "study"
-    num_training: int = 100
+    num_training: int = 150
     min_lr: float = 1e-6
     max_lr: float = 1e-2
     multiplier: tuple[float, float] = (1.0, 3.0)
