@@ -62,6 +62,7 @@ NAMES = {"hf": "HF Trainer.hyperparameter_search", "optuna": "Optuna + Lightning
          "tuner": "tuner (defaults)"}
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TARGET_GAP = 0.01  # the target: within 0.01 of the best median (over seeds) validation tau of any system
+FINDER = LRFinderConfig()  # tuner's default LR finder
 PRECISION_NOTE = ("every system trains in tuner.hardware.best_precision() (bf16-mixed on a CPU with native bf16, "
                   "fp32 on one without)")
 
@@ -88,9 +89,9 @@ SETTINGS = {
     "tuner": ("tuner run on a study file with only the shared task, every other setting its default: sampler TPE "
               f"(seed; tuner's independent, constant-liar TPE, n_startup_trials={TPE_STARTUP_TRIALS}), pruner "
               "Hyperband (Optuna's defaults), LR finder in scale mode with one study-wide curve "
-              f"({LRFinderConfig().num_training} steps, multiplier {list(LRFinderConfig().multiplier)}, run only "
-              f"where it costs at most {LRFinderConfig().max_cost:g}x the trial's training steps, so never on this "
-              "task's 20 to 40 steps a trial), the baseline trial first (first backbone and batch size, at the "
+              f"({FINDER.num_training} steps, multiplier {list(FINDER.multiplier)}, run only "
+              f"where it costs at most {FINDER.max_cost:g}x the trial's training steps, so never on the default "
+              "sizing's 20 to 40 steps a trial), the baseline trial first (first backbone and batch size, at the "
               "finder's suggestion times the middle of the multiplier where it runs, else 5e-5), tokenisation cached "
               "(in the cell's folder, so every cell starts cold), checkpoints, "
               "gradient clipping 1.0; objective: the best validation"),

@@ -3,7 +3,7 @@ recorded with their cost, so that search policies can be replayed against it (``
 
     python -m bench.lc_table --study studies/nips.toml [--set KEY=VALUE ...] [--train-docs N] [--val-docs N]
                              [--test-docs N] [--lr-values 12] [--seeds 2] [--epochs E] [--evals-per-epoch 4]
-                             [--output PATH] [--max-hours H]
+                             [--finder-seeds 3] [--output PATH] [--max-hours H]
     make bench-table          # the NIPS and ROCStories tables
 
 The grid is the study's ``[search]``: every backbone, every batch size, and ``--lr-values`` learning rates
@@ -18,8 +18,10 @@ PMR, accuracy and loss, the test split's metrics on the same weights (so that a 
 configuration has a test figure at the point where its trial stopped), the optimiser steps and training tokens
 so far, and the CPU seconds (``time.process_time()``, every thread) spent training and validating so far;
 test evaluation is timed apart and never charged. The training loss of every step is kept, so a policy that
-stops on divergence can be replayed. Also measured: one LR-finder curve per (backbone, batch size) with its
-suggestion, verdict and cost; and each fixed cost once (importing the stack, loading each backbone, tokenising
+stops on divergence can be replayed. Also measured: ``--finder-seeds`` LR-finder curves per (backbone, batch
+size), one per data-order seed from ``trainer.seed`` on, each with its suggestion, verdict and cost (a list
+per configuration; a search draws one by its seed, as a trial's finder would run under its seed); and each
+fixed cost once (importing the stack, loading each backbone, tokenising
 the data with and without tuner's cache).
 
 The results file is written after every configuration and a stopped run resumes where it stopped; each
@@ -198,17 +200,18 @@ def train_config(run: StudyFile, config: dict[str, Any], sizes: dict[str, int | 
 
 
 def finder_curve(run: StudyFile, backbone_label: str, batch_size: int, sizes: dict[str, int | None],
-                 folder: Path) -> dict[str, Any]:
-    """The study's LR finder on the table's data for one (backbone, batch size), with its CPU cost."""
+                 folder: Path, seed: int) -> dict[str, Any]:
+    """The study's LR finder on the table's data for one (backbone, batch size) under ``seed``, with its CPU
+    cost."""
     backbone = next(b for b in (run.search.backbone or (run.model.backbone,)) if b.label == backbone_label)
     trial_run = replace(run, model=replace(run.model, backbone=backbone),
                         data=replace(run.data, batch_size=batch_size))
-    pl.seed_everything(run.trainer.seed, workers=True, verbose=False)
+    pl.seed_everything(seed, workers=True, verbose=False)
     data = SubsetData(trial_run, backbone.name, sizes, splits=("validation",))  # as a trial's finder validates
     data.setup("fit")
     started = time.process_time()
     found = run_finder(trial_run, TableOrderer.from_config(trial_run.model), data, folder)
-    return {"backbone": backbone_label, "batch_size": batch_size, "cpu_s": round(time.process_time() - started, 3),
+    return {"backbone": backbone_label, "batch_size": batch_size, "seed": seed, "cpu_s": round(time.process_time() - started, 3),
             **{k: found[k] for k in ("suggestion", "reliable", "reason", "lr", "loss", "num_training")}}
 
 
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--evals-per-epoch", type=int, default=4)
+    parser.add_argument("--finder-seeds", type=int, default=3, help="LR-finder curves per (backbone, batch size)")
     parser.add_argument("--output", type=Path, default=None, help="default: bench/results/lc_table_<study>.json")
     parser.add_argument("--max-hours", type=float, default=None, help="stop starting configurations after this")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: runs/lc_table/<table>)")
@@ -282,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     table.setdefault("settings", settings)
     table.setdefault("configs", {})
     table.setdefault("finder", {})
+    for key, found in table["finder"].items():  # a table from before finder seeds: its one curve, at trainer.seed
+        if isinstance(found, dict):
+            table["finder"][key] = [{**found, "seed": run.trainer.seed}]
     sittings = table.setdefault("sittings", [])
     sitting = len(sittings)
     sittings.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(run.trainer.precision),
@@ -299,12 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     pairs = sorted({(c["backbone"], c["batch_size"]) for c in configs}, key=lambda p: (str(p[0]), p[1]))
     for backbone, batch_size in pairs:
         key = f"{backbone}|{batch_size}"
-        if key not in table["finder"] and time.monotonic() < deadline:
-            table["finder"][key] = {**finder_curve(run, backbone, batch_size, sizes, work / "finder"),
-                                    "sitting": sitting}
+        while len(table["finder"].get(key, [])) < args.finder_seeds and time.monotonic() < deadline:
+            curves = table["finder"].setdefault(key, [])
+            seed = run.trainer.seed + len(curves)
+            curves.append({**finder_curve(run, backbone, batch_size, sizes, work / "finder", seed), "sitting": sitting})
             _write(output, table)
-            print(f"finder {key}: suggestion {table['finder'][key]['suggestion']} "
-                  f"({table['finder'][key]['reason']}), {table['finder'][key]['cpu_s']:.0f} CPU s", flush=True)
+            print(f"finder {backbone}|{batch_size} seed {seed}: suggestion {curves[-1]['suggestion']} "
+                  f"({curves[-1]['reason']}), {curves[-1]['cpu_s']:.0f} CPU s", flush=True)
     missing = [c for c in configs if c["key"] not in table["configs"]]
     print(f"{len(configs) - len(missing)}/{len(configs)} configurations done; {documents} documents", flush=True)
     for number, config in enumerate(missing, 1):

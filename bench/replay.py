@@ -18,7 +18,8 @@ CPU seconds per token and per validation of its (backbone, batch size) over the 
 the table's first machine, so that one configuration measured while the machine was busy does not skew the
 rest, and a table resumed on another machine gains curves but keeps one price list; the fixed costs each trial pays
 (loading the backbone; tokenising, unless the policy caches it); and the LR finder's measured cost the first
-time a policy runs it for a (backbone, batch size). The budget is ``--budget-trials`` times the mean cost of
+time a policy runs it for a (backbone, batch size). Each replay seed draws one of the table's finder curves
+per (backbone, batch size), as a live search's finder runs under its own seed, and pays that curve's cost. The budget is ``--budget-trials`` times the mean cost of
 one whole configuration.
 
 Reported per table: the anytime median normalised regret ``(tau* - best) / tau*`` with a bootstrap 95% band
@@ -82,6 +83,7 @@ class Policy:
         finder: ``off``, or ``tuner`` (tuner's LR-finder rule: scale mode, run where it costs at most
             ``max_cost`` of the trial's steps, its suggestion times a sampled multiplier when reliable).
         finder_max_cost, finder_multiplier: override ``LRFinderConfig.max_cost`` and ``.multiplier``.
+        finder_baseline: the baseline's multiplier of the suggestion, where it is not the middle of the range.
         finder_scope: ``config`` runs the finder once per (backbone, batch size); ``study`` scales every
             trial's rate from the first reliable suggestion, running the finder for each new (backbone, batch
             size) only until one is reliable.
@@ -113,6 +115,7 @@ class Policy:
     baseline_finder: bool = False
     finder_max_cost: float | None = None
     finder_multiplier: tuple[float, float] | None = None
+    finder_baseline: float | None = None
     finder_scope: str = "config"
     lr_range: tuple[float, float] | None = None
     cache: bool = False
@@ -244,6 +247,12 @@ class Table:
         """A configuration's best validation tau, averaged over its training seeds."""
         return statistics.fmean(_best_val(self.curve(backbone, batch_size, rate, s)) for s in self.seeds)
 
+    def finders(self, backbone: str, batch_size: int) -> list[dict[str, Any]]:
+        """The LR-finder curves of (backbone, batch size), one per seed; a table from before finder seeds holds
+        one curve, not a list."""
+        found = self.raw.get("finder", {}).get(f"{backbone}|{batch_size}") or []
+        return [found] if isinstance(found, dict) else found  # type: ignore[no-any-return]
+
     def best_config(self) -> tuple[float, tuple[str, int, float]]:
         if not hasattr(self, "_best"):
             self._best = max((self.config_mean(b, s, r), (b, s, r)) for b in self.backbones
@@ -355,8 +364,11 @@ def _pruner(policy: Policy) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _finder(table: Table, backbone: str, batch_size: int) -> dict[str, Any] | None:
-    return table.raw.get("finder", {}).get(f"{backbone}|{batch_size}")  # type: ignore[no-any-return]
+def _finder(table: Table, backbone: str, batch_size: int, seed: int) -> dict[str, Any] | None:
+    """The finder curve replay seed ``seed`` gets for (backbone, batch size): one of the table's curves, drawn by
+    the seed, as a live search's finder runs under its own."""
+    curves = table.finders(backbone, batch_size)
+    return curves[seed % len(curves)] if curves else None
 
 
 def _warm_trials(policy: Policy, seed: int, budget_trials: float, interpolate: bool
@@ -364,9 +376,7 @@ def _warm_trials(policy: Policy, seed: int, budget_trials: float, interpolate: b
     """The finished trials of ``policy`` on its ``warm_start`` table, as trials another study can take."""
     assert policy.warm_start is not None
     path = Path(policy.warm_start)
-    other = _TABLES.get((str(path), interpolate)) or Table.load(path if path.is_file() else RESULTS / path,
-                                                                interpolate)
-    _TABLES[(str(path), interpolate)] = other
+    other = _cached_table(path if path.is_file() else RESULTS / path, interpolate)
     cold = replace(policy, warm_start=None)
     found = replay(other, cold, seed, budget_trials * other.full_cost(Policy("full", evals="epoch")), keep=True)
     return [optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value,
@@ -427,7 +437,8 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             for backbone in backbones if policy.baseline_per_backbone else backbones[:1]:
                 study.enqueue_trial({"backbone": backbone, "batch_size": table.batch_sizes[0],
                                      "learning_rate": BASELINE_LEARNING_RATE,
-                                     **({"lr_multiplier": _finder_config(policy).baseline_multiplier}
+                                     **({"lr_multiplier": policy.finder_baseline
+                                         or _finder_config(policy).baseline_multiplier}
                                         if policy.baseline_finder else {})},
                                     user_attrs={"baseline": True})
         finders: dict[str, None] = {}  # the finder curves run so far, in order
@@ -447,7 +458,7 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
             spent += trial_fixed_cost(table, policy, backbone, tokenized)
             if policy.finder == "tuner" and (policy.baseline_finder or not trial.user_attrs.get("baseline")):
                 learning_rate, finder_cost = _finder_rate(table, policy, trial, backbone, batch_size, learning_rate,
-                                                          finders)
+                                                          finders, seed)
                 spent += finder_cost
             config = table.at(backbone, batch_size, learning_rate, training_seed)
             rate = config["learning_rate"]
@@ -499,14 +510,14 @@ def replay(table: Table, policy: Policy, seed: int, budget: float, budget_trials
 
 
 def _finder_rate(table: Table, policy: Policy, trial: optuna.Trial, backbone: str, batch_size: int,
-                 sampled: float, finders: dict[str, None]) -> tuple[float, float]:
+                 sampled: float, finders: dict[str, None], seed: int) -> tuple[float, float]:
     """tuner's LR-finder rule (``tuner.hpo.objective.Objective._learning_rate``) on the table's finder curve."""
     config = _finder_config(policy)
     key = f"{backbone}|{batch_size}"
     if policy.finder_scope == "study":  # the first reliable curve serves every trial; until then, each its own
-        key = next((k for k in finders if (_finder(table, *_split(k)) or {}).get("reliable")), key)
+        key = next((k for k in finders if (_finder(table, *_split(k), seed) or {}).get("reliable")), key)
         backbone, batch_size = _split(key)
-    found = _finder(table, backbone, batch_size)
+    found = _finder(table, backbone, batch_size, seed)
     if found is None:
         return sampled, 0.0
     steps = next(c["steps_per_epoch"] for c in table.raw["configs"].values() if c["batch_size"] == batch_size)
@@ -620,7 +631,7 @@ def summarize(table: Table, runs: dict[str, list[dict[str, Any]]], budget: float
             "policies": policies, "speedup": speedups, "regret_versus": versus}
 
 
-SPEEDUP_TARGET = 3.0  # issue: tuner needs at most a third of the optuna-examples recipe's compute to the target
+SPEEDUP_TARGET = 3.0  # tuner's target: at most a third of the optuna-examples recipe's compute to the target
 
 
 def targets(summary: dict[str, Any]) -> dict[str, Any]:
@@ -667,13 +678,18 @@ def regret_versus(mine: dict[float, list[float]], theirs: dict[float, list[float
 def _replay_one(args: tuple[Path, Policy, int, float, float, bool]) -> tuple[str, int, dict[str, Any]]:
     path, policy, seed, budget, budget_trials, interpolate = args
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if (str(path), interpolate) not in _TABLES:
-        _TABLES[(str(path), interpolate)] = Table.load(path, interpolate)
-    result = replay(_TABLES[(str(path), interpolate)], policy, seed, budget, budget_trials)
+    result = replay(_cached_table(path, interpolate), policy, seed, budget, budget_trials)
     return policy.name, seed, result
 
 
 _TABLES: dict[tuple[str, bool], Table] = {}
+
+
+def _cached_table(path: Path, interpolate: bool) -> Table:
+    """A table loaded once per worker process and rate mode."""
+    if (str(path), interpolate) not in _TABLES:
+        _TABLES[(str(path), interpolate)] = Table.load(path, interpolate)
+    return _TABLES[(str(path), interpolate)]
 
 
 def run_table(path: Path, policies: Sequence[Policy], seeds: int, budget_trials: float, workers: int,
@@ -694,7 +710,22 @@ def run_table(path: Path, policies: Sequence[Policy], seeds: int, budget_trials:
             "table_settings": table.raw["settings"], "table_machines": machines, "seeds": seeds,
             "rates": "interpolate" if interpolate else "snap",
             "budget_trials": budget_trials, "policies": {p.name: _policy_json(p) for p in policies}, **summary,
+            "finder_curves": finder_curves(table),
             "trials_seed0": {name: results[0]["trials"] for name, results in runs.items()}}
+
+
+def finder_curves(table: Table) -> dict[str, Any]:
+    """Each (backbone, batch size)'s best grid rate (by mean validation tau over seeds) and, for each of its
+    finder curves, the suggestion, the verdict, the cost and how far the best rate lies above the suggestion."""
+    found: dict[str, Any] = {}
+    for backbone in table.backbones:
+        for batch_size in table.batch_sizes:
+            best = max(table.rates, key=lambda rate: table.config_mean(backbone, batch_size, rate))
+            found[f"{backbone}|{batch_size}"] = {"best_rate": best, "curves": [
+                {"seed": c.get("seed"), "suggestion": c["suggestion"], "reliable": c["reliable"],
+                 "cpu_s": c["cpu_s"], "best_over_suggestion": best / c["suggestion"] if c["suggestion"] else None}
+                for c in table.finders(backbone, batch_size)]}
+    return found
 
 
 def _policy_json(policy: Policy) -> dict[str, Any]:
@@ -718,17 +749,18 @@ def main(argv: list[str] | None = None) -> None:
     base = default_policies()
     chosen = [base[name] for name in (args.policies or list(base))] + [parse_variant(v, base) for v in args.variant]
     tables = args.tables or [RESULTS / name for name in TABLES]
+    interpolate = args.rates == "interpolate"
     for path in tables:
         if not path.is_file():
             print(f"skipped: {path} does not exist (build it with make bench-table)", file=sys.stderr)
             continue
-        result = run_table(path, chosen, args.seeds, args.budget_trials, args.workers, args.rates == "interpolate")
+        result = run_table(path, chosen, args.seeds, args.budget_trials, args.workers, interpolate)
         stem = path.stem.removeprefix("lc_table_")
-        output = args.output or RESULTS / f"replay_{stem}{INTERPOLATED if args.rates == 'interpolate' else ''}.json"
+        output = args.output or RESULTS / f"replay_{stem}{INTERPOLATED if interpolate else ''}.json"
         output.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
         print(render(result))
         print(f"wrote {output}")
-    if args.no_markdown or args.output or args.rates == "interpolate":
+    if args.no_markdown or args.output or interpolate:
         return
     results = [json.loads(path.read_text()) for path in _result_files()]
     if not results:

@@ -35,8 +35,9 @@ def test_a_tiny_table_is_built_resumed_and_kept_to_its_settings(study_dir: Path,
     output = tmp_path / "lc_table_tiny.json"
     args = ["--study", str(study_dir / "studies" / "tiny.toml"), "--set", 'data.test="../test.lower"',
             "--set", "search.batch_size=[8]", "--set", "search.learning_rate=[1e-4, 1e-3]",
-            "--set", 'study.lr_finder={mode="scale", num_training=20}', "--train-docs", "32", "--val-docs", "16",
-            "--lr-values", "2", "--seeds", "1", "--epochs", "1", "--output", str(output), "--work", str(tmp_path)]
+            "--set", 'study.lr_finder={mode="scale", num_training=20}', "--set", "trainer.seed=5",
+            "--train-docs", "32", "--val-docs", "16", "--lr-values", "2", "--seeds", "1", "--finder-seeds", "2",
+            "--epochs", "1", "--output", str(output), "--work", str(tmp_path)]
     main([*args, "--max-hours", "0"])  # measures the fixed costs, then starts nothing
     table = json.loads(output.read_text())
     assert not table["configs"] and not table["finder"] and table["documents"]["train"] == 32
@@ -52,8 +53,9 @@ def test_a_tiny_table_is_built_resumed_and_kept_to_its_settings(study_dir: Path,
         assert later["train_cpu_s"] > earlier["train_cpu_s"] and later["val_cpu_s"] > earlier["val_cpu_s"]
         assert later["tokens"] > earlier["tokens"]
     assert all(-1 <= r["val_kendall_tau"] <= 1 and -1 <= r["test_kendall_tau"] <= 1 for r in curve)
-    finder = next(iter(table["finder"].values()))
-    assert len(finder["lr"]) == len(finder["loss"]) == 20 and finder["cpu_s"] > 0
+    curves = next(iter(table["finder"].values()))
+    assert [c["seed"] for c in curves] == [5, 6]  # one curve per data-order seed
+    assert all(len(c["lr"]) == len(c["loss"]) == 20 and c["cpu_s"] > 0 for c in curves)
     assert table["fixed_costs"]["import_cpu_s"] > 0
     assert not any(math.isnan(v) for v in config["train_loss"])
 

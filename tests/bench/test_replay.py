@@ -60,7 +60,7 @@ def synthetic_table(folder: Path, drop: int = 0) -> Path:
                                     "train_loss": []}
     for key in list(configs)[:drop]:
         del configs[key]
-    finder = {f"{b}|{s}": {"suggestion": 1e-3, "reliable": True, "num_training": 100, "cpu_s": 30.0}
+    finder = {f"{b}|{s}": [{"suggestion": 1e-3, "reliable": True, "num_training": 100, "cpu_s": 30.0}]
               for b in BACKBONES for s in (8, 16)}
     # built from the demo study with these backbones: the replay reads their order from the study file
     order = ", ".join(f'"{b}"' for b in BACKBONES)
@@ -301,6 +301,32 @@ def test_a_study_wide_finder_is_paid_once_and_scales_every_trial(table: Table) -
     assert {t["rate"] for t in trials} == {table.snap(1e-3)}  # the finder's 1e-3, times 1
     per_config = replay(table, replace(policy, finder_scope="config"), seed=0, budget=400.0)
     assert per_config["trials"][0]["cpu_s"] == trials[0]["cpu_s"]  # the first finder costs the same
+
+
+def test_the_baseline_trains_at_its_own_multiplier_where_one_is_given(table: Table) -> None:
+    policy = replace(default_policies()["tuner"], finder_max_cost=10.0, finder_multiplier=(1.0, 6.0))
+    assert table.snap(1e-3) != table.snap(6**0.5 * 1e-3)
+    middle = replay(table, policy, seed=0, budget=200.0)["trials"][0]
+    assert middle["rate"] == table.snap(6**0.5 * 1e-3)  # the finder's 1e-3 times the middle of [1, 6]
+    own = replay(table, replace(policy, finder_baseline=1.0), seed=0, budget=200.0)["trials"][0]
+    assert own["rate"] == table.snap(1e-3)
+
+
+def test_each_replay_seed_draws_one_of_the_table_s_finder_curves(tmp_path: Path) -> None:
+    path = synthetic_table(tmp_path)
+    raw = json.loads(path.read_text())
+    for key, curves in raw["finder"].items():  # a second seed whose curve the judge did not trust
+        raw["finder"][key] = [*curves, {**curves[0], "reliable": False}]
+    path.write_text(json.dumps(raw))
+    table = Table.load(path)
+    policy = replace(default_policies()["tuner"], finder_max_cost=10.0, finder_scope="study",
+                     finder_multiplier=(1.0, 1.0), baseline=False)
+    trusted, untrusted = (replay(table, policy, seed=seed, budget=400.0)["trials"] for seed in (0, 1))
+    assert {t["rate"] for t in trusted} == {table.snap(1e-3)}
+    assert len({t["rate"] for t in untrusted}) > 1  # sampled rates, as a live trial keeps when its finder fails
+    raw["finder"] = {key: curves[0] for key, curves in raw["finder"].items()}  # a table from before finder seeds
+    path.write_text(json.dumps(raw))
+    assert {t["rate"] for t in replay(Table.load(path), policy, seed=1, budget=400.0)["trials"]} == {table.snap(1e-3)}
 
 
 def test_a_warm_start_seeds_the_sampler_with_the_other_table_s_trials(tmp_path: Path) -> None:
