@@ -20,9 +20,8 @@ so far, and the CPU seconds (``time.process_time()``, every thread) spent traini
 test evaluation is timed apart and never charged. The training loss of every step is kept, so a policy that
 stops on divergence can be replayed. Also measured: ``--finder-seeds`` LR-finder curves per (backbone, batch
 size), one per data-order seed from ``trainer.seed`` on, each with its suggestion, verdict and cost (a list
-per configuration; a search draws one by its seed, as a trial's finder would run under its seed); and each
-fixed cost once (importing the stack, loading each backbone, tokenising
-the data with and without tuner's cache).
+per configuration; a replayed search draws one by its seed); and each fixed cost once (importing the stack,
+loading each backbone, tokenising the data with and without tuner's cache).
 
 The results file is written after every configuration and a stopped run resumes where it stopped; each
 sitting records its machine, and each configuration names the sitting it ran in. Only curves are written,
@@ -211,7 +210,8 @@ def finder_curve(run: StudyFile, backbone_label: str, batch_size: int, sizes: di
     data.setup("fit")
     started = time.process_time()
     found = run_finder(trial_run, TableOrderer.from_config(trial_run.model), data, folder)
-    return {"backbone": backbone_label, "batch_size": batch_size, "seed": seed, "cpu_s": round(time.process_time() - started, 3),
+    return {"backbone": backbone_label, "batch_size": batch_size, "seed": seed,
+            "cpu_s": round(time.process_time() - started, 3),
             **{k: found[k] for k in ("suggestion", "reliable", "reason", "lr", "loss", "num_training")}}
 
 
@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         while len(table["finder"].get(key, [])) < args.finder_seeds and time.monotonic() < deadline:
             curves = table["finder"].setdefault(key, [])
             seed = run.trainer.seed + len(curves)
-            curves.append({**finder_curve(run, backbone, batch_size, sizes, work / "finder", seed), "sitting": sitting})
+            curves.append({**finder_curve(run, backbone, batch_size, sizes, work / "finder", seed),
+                           "sitting": sitting})
             _write(output, table)
             print(f"finder {backbone}|{batch_size} seed {seed}: suggestion {curves[-1]['suggestion']} "
                   f"({curves[-1]['reason']}), {curves[-1]['cpu_s']:.0f} CPU s", flush=True)

@@ -19,8 +19,8 @@ the table's first machine, so that one configuration measured while the machine 
 rest, and a table resumed on another machine gains curves but keeps one price list; the fixed costs each trial pays
 (loading the backbone; tokenising, unless the policy caches it); and the LR finder's measured cost the first
 time a policy runs it for a (backbone, batch size). Each replay seed draws one of the table's finder curves
-per (backbone, batch size), as a live search's finder runs under its own seed, and pays that curve's cost. The budget is ``--budget-trials`` times the mean cost of
-one whole configuration.
+per (backbone, batch size), as a live search's finder runs under its own seed, and pays that curve's cost.
+The budget is ``--budget-trials`` times the mean cost of one whole configuration.
 
 Reported per table: the anytime median normalised regret ``(tau* - best) / tau*`` with a bootstrap 95% band
 (``tau*``: the best configuration's validation tau, averaged over its training seeds; ``best``: the policy's
